@@ -1,0 +1,1 @@
+"""ONNX in: recognise activation quantizers and rewrite them into PMSM neurons."""

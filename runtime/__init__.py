@@ -1,0 +1,1 @@
+"""Neuron semantics (the single source of truth) and the ONNX Runtime reference backend."""

@@ -1,0 +1,1 @@
+"""Export targets beyond spiking ONNX: NIR and Lava."""

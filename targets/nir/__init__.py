@@ -1,0 +1,1 @@
+"""NIR target: write, read and interpret NIR graphs carrying PMSM neurons."""
