@@ -1,0 +1,80 @@
+"""Small queries and edits on onnx-graphsurgeon graphs shared by the passes."""
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+_counter = itertools.count()
+
+
+def constant_value(tensor: gs.Tensor) -> Optional[np.ndarray]:
+    """The value of a constant tensor (initializer or folded Constant), else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def scalar_value(tensor: gs.Tensor) -> Optional[float]:
+    """The value of a constant holding a single element (any shape of size 1), else None."""
+    value = constant_value(tensor)
+    if value is None or value.size != 1:
+        return None
+    return value.reshape(()).item()
+
+
+def producer(tensor: gs.Tensor) -> Optional[gs.Node]:
+    return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def sole_consumer(tensor: gs.Tensor, graph: gs.Graph) -> Optional[gs.Node]:
+    """The only node reading ``tensor``, if it is not also a graph output."""
+    if len(tensor.outputs) != 1 or tensor in graph.outputs:
+        return None
+    return tensor.outputs[0]
+
+
+def split_constant_operand(node: gs.Node) -> Optional[tuple[gs.Tensor, np.ndarray, int]]:
+    """For a binary op with exactly one constant operand: (variable operand, constant, its index)."""
+    if len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    va, vb = constant_value(a), constant_value(b)
+    if va is None and vb is not None:
+        return a, vb, 1
+    if vb is None and va is not None:
+        return b, va, 0
+    return None
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every reader of ``old`` (and the graph outputs) read ``new`` instead."""
+    for node in list(old.outputs):
+        node.inputs = [new if t is old else t for t in node.inputs]
+    if old in graph.outputs:
+        graph.outputs = [new if t is old else t for t in graph.outputs]
+
+
+def fresh_name(stem: str) -> str:
+    return f"{stem}__{next(_counter)}"
+
+
+def make_constant(name: str, value) -> gs.Constant:
+    return gs.Constant(fresh_name(name), np.asarray(value))
+
+
+def add_node(graph: gs.Graph, op: str, inputs: list, name: str, attrs: dict | None = None,
+             domain: str | None = None, dtype=np.float32) -> gs.Variable:
+    """Append ``op`` to the graph and return its (single) output variable."""
+    output = gs.Variable(fresh_name(f"{name}_out"), dtype=dtype)
+    node = gs.Node(op=op, name=name, inputs=list(inputs), outputs=[output], attrs=dict(attrs or {}))
+    if domain:
+        node.domain = domain
+    graph.nodes.append(node)
+    return output

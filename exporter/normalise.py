@@ -1,0 +1,127 @@
+"""Normalisation passes: bring the many ways producers write a quantized ANN to one shape.
+
+Each pass takes a graph and returns it (edited in place), and is testable alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from pmsm.exporter.graph import constant_value, producer, replace_uses
+
+QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
+
+
+def drop_initializer_inputs(graph: gs.Graph) -> gs.Graph:
+    """Initializers also listed as graph inputs (as Brevitas writes them) are weights, not inputs."""
+    graph.inputs = [t for t in graph.inputs if not isinstance(t, gs.Constant)]
+    return graph
+
+
+def remove_identities(graph: gs.Graph) -> gs.Graph:
+    """Identity and inference-mode Dropout carry their input through unchanged."""
+    for node in list(graph.nodes):
+        if node.op in ("Identity", "Dropout") and node.inputs and isinstance(node.inputs[0], gs.Variable):
+            if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs:
+                continue  # the mask is used: not a pass-through
+            replace_uses(graph, node.outputs[0], node.inputs[0])
+            node.outputs.clear()
+    graph.cleanup()
+    return graph
+
+
+def fold_qonnx_weight_quantizers(graph: gs.Graph) -> gs.Graph:
+    """QONNX ``Quant`` nodes on constant weights become float constants.
+
+    Stock ONNX Runtime has no kernel for them, so the generic constant folding cannot evaluate them.
+    """
+    from pmsm.runtime.qonnx import bipolar_quant, quant
+
+    for node in list(graph.nodes):
+        if node.domain not in QONNX_DOMAINS or node.op not in ("Quant", "IntQuant", "BipolarQuant"):
+            continue
+        values = [constant_value(t) for t in node.inputs]
+        if any(v is None for v in values):
+            continue
+        if node.op == "BipolarQuant":
+            folded = bipolar_quant(*values)
+        else:
+            folded = quant(*values, signed=int(node.attrs.get("signed", 1)), narrow=int(node.attrs.get("narrow", 0)),
+                           rounding_mode=str(node.attrs.get("rounding_mode", "ROUND")))
+        output = node.outputs[0]
+        replace_uses(graph, output, gs.Constant(output.name + "_folded", np.asarray(folded, dtype=np.float32)))
+        node.outputs.clear()
+    graph.cleanup()
+    return graph
+
+
+def fold_constants(graph: gs.Graph) -> gs.Graph:
+    """Evaluate constant subgraphs: Constant nodes, weight QuantizeLinear/DequantizeLinear pairs,
+    shape arithmetic of the (static) input shape."""
+    graph.fold_constants(fold_shapes=True, error_ok=True)
+    graph.cleanup()
+    return graph
+
+
+def reduce_straight_through_idioms(graph: gs.Graph) -> gs.Graph:
+    """``x + (round(x) - x)`` (the detached straight-through trick) is ``round(x)``.
+
+    The reduction is exact in floating point: ``r - x`` is exact by Sterbenz's lemma for the
+    nearby integer ``r``, so ``x + (r - x)`` rounds to ``r`` itself.
+    """
+    for add in [n for n in graph.nodes if n.op == "Add" and len(n.inputs) == 2]:
+        for x, diff in (add.inputs, add.inputs[::-1]):
+            sub = producer(diff)
+            if sub is None or sub.op != "Sub" or sub.inputs[1] is not x:
+                continue
+            rounding = producer(sub.inputs[0])
+            if rounding is None or rounding.op not in ("Round", "Floor") or rounding.inputs[0] is not x:
+                continue
+            replace_uses(graph, add.outputs[0], rounding.outputs[0])
+            add.outputs.clear()
+            break
+    graph.cleanup()
+    return graph
+
+
+def make_reshapes_batch_agnostic(graph: gs.Graph) -> gs.Graph:
+    """Reshape targets that hard-code the export batch size copy the batch dimension instead.
+
+    torch exports at batch 1 write ``Reshape(x, [1, 64])``; with time folded into the batch that
+    would merge rows, so the leading entry becomes ``-1`` (or ``0``, copy the input's dimension,
+    when another entry is already ``-1``).
+    """
+    batch = _static_batch(graph)
+    for node in graph.nodes:
+        if node.op != "Reshape":
+            continue
+        shape = constant_value(node.inputs[1])
+        if shape is None or shape.ndim != 1 or shape.size < 2 or batch is None or shape[0] != batch:
+            continue
+        if not _leading_dim_is_batch(node.inputs[0], batch):
+            continue
+        new_shape = shape.astype(np.int64).copy()
+        if -1 not in new_shape[1:]:
+            new_shape[0] = -1  # the batch is what remains after the fixed per-row dimensions
+        elif 0 not in new_shape[1:]:
+            new_shape[0] = 0  # copy the input's batch dimension
+            node.attrs["allowzero"] = 0
+        else:
+            continue
+        node.inputs[1] = gs.Constant(node.inputs[1].name + "_batch_agnostic", new_shape)
+    return graph
+
+
+def _static_batch(graph: gs.Graph):
+    for tensor in graph.inputs:
+        if tensor.shape and isinstance(tensor.shape[0], (int, np.integer)) and tensor.shape[0] > 0:
+            return int(tensor.shape[0])
+    return None
+
+
+def _leading_dim_is_batch(tensor: gs.Tensor, batch: int) -> bool:
+    # Activations keep the batch first; a tensor with unknown shape is an activation here since
+    # constants were folded away before this pass.
+    if isinstance(tensor, gs.Constant):
+        return False
+    return not tensor.shape or tensor.shape[0] in (batch, None) or isinstance(tensor.shape[0], str)

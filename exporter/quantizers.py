@@ -1,0 +1,402 @@
+"""Recognise activation quantizers and replace each rounding core with a PMSM neuron.
+
+Only the rounding core (shift, rounding, clip) becomes ``ai.pmsm::MultiSpikeNeuron``; the source's
+own pre-scaling and de-quantization stay as the standard ops it used, so that at T = 1 the spiking
+graph performs exactly the source's float arithmetic.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from pmsm.errors import BadInputError
+from pmsm.exporter.graph import (
+    add_node,
+    constant_value,
+    producer,
+    replace_uses,
+    scalar_value,
+    sole_consumer,
+    split_constant_operand,
+)
+from pmsm.exporter.normalise import QONNX_DOMAINS
+from pmsm.runtime.neuron import NeuronParams
+from pmsm.runtime.qonnx import integer_range
+
+NEURON_OP = "MultiSpikeNeuron"
+NEURON_DOMAIN = "ai.pmsm"
+TIMESTEPS_INPUT = "timesteps"
+
+INTEGER_RANGES = {
+    np.dtype(np.int8): (-128, 127),
+    np.dtype(np.uint8): (0, 255),
+    np.dtype(np.int16): (-(2**15), 2**15 - 1),
+    np.dtype(np.uint16): (0, 2**16 - 1),
+    np.dtype(np.int32): (-(2**31), 2**31 - 1),
+}
+ONNX_INT4 = {onnx.TensorProto.INT4: (-8, 7), onnx.TensorProto.UINT4: (0, 15)}
+
+
+@dataclass(frozen=True)
+class NeuronRecord:
+    """One activation quantizer that became a neuron layer."""
+
+    name: str
+    producer: str  # which quantizer pattern it was: "floor-chain", "qdq", "qcdq", "qonnx"
+    params: NeuronParams
+    source_nodes: tuple[str, ...] = field(default=())
+
+
+class QuantizerError(BadInputError):
+    """A quantizer was recognised but cannot be expressed as PMSM neurons exactly."""
+
+    def __init__(self, node: gs.Node, reason: str):
+        self.node_name, self.op, self.reason = node.name, node.op, reason
+        super().__init__(f"node '{node.name}' ({node.op}): {reason}")
+
+
+def timesteps_input(graph: gs.Graph) -> gs.Variable:
+    for tensor in graph.inputs:
+        if tensor.name == TIMESTEPS_INPUT:
+            return tensor
+    variable = gs.Variable(TIMESTEPS_INPUT, dtype=np.int64, shape=[])
+    graph.inputs.append(variable)
+    return variable
+
+
+def insert_neuron(graph: gs.Graph, z: gs.Tensor, params: NeuronParams, name: str) -> gs.Variable:
+    return add_node(
+        graph, NEURON_OP, [z, timesteps_input(graph)], name,
+        attrs={"lo": params.lo, "hi": params.hi, "v_init": float(params.v_init), "rounding": params.rounding},
+        domain=NEURON_DOMAIN,
+    )
+
+
+def _collect(problems: list | None, records: list, rewrite, graph: gs.Graph, node: gs.Node) -> None:
+    """Run one quantizer's rewrite; with a ``problems`` list, record a refusal and go on."""
+    try:
+        records.extend(rewrite(graph, node))
+    except QuantizerError as error:
+        if problems is None:
+            raise
+        problems.append((error.node_name, error.op, error.reason))
+
+
+# --- PyTorch PMSM / QCFS layers and hand-written clip(floor(...)) quantizers -----------------
+
+
+def rewrite_rounding_chains(graph: gs.Graph, problems: list | None = None) -> list[NeuronRecord]:
+    """``[Add(z, phi)] -> Floor|Round -> (Clip | scalar Mul/Div)*`` on activations.
+
+    The clips may sit before or after the de-quantizing scalar ``Div``/``Mul``; their bounds are
+    converted to level units and must land exactly on integer levels.
+    """
+    records = []
+    for rounding_node in [n for n in graph.nodes if n.op in ("Floor", "Round")]:
+        if not isinstance(rounding_node.inputs[0], gs.Constant):
+            _collect(problems, records, _rewrite_rounding_chain, graph, rounding_node)
+    graph.cleanup()
+    return records
+
+
+def _rewrite_rounding_chain(graph: gs.Graph, rounding_node: gs.Node) -> list[NeuronRecord]:
+    rounding = "floor" if rounding_node.op == "Floor" else "half_even"
+    z, v_init, shift_node = _split_shift(rounding_node.inputs[0])
+    lo, hi, clips = _walk_level_bounds(graph, rounding_node)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        side = "lower" if not math.isfinite(lo) else "upper"
+        raise QuantizerError(rounding_node, f"quantizer has no {side} clip bound: a neuron needs a finite spike "
+                             "count per step; add a Clip after the rounding")
+    if not lo <= 0 <= hi:
+        raise QuantizerError(rounding_node, f"clip bounds [{lo}, {hi}] in levels exclude 0; "
+                             "PMSM neurons need lo <= 0 <= hi")
+    params = NeuronParams(lo=int(lo), hi=int(hi), v_init=v_init, rounding=rounding)
+    name = rounding_node.name or rounding_node.outputs[0].name
+    spikes = insert_neuron(graph, z, params, name)
+    replace_uses(graph, rounding_node.outputs[0], spikes)
+    for clip in clips:
+        replace_uses(graph, clip.outputs[0], clip.inputs[0])
+        clip.outputs.clear()
+    rounding_node.outputs.clear()
+    sources = [n.name for n in (shift_node, rounding_node, *clips) if n is not None]
+    return [NeuronRecord(name=name, producer="floor-chain", params=params, source_nodes=tuple(sources))]
+
+
+def _split_shift(u: gs.Tensor):
+    """``u = z + phi`` (or ``z - c``) with a scalar constant: the neuron's initial membrane."""
+    node = producer(u)
+    if node is not None and node.op in ("Add", "Sub") and len(u.outputs) == 1:
+        split = split_constant_operand(node)
+        if split is not None and np.asarray(split[1]).size == 1:
+            z, constant, index = split
+            value = float(np.float32(np.asarray(constant).reshape(())))
+            if node.op == "Add":
+                return z, value, node
+            if index == 1:  # z - c == z + (-c) exactly in IEEE arithmetic
+                return z, -value, node
+    return u, 0.0, None
+
+
+def _walk_level_bounds(graph: gs.Graph, rounding_node: gs.Node):
+    """Follow the rounding output through clips and scalar scalings; return bounds in levels."""
+    lo, hi = -math.inf, math.inf
+    clips: list[gs.Node] = []
+    scalings: list[tuple[str, np.float32]] = []  # ops that map a level to the value at this point
+    tensor = rounding_node.outputs[0]
+    while True:
+        node = sole_consumer(tensor, graph)
+        if node is None:
+            break
+        bounds = _clip_bounds(node)
+        if bounds is not None:
+            low, high = bounds
+            if low is not None:
+                lo = max(lo, _to_levels(low, scalings, node, "lower"))
+            if high is not None:
+                hi = min(hi, _to_levels(high, scalings, node, "upper"))
+            clips.append(node)
+        elif node.op in ("Mul", "Div") and len(scalings) < 2:
+            split = split_constant_operand(node)
+            if split is None or np.asarray(split[1]).size != 1 or (node.op == "Div" and split[2] != 1):
+                break
+            factor = np.float32(np.asarray(split[1]).reshape(()))
+            if not factor > 0:
+                break
+            scalings.append((node.op, factor))
+        else:
+            break
+        tensor = node.outputs[0]
+    return lo, hi, clips
+
+
+def _clip_bounds(node: gs.Node):
+    """(low, high) of a clipping node with constant bounds (None = unbounded side), else None."""
+    if node.op == "Relu":
+        return 0.0, None
+    if node.op == "Clip":
+        if "min" in node.attrs or "max" in node.attrs:  # opset < 11
+            return node.attrs.get("min"), node.attrs.get("max")
+        low = scalar_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
+        high = scalar_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        for index, value in ((1, low), (2, high)):
+            if len(node.inputs) > index and node.inputs[index].name and value is None:
+                return None  # a bound computed at run time
+        return low, high
+    if node.op in ("Max", "Min") and len(node.inputs) == 2:
+        split = split_constant_operand(node)
+        if split is None or np.asarray(split[1]).size != 1:
+            return None
+        value = float(np.asarray(split[1]).reshape(()))
+        return (value, None) if node.op == "Max" else (None, value)
+    return None
+
+
+def _to_levels(bound: float, scalings, node: gs.Node, side: str) -> float:
+    """The integer level whose de-quantized value is exactly ``bound`` after ``scalings``."""
+    scale = 1.0
+    for op, factor in scalings:
+        scale = scale * float(factor) if op == "Mul" else scale / float(factor)
+    level = bound / scale
+    nearest = round(level)
+    value = np.float32(nearest)
+    for op, factor in scalings:
+        value = np.float32(value * factor) if op == "Mul" else np.float32(value / factor)
+    if abs(level - nearest) > 1e-4 or value != np.float32(bound):
+        raise QuantizerError(node, f"{side} clip bound {bound} is not an exact quantization level "
+                             f"(it is {level:g} levels); a neuron can only clip at whole levels")
+    return float(nearest)
+
+
+# --- QDQ / QCDQ (onnxruntime quantize_static, torch, Brevitas QCDQ) ---------------------------
+
+
+def rewrite_qdq(graph: gs.Graph, problems: list | None = None) -> list[NeuronRecord]:
+    """``QuantizeLinear(x, s, zp) -> [Clip] -> DequantizeLinear`` on an activation becomes
+    ``Div(x, s) -> neuron(half_even, lo=qmin-zp, hi=qmax-zp) -> Mul(s)``.
+
+    ``QuantizeLinear`` computes ``saturate(round(x / s) + zp)`` and ``DequantizeLinear``
+    ``(q - zp) * s``; the neuron's output is ``q - zp`` itself, so the de-quantization is exact.
+    """
+    records = []
+    for quantize in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
+        if not isinstance(quantize.inputs[0], gs.Constant):
+            _collect(problems, records, _rewrite_qdq_pair, graph, quantize)
+    graph.cleanup()
+    return records
+
+
+def _rewrite_qdq_pair(graph: gs.Graph, quantize: gs.Node) -> list[NeuronRecord]:
+    records = []
+    x = quantize.inputs[0]
+    scale, zero_point, qmin, qmax = _qdq_parameters(quantize)
+    branches = []
+    for consumer in list(quantize.outputs[0].outputs):
+        low, high, dequantize, clip = qmin, qmax, consumer, None
+        if consumer.op == "Clip":
+            bounds = _clip_bounds(consumer)
+            following = sole_consumer(consumer.outputs[0], graph)
+            if bounds is None or following is None or following.op != "DequantizeLinear":
+                raise QuantizerError(consumer, "Clip between QuantizeLinear and DequantizeLinear must have "
+                                     "constant bounds and feed one DequantizeLinear")
+            low = max(qmin, bounds[0]) if bounds[0] is not None else qmin
+            high = min(qmax, bounds[1]) if bounds[1] is not None else qmax
+            clip, dequantize = consumer, following
+        if dequantize.op != "DequantizeLinear":
+            raise QuantizerError(dequantize, f"reads the output of QuantizeLinear '{quantize.name}'; only the "
+                                 "QDQ/QCDQ format (QuantizeLinear -> DequantizeLinear) is supported, not "
+                                 "integer operators (QOperator format)")
+        _check_same_quantization(quantize, dequantize, scale, zero_point)
+        lo, hi = int(low) - zero_point, int(high) - zero_point
+        if not lo <= 0 <= hi:
+            raise QuantizerError(quantize, f"zero point {zero_point} lies outside the integer range "
+                                 f"[{low}, {high}]: the quantizer cannot output 0")
+        branches.append((lo, hi, clip, dequantize))
+    if not branches:
+        return []
+    z = add_node(graph, "Div", [x, quantize.inputs[1]], f"{quantize.name}/pre_scale")
+    neurons: dict[tuple[int, int], gs.Variable] = {}
+    for lo, hi, clip, dequantize in branches:
+        if (lo, hi) not in neurons:
+            params = NeuronParams(lo=lo, hi=hi, v_init=0.0, rounding="half_even")
+            name = quantize.name if not neurons else f"{quantize.name}/{lo}_{hi}"
+            neurons[(lo, hi)] = insert_neuron(graph, z, params, name)
+            records.append(NeuronRecord(name=name, producer="qcdq" if clip is not None else "qdq",
+                                        params=params, source_nodes=(quantize.name, dequantize.name)))
+        restored = add_node(graph, "Mul", [neurons[(lo, hi)], dequantize.inputs[1]], f"{dequantize.name}/dequant")
+        replace_uses(graph, dequantize.outputs[0], restored)
+        dequantize.outputs.clear()
+    quantize.outputs.clear()
+    return records
+
+
+def _qdq_parameters(quantize: gs.Node):
+    scale = constant_value(quantize.inputs[1])
+    if scale is None:
+        raise QuantizerError(quantize, "scale is computed at run time; only constant scales are supported")
+    if scale.size != 1:
+        raise QuantizerError(quantize, "per-channel activation quantization is not supported "
+                             "(one scale per tensor is)")
+    if float(scale.reshape(())) <= 0:
+        raise QuantizerError(quantize, "scale must be positive")
+    zero_point_tensor = quantize.inputs[2] if len(quantize.inputs) > 2 and quantize.inputs[2].name else None
+    if zero_point_tensor is None:
+        dtype = quantize.attrs.get("output_dtype", onnx.TensorProto.UINT8) or onnx.TensorProto.UINT8
+        zero_point, qrange = 0, _range_of_onnx_type(quantize, dtype)
+    else:
+        values = constant_value(zero_point_tensor)
+        if values is None or values.size != 1:
+            raise QuantizerError(quantize, "zero point must be one constant")
+        zero_point = int(values.reshape(()))
+        qrange = INTEGER_RANGES.get(np.dtype(values.dtype))
+        if qrange is None:
+            qrange = _range_of_onnx_type(quantize, getattr(zero_point_tensor, "export_dtype", None))
+    return scale, zero_point, qrange[0], qrange[1]
+
+
+def _range_of_onnx_type(node: gs.Node, dtype):
+    if dtype in ONNX_INT4:
+        return ONNX_INT4[dtype]
+    try:
+        return INTEGER_RANGES[np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype))]
+    except (KeyError, TypeError, ValueError):
+        raise QuantizerError(node, f"unsupported quantized type {dtype}") from None
+
+
+def _check_same_quantization(quantize: gs.Node, dequantize: gs.Node, scale, zero_point: int) -> None:
+    other_scale = constant_value(dequantize.inputs[1])
+    other_zp = constant_value(dequantize.inputs[2]) if len(dequantize.inputs) > 2 and dequantize.inputs[2].name else 0
+    if other_scale is None or not np.array_equal(np.asarray(other_scale, np.float32).reshape(-1),
+                                                 np.asarray(scale, np.float32).reshape(-1)):
+        raise QuantizerError(dequantize, f"scale differs from its QuantizeLinear '{quantize.name}'")
+    if other_zp is None or int(np.asarray(other_zp).reshape(())) != zero_point:
+        raise QuantizerError(dequantize, f"zero point differs from its QuantizeLinear '{quantize.name}'")
+
+
+# --- QONNX Quant (Brevitas export_qonnx, FINN) -------------------------------------------------
+
+
+def rewrite_qonnx(graph: gs.Graph, problems: list | None = None) -> list[NeuronRecord]:
+    """``Quant(x, scale, zeropt, bitwidth)`` on an activation:
+    ``Div(x, scale) [-> Add(zeropt)] -> neuron -> [Sub(zeropt) ->] Mul(scale)``."""
+    records = []
+    for node in [n for n in graph.nodes if n.domain in QONNX_DOMAINS and n.op in ("Quant", "IntQuant")]:
+        if not isinstance(node.inputs[0], gs.Constant):
+            _collect(problems, records, _rewrite_qonnx_quant, graph, node)
+    graph.cleanup()
+    return records
+
+
+def _rewrite_qonnx_quant(graph: gs.Graph, node: gs.Node) -> list[NeuronRecord]:
+    x = node.inputs[0]
+    scale, zeropt, bitwidth = (constant_value(t) for t in node.inputs[1:4])
+    if scale is None or zeropt is None or bitwidth is None:
+        raise QuantizerError(node, "scale, zero point and bit width must be constants")
+    if scale.size != 1 or zeropt.size != 1:
+        raise QuantizerError(node, "per-channel activation quantization is not supported")
+    mode = str(node.attrs.get("rounding_mode", "ROUND")).upper()
+    if mode not in ("ROUND", "HALF_EVEN", "FLOOR"):
+        raise QuantizerError(node, f"rounding_mode {mode} has no PMSM neuron (ROUND and FLOOR do)")
+    qmin, qmax = integer_range(float(bitwidth.reshape(())), int(node.attrs.get("signed", 1)),
+                               int(node.attrs.get("narrow", 0)))
+    if not qmin <= 0 <= qmax:
+        raise QuantizerError(node, f"integer range [{qmin}, {qmax}] excludes 0")
+    zp = float(np.float32(zeropt.reshape(())))
+    z = add_node(graph, "Div", [x, node.inputs[1]], f"{node.name}/pre_scale")
+    if zp != 0:  # QONNX adds the zero point before rounding: keep that arithmetic
+        z = add_node(graph, "Add", [z, node.inputs[2]], f"{node.name}/zero_point")
+    params = NeuronParams(lo=qmin, hi=qmax, v_init=0.0, rounding="floor" if mode == "FLOOR" else "half_even")
+    spikes = insert_neuron(graph, z, params, node.name)
+    if zp != 0:
+        spikes = add_node(graph, "Sub", [spikes, node.inputs[2]], f"{node.name}/zero_point_back")
+    restored = add_node(graph, "Mul", [spikes, node.inputs[1]], f"{node.name}/dequant")
+    replace_uses(graph, node.outputs[0], restored)
+    node.outputs.clear()
+    return [NeuronRecord(name=node.name, producer="qonnx", params=params, source_nodes=(node.name,))]
+
+
+# --- after the rewrite -------------------------------------------------------------------------
+
+
+def absorb_relus(graph: gs.Graph, records: list[NeuronRecord]) -> list[NeuronRecord]:
+    """``Relu -> (positive scalar Mul/Div)* -> neuron`` becomes the neuron with ``lo = 0``.
+
+    Exact: for monotone rounding R with R(v_init) = 0, ``R(v + max(a, 0)) = max(R(v + a), 0)``,
+    and ``max(x, 0) / s = max(x / s, 0)`` for ``s > 0``.
+    """
+    by_name = {r.name: r for r in records}
+    updated = dict(by_name)
+    for neuron in [n for n in graph.nodes if n.op == NEURON_OP and n.domain == NEURON_DOMAIN]:
+        params = by_name.get(neuron.name)
+        if params is None or not _rounds_zero_to_zero(params.params):
+            continue
+        tensor = neuron.inputs[0]
+        while True:
+            node = producer(tensor)
+            if node is None or len(tensor.outputs) != 1:
+                break
+            if node.op == "Relu":
+                replace_uses(graph, node.outputs[0], node.inputs[0])
+                node.outputs.clear()
+                new = NeuronParams(lo=0, hi=params.params.hi, v_init=params.params.v_init,
+                                   rounding=params.params.rounding)
+                neuron.attrs["lo"] = 0
+                updated[neuron.name] = NeuronRecord(params.name, params.producer, new,
+                                                    params.source_nodes + (node.name,))
+                break
+            split = split_constant_operand(node) if node.op in ("Mul", "Div") else None
+            if split is None or np.asarray(split[1]).size != 1 or not float(np.asarray(split[1]).reshape(())) > 0:
+                break
+            if node.op == "Div" and split[2] != 1:
+                break
+            tensor = split[0]
+    graph.cleanup()
+    return [updated[r.name] for r in records]
+
+
+def _rounds_zero_to_zero(params: NeuronParams) -> bool:
+    v = params.v_init
+    return 0 <= v < 1 if params.rounding == "floor" else -0.5 <= v <= 0.5
