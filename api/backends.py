@@ -1,0 +1,74 @@
+"""The backends `--verify` runs, each behind the same small interface (pmsm.verify.Backend)."""
+from __future__ import annotations
+
+import numpy as np
+
+from pmsm.verify import BackendRun, ProgressFn
+
+
+class AnnBackend:
+    """The source quantized ANN on stock ONNX Runtime (``optimized`` is information only)."""
+
+    reference = ""
+
+    def __init__(self, model, optimized: bool = False):
+        from pmsm.runtime.execute import SourceModel
+
+        self.model = SourceModel(model, optimized=optimized)
+        self.name = self.model.backend
+
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
+        return BackendRun(output=self.model.run(x)[0])
+
+
+class OnnxBackend:
+    """The spiking ONNX on ONNX Runtime through the custom op: the reference backend."""
+
+    name = "onnx"
+    reference = "ann"
+
+    def __init__(self, model):
+        from pmsm.runtime.execute import SpikingModel
+
+        self.model = SpikingModel(model)
+
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
+        result = self.model.run(x, timesteps, collect_spikes=True)
+        return BackendRun(output=result.output, spikes=result.spikes)
+
+
+class NirBackend:
+    """The NIR file read back from disk and executed by the project's NIR interpreter."""
+
+    name = "nir"
+    reference = "onnx"
+
+    def __init__(self, graph):
+        from pmsm.targets.nir import NirInterpreter
+
+        self.interpreter = NirInterpreter(graph)
+
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
+        result = self.interpreter.run(x, timesteps, collect_spikes=True)
+        return BackendRun(output=result.output, spikes=result.spikes)
+
+
+class LavaBackend:
+    """The NIR graph lowered to Lava processes, simulated in floating or fixed point."""
+
+    reference = "onnx"
+
+    def __init__(self, graph, fixed_point: bool = False):
+        self.graph = graph
+        self.fixed_point = fixed_point
+        self.name = "lava_fixed" if fixed_point else "lava"
+        self.fixed_point_reports: dict[int, object] = {}
+
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
+        from pmsm.targets.lava import run_lava
+
+        result = run_lava(self.graph, x, timesteps, fixed_point=self.fixed_point, progress=progress,
+                          collect_spikes=True)
+        if result.fixed_point_report is not None:
+            self.fixed_point_reports[timesteps] = result.fixed_point_report
+        return BackendRun(output=result.output, spikes=result.spikes)

@@ -1,0 +1,36 @@
+"""Atomic output: write to a temporary file in the target folder, then rename over the target."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+
+from pmsm.errors import BadInputError
+
+
+@contextmanager
+def atomic_path(path: str, suffix: str = ""):
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise BadInputError(f"{path}: folder {folder} does not exist")
+    handle, temporary = tempfile.mkstemp(prefix=".pmsm-", suffix=suffix or ".tmp", dir=folder)
+    os.close(handle)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+
+
+def atomic_write_json(path: str, document) -> None:
+    atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=False) + "\n").encode())

@@ -1,0 +1,113 @@
+"""The verification report (schema ``pmsm-report/1``, DESIGN §9) and its terminal summary."""
+from __future__ import annotations
+
+import os
+from typing import TextIO
+
+SCHEMA = "pmsm-report/1"
+
+
+def build_report(export, verification, backends, data_path) -> dict:
+    from pmsm import __version__
+
+    report = {
+        "schema": SCHEMA,
+        "tool": {"name": "pmsm-export", "version": __version__},
+        "model": {"path": export.source_path, "sha256": export.source_sha256},
+        "target": export.target,
+        "output": export.output_path,
+        "data": {"path": data_path, "kind": "file" if data_path else "seeded probe batch"},
+        "timesteps": list(verification.timesteps),
+        "neurons": [
+            {"name": n.name, "producer": n.producer, "lo": n.params.lo, "hi": n.params.hi,
+             "v_init": n.params.v_init, "rounding": n.params.rounding}
+            for n in export.neurons
+        ],
+        "verification": {
+            "samples": verification.samples,
+            "backends": {
+                name: {str(t): c.to_json() for t, c in by_t.items()}
+                for name, by_t in verification.comparisons.items()
+            },
+            "criteria": [
+                "onnx vs ann at T=1: max_abs_diff == 0",
+                "nir and lava (floating point) vs onnx at every T: argmax_agreement == 1",
+            ],
+            "failures": list(verification.failures),
+            "passed": verification.passed,
+        },
+        "accuracy": {
+            "ann": verification.ann_accuracy,
+            "snn": {str(t): c.accuracy for t, c in verification.comparisons.get("onnx", {}).items()},
+        },
+        "energy": _energy(export, verification),
+    }
+    fixed = _fixed_point(backends)
+    if fixed:
+        report["lava_fixed_point"] = fixed
+    return report
+
+
+def _energy(export, verification) -> dict:
+    try:
+        from pmsm.runtime.energy import energy_report
+    except ImportError:
+        return {}
+
+    onnx_runs = verification.runs.get("onnx", {})
+    return energy_report(export.spiking, {t: run.spikes for t, run in onnx_runs.items()}, verification.samples)
+
+
+def _fixed_point(backends) -> dict:
+    for backend in backends:
+        reports = getattr(backend, "fixed_point_reports", None)
+        if reports:
+            return {str(t): _jsonable(r) for t, r in reports.items()}
+    return {}
+
+
+def _jsonable(value):
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _percent(value) -> str:
+    return "   -  " if value is None else f"{100 * value:5.1f}%"
+
+
+def print_summary(report: dict, out: TextIO) -> None:
+    """Backends x T (agreement with the reference, accuracy) and energy totals, in 80 columns."""
+    verification = report["verification"]
+    print(f"\nverification on {verification['samples']} samples of "
+          f"{os.path.basename(report['model']['path'])}:", file=out)
+    print(f"  {'backend':<12}{'T':>3}  {'vs':<5}{'max|diff|':>11}{'spike mism.':>13}{'agree':>8}{'accuracy':>10}",
+          file=out)
+    accuracy = report["accuracy"]
+    if accuracy["ann"] is not None:
+        print(f"  {'ann':<12}{'-':>3}  {'':<5}{'':>11}{'':>13}{'':>8}{_percent(accuracy['ann']):>10}", file=out)
+    for name, by_t in verification["backends"].items():
+        for t, c in by_t.items():
+            mismatch = f"{c['spike_mismatch']}/{c['spike_total']}" if c["spike_total"] else "-"
+            print(f"  {name:<12}{t:>3}  {c['reference']:<5}{c['max_abs_diff']:>11.3g}{mismatch:>13}"
+                  f"{_percent(c['argmax_agreement']):>8}{_percent(c['accuracy']):>10}", file=out)
+    energy = report.get("energy") or {}
+    totals = energy.get("totals")
+    if totals:
+        print(f"  energy per sample: ANN {totals['ann_pj'] / 1e6:.4g} uJ", file=out)
+        for t, e in totals["snn"].items():
+            print(f"    SNN T={t}: {e['binary_pj'] / 1e6:.4g} uJ binary spikes, {e['graded_pj'] / 1e6:.4g} uJ graded "
+                  f"({e['ratio_binary']:.2f}x / {e['ratio_graded']:.2f}x the ANN)", file=out)
+    print("  verification " + ("passed" if verification["passed"] else "FAILED"), file=out)

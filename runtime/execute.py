@@ -1,0 +1,385 @@
+"""Running models on ONNX Runtime: the spiking ONNX (reference backend) and its source ANN.
+
+- :class:`SpikingModel` runs a spiking ONNX file (docs/spiking-onnx.md) through the
+  ``ai.pmsm::MultiSpikeNeuron`` kernel, with graph optimizations disabled.
+- :class:`SourceModel` runs the quantized ANN on stock ONNX Runtime: with optimizations disabled
+  (backend ``ann``, the ONNX specification's semantics, the reference) or at ONNX Runtime's default
+  level (backend ``ann_ort_opt``, which fuses QDQ pairs into integer kernels; information only).
+  QONNX quantizers run through the kernels of :mod:`pmsm.runtime.ortop`.
+
+Inputs are checked before anything runs (rank, fixed dimensions, dtype, NaN/inf) and rejected with
+a one-line :class:`~pmsm.errors.BadInputError`; an error inside a kernel becomes an
+:class:`~pmsm.runtime.ortop.ExecutionError` after ``session.run`` returns, never a process abort.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from pmsm.errors import BadInputError
+from pmsm.runtime import ortop
+from pmsm.runtime.ortop import ExecutionError
+
+__all__ = [
+    "MAX_IR_VERSION",
+    "TIMESTEPS_INPUT",
+    "ExecutionError",
+    "SpikingResult",
+    "SpikingModel",
+    "SourceModel",
+    "load_model",
+]
+
+MAX_IR_VERSION = 11  # what onnxruntime 1.23 accepts
+TIMESTEPS_INPUT = "timesteps"
+DEFAULT_ROWS_PER_RUN = 4096  # rows (samples x timesteps) per session.run when batch_size is not given
+
+ModelLike = Union[onnx.ModelProto, str, "os.PathLike[str]"]
+
+
+def load_model(model: ModelLike) -> tuple[onnx.ModelProto, str]:
+    """``(ModelProto, label for messages)``; ``BadInputError`` when unreadable or too new for ORT."""
+    if isinstance(model, onnx.ModelProto):
+        proto, label = model, f"model '{model.graph.name}'" if model.graph.name else "model"
+    elif isinstance(model, (str, os.PathLike)):
+        label = os.fspath(model)
+        try:
+            proto = onnx.load(label)
+        except FileNotFoundError:
+            raise BadInputError(f"{label}: no such file") from None
+        except Exception as exc:  # noqa: BLE001 - protobuf/onnx raise many kinds
+            raise BadInputError(f"{label}: cannot read as an ONNX model: {_first_line(exc)}") from None
+    else:
+        raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
+    if proto.ir_version > MAX_IR_VERSION:
+        raise BadInputError(
+            f"{label}: IR version {proto.ir_version} is newer than ONNX Runtime 1.23 accepts "
+            f"(<= {MAX_IR_VERSION}); re-export with ir_version <= {MAX_IR_VERSION}"
+        )
+    return proto, label
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _session(model: onnx.ModelProto, label: str, *, optimized: bool, custom_ops: bool) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    if not optimized:  # otherwise ONNX Runtime's default level
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 4  # failures are reported through the exception below
+    if custom_ops:
+        so.register_custom_ops_library(ortop.get_library_path())
+    try:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind exception types
+        raise BadInputError(f"{label}: ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _InputSpec:
+    name: str
+    dtype: np.dtype
+    dims: tuple | None  # None: rank unknown; entries: int (fixed) or str (symbolic / unknown)
+
+    @classmethod
+    def of(cls, vi: onnx.ValueInfoProto, label: str) -> "_InputSpec":
+        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if tt is None or not tt.elem_type:
+            raise BadInputError(f"{label}: input '{vi.name}' is not a tensor of a known element type")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        dims = None
+        if tt.HasField("shape"):
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
+            )
+        return cls(vi.name, dtype, dims)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        if self.dims and isinstance(self.dims[0], int) and self.dims[0] > 0:
+            return self.dims[0]
+        return None
+
+    def describe(self) -> str:
+        shape = "[?]" if self.dims is None else "[" + ", ".join(str(d) for d in self.dims) + "]"
+        return f"{self.dtype.name} {shape}"
+
+    def check(self, x) -> np.ndarray:
+        """``x`` converted to the input's dtype; ``BadInputError`` naming the input otherwise."""
+        def fail(why: str) -> BadInputError:
+            got = f"{arr.dtype} array of shape {tuple(arr.shape)}" if arr is not None else type(x).__name__
+            return BadInputError(f"input '{self.name}' expects {self.describe()}, got {got}{why}")
+
+        arr = None
+        try:
+            arr = np.asarray(x)
+        except Exception:  # noqa: BLE001
+            raise fail("") from None
+        kind, want = arr.dtype.kind, self.dtype.kind
+        if want == "f":
+            ok = kind in "fiu"
+        elif want in "iu":
+            ok = kind in "iu"
+        else:
+            ok = arr.dtype == self.dtype
+        if not ok:
+            raise fail(f" (dtype {arr.dtype} cannot be used)")
+        if self.dims is not None:
+            if arr.ndim != len(self.dims):
+                raise fail(f" (rank {arr.ndim}, expected {len(self.dims)})")
+            for axis, (want_dim, got_dim) in enumerate(zip(self.dims, arr.shape)):
+                if axis > 0 and isinstance(want_dim, int) and want_dim > 0 and want_dim != got_dim:
+                    raise fail(f" (dimension {axis} is {got_dim}, expected {want_dim})")
+        if arr.ndim == 0:
+            raise fail(" (no batch dimension)")
+        if arr.shape[0] == 0:
+            raise fail(" (no samples)")
+        if want in "iu" and arr.size:
+            info = np.iinfo(self.dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise fail(f" (values outside the {self.dtype.name} range)")
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported just below
+            converted = arr.astype(self.dtype, copy=False)
+        if want == "f":
+            bad = int(converted.size - np.count_nonzero(np.isfinite(converted)))
+            if bad:
+                beyond = f" or beyond the {self.dtype.name} range" if arr.dtype != self.dtype else ""
+                raise fail(f" ({bad} value(s) NaN, inf{beyond})")
+        return np.ascontiguousarray(converted)
+
+
+def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {init.name for init in model.graph.initializer}
+    initializers |= {init.values.name for init in model.graph.sparse_initializer}
+    return [vi for vi in model.graph.input if vi.name not in initializers]
+
+
+def _batch_size(batch_size, default: int) -> int:
+    if batch_size is None:
+        return default
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise BadInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """``x`` with its leading dimension padded to ``rows`` by repeating the last sample."""
+    if x.shape[0] == rows:
+        return x
+    pad = np.repeat(x[-1:], rows - x.shape[0], axis=0)
+    return np.concatenate([x, pad], axis=0)
+
+
+def _concat(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts, axis=axis)
+
+
+def _run(session: ort.InferenceSession, names: list[str], feed: dict, label: str) -> list[np.ndarray]:
+    ortop.clear_op_errors()
+    try:
+        outputs = session.run(names, feed)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind exception types
+        ortop.raise_op_errors(label)  # a kernel error is the better explanation when there is one
+        raise ExecutionError(f"{label}: ONNX Runtime failed: {_first_line(exc)}") from None
+    ortop.raise_op_errors(label)
+    return outputs
+
+
+def _take_batch(out: np.ndarray, rows: int, valid: int, name: str, label: str, several: bool) -> np.ndarray:
+    if out.ndim >= 1 and out.shape[0] == rows:
+        return out[:valid]
+    if several:
+        raise ExecutionError(
+            f"{label}: output '{name}' of shape {out.shape} has no batch dimension of size {rows}; "
+            "cannot run the model in batches (pass batch_size >= the number of samples)"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Spiking model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpikingResult:
+    """Result of :meth:`SpikingModel.run`.
+
+    ``outputs``: the graph outputs (mean over the ``T`` timesteps of the readout), ``[N, ...]`` each,
+    in graph order (``output_names``). ``spikes`` (when collected): for each ``MultiSpikeNeuron``
+    node, keyed by node name, its signed spike counts ``[T, N, ...]``.
+    """
+
+    outputs: list[np.ndarray]
+    output_names: list[str]
+    timesteps: int
+    spikes: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def output(self) -> np.ndarray:
+        return self.outputs[0]
+
+
+class SpikingModel:
+    """A spiking ONNX model on ONNX Runtime with the ``ai.pmsm`` kernel, optimizations disabled."""
+
+    backend = "onnx"
+
+    def __init__(self, model: ModelLike):
+        self.model, self.label = load_model(model)
+        graph = self.model.graph
+        data = _data_inputs(self.model)
+        if not any(vi.name == TIMESTEPS_INPUT for vi in data):
+            raise BadInputError(f"{self.label}: not a spiking ONNX model (no graph input '{TIMESTEPS_INPUT}')")
+        data = [vi for vi in data if vi.name != TIMESTEPS_INPUT]
+        if len(data) != 1:
+            raise BadInputError(
+                f"{self.label}: expected exactly one data input besides '{TIMESTEPS_INPUT}', "
+                f"got {[vi.name for vi in data]}"
+            )
+        self.input = _InputSpec.of(data[0], self.label)
+        self.output_names = [vi.name for vi in graph.output]
+        self.neurons: dict[str, onnx.NodeProto] = {}
+        for node in graph.node:
+            if ortop.is_neuron(node):
+                ortop.neuron_params_of(node)  # attributes complete and valid, or BadInputError naming the node
+                key = node.name or node.output[0]
+                if key in self.neurons:
+                    key = f"{key}:{node.output[0]}"
+                self.neurons[key] = node
+        self._sessions: dict[bool, ort.InferenceSession] = {}
+
+    @property
+    def input_name(self) -> str:
+        return self.input.name
+
+    @property
+    def neuron_names(self) -> list[str]:
+        return list(self.neurons)
+
+    def _session_for(self, collect_spikes: bool) -> ort.InferenceSession:
+        if collect_spikes not in self._sessions:
+            model = self.model
+            if collect_spikes:
+                model = onnx.ModelProto()
+                model.CopyFrom(self.model)
+                present = set(self.output_names)
+                for node in self.neurons.values():
+                    if node.output[0] not in present:
+                        model.graph.output.append(
+                            onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
+                        )
+                        present.add(node.output[0])
+            self._sessions[collect_spikes] = _session(model, self.label, optimized=False, custom_ops=True)
+        return self._sessions[collect_spikes]
+
+    def run(
+        self,
+        x: np.ndarray,
+        timesteps: int,
+        collect_spikes: bool = False,
+        batch_size: int | None = None,
+    ) -> SpikingResult:
+        """Run ``x [N, ...]`` for ``timesteps`` steps, ``batch_size`` samples per ``session.run``
+        (default: about ``DEFAULT_ROWS_PER_RUN / T``; a fixed batch dimension in the model wins)."""
+        if isinstance(timesteps, (bool, np.bool_)) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
+            raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
+        t = int(timesteps)
+        x = self.input.check(x)
+        n = x.shape[0]
+        chunk = self.input.fixed_batch or _batch_size(batch_size, max(1, DEFAULT_ROWS_PER_RUN // t))
+        session = self._session_for(bool(collect_spikes))
+        spike_names = {key: node.output[0] for key, node in self.neurons.items()} if collect_spikes else {}
+        names = self.output_names + [s for s in dict.fromkeys(spike_names.values()) if s not in self.output_names]
+        several = n > chunk
+        outs: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        spikes: dict[str, list[np.ndarray]] = {key: [] for key in spike_names}
+        t_feed = np.array(t, dtype=np.int64)
+        for start, stop in _chunks(n, chunk):
+            rows = chunk if self.input.fixed_batch else stop - start
+            xb = _pad_rows(x[start:stop], rows)
+            result = dict(zip(names, _run(session, names, {self.input.name: xb, TIMESTEPS_INPUT: t_feed}, self.label)))
+            for i, name in enumerate(self.output_names):
+                outs[i].append(_take_batch(result[name], rows, stop - start, name, self.label, several))
+            for key, name in spike_names.items():
+                s = result[name]
+                if s.ndim == 0 or s.shape[0] != t * rows:
+                    raise ExecutionError(
+                        f"{self.label}: spikes of neuron '{key}' have shape {s.shape}, expected leading "
+                        f"dimension timesteps x batch = {t * rows}"
+                    )
+                spikes[key].append(s.reshape((t, rows) + s.shape[1:])[:, : stop - start])
+        return SpikingResult(
+            outputs=[_concat(parts) for parts in outs],
+            output_names=list(self.output_names),
+            timesteps=t,
+            spikes={key: _concat(parts, axis=1) for key, parts in spikes.items()},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Source model
+# ---------------------------------------------------------------------------------------------
+
+
+class SourceModel:
+    """The quantized ANN on stock ONNX Runtime (QONNX quantizers through this package's kernels).
+
+    ``optimized=False`` (backend ``ann``): graph optimizations disabled, the reference semantics.
+    ``optimized=True`` (backend ``ann_ort_opt``): ONNX Runtime's default optimization level.
+    """
+
+    def __init__(self, model: ModelLike, optimized: bool = False):
+        self.model, self.label = load_model(model)
+        self.optimized = bool(optimized)
+        self.uses_qonnx = ortop.uses_qonnx(self.model)
+        data = _data_inputs(self.model)
+        if len(data) != 1:
+            raise BadInputError(f"{self.label}: expected exactly one data input, got {[vi.name for vi in data]}")
+        self.input = _InputSpec.of(data[0], self.label)
+        self.output_names = [vi.name for vi in self.model.graph.output]
+        run_model = ortop.with_qonnx_defaults(self.model) if self.uses_qonnx else self.model
+        self._session = _session(run_model, self.label, optimized=self.optimized, custom_ops=self.uses_qonnx)
+
+    @property
+    def backend(self) -> str:
+        return "ann_ort_opt" if self.optimized else "ann"
+
+    @property
+    def input_name(self) -> str:
+        return self.input.name
+
+    def run(self, x: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
+        """Outputs for ``x [N, ...]`` in graph order, ``batch_size`` samples per ``session.run``
+        (default ``DEFAULT_ROWS_PER_RUN``; a fixed batch dimension in the model wins)."""
+        x = self.input.check(x)
+        n = x.shape[0]
+        chunk = self.input.fixed_batch or _batch_size(batch_size, DEFAULT_ROWS_PER_RUN)
+        several = n > chunk
+        outs: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        for start, stop in _chunks(n, chunk):
+            rows = chunk if self.input.fixed_batch else stop - start
+            xb = _pad_rows(x[start:stop], rows)
+            result = _run(self._session, self.output_names, {self.input.name: xb}, self.label)
+            for i, (name, out) in enumerate(zip(self.output_names, result)):
+                outs[i].append(_take_batch(out, rows, stop - start, name, self.label, several))
+        return [_concat(parts) for parts in outs]

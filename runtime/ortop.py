@@ -1,0 +1,355 @@
+"""ONNX Runtime kernels of the reference backend (Python custom ops, onnxruntime-extensions).
+
+Importing this module defines, once per process:
+
+- ``ai.pmsm::MultiSpikeNeuron`` (docs/spiking-onnx.md): converts its attributes, builds
+  :class:`~pmsm.runtime.neuron.NeuronParams` and calls
+  :func:`pmsm.runtime.neuron.run_time_major`, the one implementation of the neuron;
+- the QONNX quantizers ``Quant``, ``IntQuant`` and ``BipolarQuant`` in the domains
+  ``qonnx.custom_op.general``, ``onnx.brevitas`` and ``finn.custom_op.general``, so that the
+  *source* model of a QONNX export runs on stock ONNX Runtime.
+
+A session uses them after ``SessionOptions.register_custom_ops_library(get_library_path())``
+(:func:`session_options` does it).
+
+Facts about onnxruntime-extensions 0.15.2 this module is built around:
+
+- Only scalar int64/float/string attributes, and every declared attribute is **required**: a node
+  without one fails at session creation. QONNX exports may omit ``signed``/``narrow``/
+  ``rounding_mode``; :func:`with_qonnx_defaults` fills them in on a copy of the model.
+- Float attributes arrive as float32 widened to a Python float (``np.float32(attr)`` is exact).
+- **An exception escaping a kernel aborts the whole process.** Every kernel catches everything,
+  returns zeros of the input's shape and records the error in a per-thread slot (ONNX Runtime
+  calls the kernel on the thread that called ``session.run``). :func:`raise_op_errors` turns the
+  record into a Python exception after ``session.run`` returns; the session wrappers in
+  :mod:`pmsm.runtime.execute` call it after every run.
+- Defining an op twice in a process breaks later sessions: the kernels are defined at import,
+  guarded so that a reload or a second import of this file does not define them again.
+- A registered kernel wins over a model-local function (FunctionProto) with the same domain and
+  name; without the library registered, ONNX Runtime runs the function body instead.
+- Outputs go back to ONNX Runtime through a Python list (``ndarray.tolist()``): the cost is a
+  fixed overhead per call plus a per-element term, all under the GIL.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime_extensions
+from onnxruntime_extensions import PyOp, get_library_path, onnx_op
+
+from pmsm.errors import BadInputError
+from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
+from pmsm.runtime.neuron import NeuronParams, run_time_major
+
+__all__ = [
+    "PMSM_DOMAIN",
+    "NEURON_OP",
+    "NEURON_ATTRIBUTES",
+    "QONNX_DOMAINS",
+    "QONNX_QUANT_OPS",
+    "QONNX_DEFAULTS",
+    "ExecutionError",
+    "get_library_path",
+    "neuron_params_of",
+    "is_neuron",
+    "is_qonnx_quantizer",
+    "uses_qonnx",
+    "with_qonnx_defaults",
+    "qonnx_int_range",
+    "qonnx_quant",
+    "qonnx_bipolar_quant",
+    "clear_op_errors",
+    "take_op_errors",
+    "raise_op_errors",
+]
+
+PMSM_DOMAIN = "ai.pmsm"
+NEURON_OP = "MultiSpikeNeuron"
+NEURON_ATTRIBUTES = ("lo", "hi", "v_init", "rounding")
+
+QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
+QONNX_QUANT_OPS = ("Quant", "IntQuant")  # same inputs (x, scale, zeropt, bitwidth) and attributes
+QONNX_BIPOLAR_OP = "BipolarQuant"
+QONNX_DEFAULTS = {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}
+
+_MAX_RECORDED = 64
+
+
+class ExecutionError(BadInputError):
+    """Running a model failed: a kernel rejected its inputs, or ONNX Runtime failed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Error slot: kernels never raise (that aborts the process); they record here instead.
+# ---------------------------------------------------------------------------------------------
+
+
+class _ErrorSlot(threading.local):
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, BaseException]] = []
+        self.dropped = 0
+
+
+def _shared_slot() -> _ErrorSlot:
+    # Kept on the extensions module so that a second copy of this file (reload, or an import
+    # under another name) shares the slot the kernels defined by the first copy write to.
+    slot = getattr(onnxruntime_extensions, "_pmsm_error_slot", None)
+    if slot is None:
+        slot = _ErrorSlot()
+        onnxruntime_extensions._pmsm_error_slot = slot
+    return slot
+
+
+_SLOT = _shared_slot()
+
+
+def _record(message: str, exc: BaseException) -> None:
+    try:
+        if len(_SLOT.errors) < _MAX_RECORDED:
+            _SLOT.errors.append((message, exc))
+        else:
+            _SLOT.dropped += 1
+    except BaseException:  # noqa: BLE001 - nothing may escape a kernel
+        pass
+
+
+def clear_op_errors() -> None:
+    """Forget errors recorded by kernels on this thread."""
+    _SLOT.errors = []
+    _SLOT.dropped = 0
+
+
+def take_op_errors() -> list[str]:
+    """Messages of the errors recorded by kernels on this thread since the last clear/take."""
+    messages = [message for message, _ in _SLOT.errors]
+    if _SLOT.dropped:
+        messages.append(f"... and {_SLOT.dropped} more")
+    clear_op_errors()
+    return messages
+
+
+def raise_op_errors(context: str = "") -> None:
+    """Raise the first error recorded by a kernel on this thread (and clear the record).
+
+    A ``KeyboardInterrupt`` caught inside a kernel is re-raised as such.
+    """
+    errors, dropped = _SLOT.errors, _SLOT.dropped
+    if not errors:
+        return
+    clear_op_errors()
+    for _, exc in errors:
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt
+    more = len(errors) - 1 + dropped
+    prefix = f"{context}: " if context else ""
+    suffix = f" (and {more} more kernel error(s))" if more else ""
+    raise ExecutionError(f"{prefix}{errors[0][0]}{suffix}") from errors[0][1]
+
+
+def _guarded(describe: Callable[..., str]):
+    """Wrap a kernel body: any exception is recorded and zeros of the first input's shape returned."""
+
+    def wrap(body):
+        @functools.wraps(body)
+        def kernel(*inputs, **attrs):
+            try:
+                out = body(*inputs, **attrs)
+                return np.ascontiguousarray(out, dtype=np.float32)
+            except BaseException as exc:  # noqa: BLE001 - an escaping exception aborts the process
+                try:
+                    message = f"{describe(*inputs, **attrs)}: {exc}"
+                except BaseException:  # noqa: BLE001
+                    message = f"{body.__name__}: {exc!r}"
+                _record(message, exc)
+                try:
+                    return np.zeros(np.shape(inputs[0]), dtype=np.float32)
+                except BaseException:  # noqa: BLE001
+                    return np.zeros((0,), dtype=np.float32)
+
+        return kernel
+
+    return wrap
+
+
+def _shape(a) -> tuple:
+    return tuple(np.shape(a))
+
+
+# ---------------------------------------------------------------------------------------------
+# ai.pmsm::MultiSpikeNeuron
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _params(lo: int, hi: int, v_init: float, rounding: str) -> NeuronParams:
+    return NeuronParams(lo=int(lo), hi=int(hi), v_init=float(np.float32(v_init)), rounding=str(rounding))
+
+
+def _describe_neuron(z, timesteps, lo=None, hi=None, v_init=None, rounding=None) -> str:
+    try:
+        t = int(np.asarray(timesteps).reshape(-1)[0])
+    except BaseException:  # noqa: BLE001
+        t = f"{np.asarray(timesteps).tolist()!r}"
+    return (
+        f"{PMSM_DOMAIN}::{NEURON_OP}(lo={lo}, hi={hi}, v_init={v_init!r}, rounding={rounding!r}) "
+        f"on z of shape {_shape(z)} with timesteps={t}"
+    )
+
+
+@_guarded(_describe_neuron)
+def _neuron_kernel(z, timesteps, lo, hi, v_init, rounding):
+    t = np.asarray(timesteps)
+    if t.size != 1:
+        raise ValueError(f"timesteps must be a scalar, got shape {t.shape}")
+    t = int(t.reshape(()))
+    if t < 1:
+        raise ValueError(f"timesteps must be >= 1, got {t}")
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim == 0:
+        raise ValueError("z has no leading (time x batch) dimension")
+    if z.shape[0] % t:
+        raise ValueError(
+            f"leading dimension {z.shape[0]} is not a multiple of timesteps={t} "
+            "(is the time-folded batch reshaped somewhere on the way to this neuron?)"
+        )
+    return run_time_major(z, t, _params(lo, hi, v_init, rounding))
+
+
+def is_neuron(node: onnx.NodeProto) -> bool:
+    return node.domain == PMSM_DOMAIN and node.op_type == NEURON_OP
+
+
+def neuron_params_of(node: onnx.NodeProto) -> NeuronParams:
+    """The neuron parameters of a ``MultiSpikeNeuron`` node; ``BadInputError`` naming the node."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    missing = [name for name in NEURON_ATTRIBUTES if name not in attrs]
+    if missing:
+        raise BadInputError(f"node '{node.name}' ({NEURON_OP}): missing attribute(s) {', '.join(missing)}")
+    rounding = attrs["rounding"]
+    if isinstance(rounding, bytes):
+        rounding = rounding.decode("utf-8", "replace")
+    try:
+        return _params(attrs["lo"], attrs["hi"], float(attrs["v_init"]), rounding)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"node '{node.name}' ({NEURON_OP}): {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# QONNX quantizers (numpy semantics, float32 arithmetic)
+# ---------------------------------------------------------------------------------------------
+
+
+def _describe_quant(x, scale, zeropt, bitwidth, signed=None, narrow=None, rounding_mode=None) -> str:
+    return (
+        f"QONNX Quant(signed={signed}, narrow={narrow}, rounding_mode={rounding_mode!r}) on x of shape "
+        f"{_shape(x)}, scale {_shape(scale)}, zeropt {_shape(zeropt)}, bitwidth {_shape(bitwidth)}"
+    )
+
+
+@_guarded(_describe_quant)
+def _quant_kernel(x, scale, zeropt, bitwidth, signed, narrow, rounding_mode):
+    y = qonnx_quant(x, scale, zeropt, bitwidth, signed=signed, narrow=narrow, rounding_mode=rounding_mode)
+    if y.shape != np.shape(x):
+        raise ValueError(f"scale/zeropt/bitwidth broadcast the output to shape {y.shape}")
+    return y
+
+
+def _describe_bipolar(x, scale) -> str:
+    return f"QONNX BipolarQuant on x of shape {_shape(x)}, scale {_shape(scale)}"
+
+
+@_guarded(_describe_bipolar)
+def _bipolar_kernel(x, scale):
+    y = qonnx_bipolar_quant(x, scale)
+    if y.shape != np.shape(x):
+        raise ValueError(f"scale broadcasts the output to shape {y.shape}")
+    return y
+
+
+def is_qonnx_quantizer(node: onnx.NodeProto) -> bool:
+    return node.domain in QONNX_DOMAINS and node.op_type in QONNX_QUANT_OPS + (QONNX_BIPOLAR_OP,)
+
+
+def _all_graphs(model: onnx.ModelProto):
+    """Every node list of the model: the main graph, subgraphs, model-local functions."""
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        yield graph.node
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+    for function in model.functions:
+        yield function.node
+
+
+def uses_qonnx(model: onnx.ModelProto) -> bool:
+    """Whether any node of the model is a QONNX quantizer this module has a kernel for."""
+    return any(is_qonnx_quantizer(node) for nodes in _all_graphs(model) for node in nodes)
+
+
+def with_qonnx_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose QONNX ``Quant``/``IntQuant`` nodes carry every attribute.
+
+    onnxruntime-extensions requires all declared attributes; QONNX defaults are
+    ``signed=1``, ``narrow=0``, ``rounding_mode="ROUND"``. Also adds a missing opset import
+    (version 1) for each QONNX domain in use.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used: set[str] = set()
+    for nodes in _all_graphs(out):
+        for node in nodes:
+            if not is_qonnx_quantizer(node):
+                continue
+            used.add(node.domain)
+            if node.op_type not in QONNX_QUANT_OPS:
+                continue
+            present = {a.name for a in node.attribute}
+            for name, value in QONNX_DEFAULTS.items():
+                if name not in present:
+                    node.attribute.append(onnx.helper.make_attribute(name, value))
+    imported = {o.domain for o in out.opset_import}
+    for domain in sorted(used - imported):
+        out.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Definition, once per process
+# ---------------------------------------------------------------------------------------------
+
+
+def _define_kernels() -> None:
+    if getattr(onnxruntime_extensions, "_pmsm_kernels_defined", False):
+        return
+    onnx_op(
+        op_type=f"{PMSM_DOMAIN}::{NEURON_OP}",
+        inputs=[PyOp.dt_float, PyOp.dt_int64],
+        outputs=[PyOp.dt_float],
+        attrs={"lo": PyOp.dt_int64, "hi": PyOp.dt_int64, "v_init": PyOp.dt_float, "rounding": PyOp.dt_string},
+    )(_neuron_kernel)
+    for domain in QONNX_DOMAINS:
+        for op in QONNX_QUANT_OPS:
+            onnx_op(
+                op_type=f"{domain}::{op}",
+                inputs=[PyOp.dt_float] * 4,
+                outputs=[PyOp.dt_float],
+                attrs={"signed": PyOp.dt_int64, "narrow": PyOp.dt_int64, "rounding_mode": PyOp.dt_string},
+            )(_quant_kernel)
+        onnx_op(
+            op_type=f"{domain}::{QONNX_BIPOLAR_OP}",
+            inputs=[PyOp.dt_float] * 2,
+            outputs=[PyOp.dt_float],
+        )(_bipolar_kernel)
+    onnxruntime_extensions._pmsm_kernels_defined = True
+
+
+_define_kernels()

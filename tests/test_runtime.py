@@ -1,0 +1,305 @@
+"""Reference backend: the ai.pmsm::MultiSpikeNeuron kernel, spiking/source execution, QONNX kernels."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pmsm.errors import BadInputError
+from pmsm.runtime import ortop
+from pmsm.runtime.execute import ExecutionError, SourceModel, SpikingModel, SpikingResult
+from pmsm.runtime.neuron import NeuronParams, run_time_major
+
+RNG = np.random.default_rng(0)
+K = 6  # features
+H = 4  # hidden units of the second layer
+
+
+def _const(name, value, dtype=np.float32):
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def _model(nodes, inputs, outputs, initializers, opset=17, ir_version=10, functions=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers)
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(ortop.PMSM_DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir_version, functions=list(functions))
+    onnx.checker.check_model(model)
+    return model
+
+
+def _neuron(name, z, s, p: NeuronParams):
+    return helper.make_node(
+        ortop.NEURON_OP, [z, "timesteps"], [s], name=name, domain=ortop.PMSM_DOMAIN,
+        lo=p.lo, hi=p.hi, v_init=p.v_init, rounding=p.rounding,
+    )
+
+
+def spiking_model(scale, params, opset=17, hidden=False, fold=True, batch="N", ir_version=10, functions=()):
+    """``x -> Tile[T,1] -> Div(scale) -> neuron_0 -> Mul(scale) [-> MatMul(W) -> Div -> neuron_1 -> Mul]
+    -> Reshape[T,-1,F] -> ReduceMean(axis 0)`` in the spiking ONNX format."""
+    out_features = H if hidden else K
+    nodes = [
+        helper.make_node("Reshape", ["timesteps", "one_shape"], ["t1"], name="pmsm_fold/t1"),
+        helper.make_node("Concat", ["t1", "ones"], ["reps"], name="pmsm_fold/reps", axis=0),
+        helper.make_node("Tile", ["x", "reps"] if fold else ["x", "ones2"], ["xt"], name="pmsm_fold/tile"),
+        helper.make_node("Div", ["xt", "scale"], ["z0"], name="div0"),
+        _neuron("neuron_0", "z0", "s0", params),
+        helper.make_node("Mul", ["s0", "scale"], ["a0"], name="mul0"),
+    ]
+    inits = [
+        _const("one_shape", [1], np.int64), _const("ones", [1], np.int64), _const("ones2", [1, 1], np.int64),
+        _const("scale", scale), _const("readout_tail", [-1, out_features], np.int64),
+    ]
+    last = "a0"
+    if hidden:
+        inits.append(_const("w", RNG.normal(size=(K, H)) * 0.5))
+        nodes += [
+            helper.make_node("MatMul", ["a0", "w"], ["h"], name="fc1"),
+            helper.make_node("Div", ["h", "scale"], ["z1"], name="div1"),
+            _neuron("neuron_1", "z1", "s1", params),
+            helper.make_node("Mul", ["s1", "scale"], ["a1"], name="mul1"),
+        ]
+        last = "a1"
+    nodes += [
+        helper.make_node("Concat", ["t1", "readout_tail"], ["rshape"], name="pmsm_readout/shape", axis=0),
+        helper.make_node("Reshape", [last, "rshape"], ["r"], name="pmsm_readout/reshape"),
+    ]
+    if opset >= 18:
+        inits.append(_const("axis0", [0], np.int64))
+        nodes.append(helper.make_node("ReduceMean", ["r", "axis0"], ["y"], name="pmsm_readout/mean", keepdims=0))
+    else:
+        nodes.append(helper.make_node("ReduceMean", ["r"], ["y"], name="pmsm_readout/mean", axes=[0], keepdims=0))
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, K]),
+        helper.make_tensor_value_info("timesteps", TensorProto.INT64, []),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, out_features])]
+    return _model(nodes, inputs, outputs, inits, opset=opset, ir_version=ir_version, functions=functions)
+
+
+def qdq_model(scale, zero_point, dtype):
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], name="dq"),
+    ]
+    inits = [_const("scale", scale), _const("zp", zero_point, dtype)]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", K])],
+        inits, opset=20,
+    )
+
+
+def probe(n, scale):
+    x = (RNG.normal(size=(n, K)) * 40 * scale).astype(np.float32)
+    x[0] = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5], np.float32) * np.float32(scale)  # rounding ties
+    x[1, :2] = np.array([-1000, 1000], np.float32) * np.float32(scale)  # beyond any clip bound
+    return x
+
+
+QDQ_CASES = {"int8": (np.int8, 0, -128, 127), "uint8_zp3": (np.uint8, 3, 0, 255)}
+
+
+@pytest.mark.parametrize("case", QDQ_CASES)
+@pytest.mark.parametrize("opset", [17, 20])
+def test_t1_equals_numpy_neuron_and_qdq_source_bit_for_bit(case, opset):
+    dtype, zp, qmin, qmax = QDQ_CASES[case]
+    scale = np.float32(0.25)
+    params = NeuronParams(lo=qmin - zp, hi=qmax - zp, v_init=0.0, rounding="half_even")
+    x = probe(33, scale)
+    res = SpikingModel(spiking_model(scale, params, opset=opset)).run(x, timesteps=1, collect_spikes=True)
+    z = (x / scale).astype(np.float32)
+    spikes = run_time_major(z, 1, params)
+    np.testing.assert_array_equal(res.spikes["neuron_0"][0], spikes)
+    assert np.array_equal(res.output, (spikes * scale).astype(np.float32))
+    (ann,) = SourceModel(qdq_model(scale, zp, dtype)).run(x)
+    assert float(np.max(np.abs(res.output - ann))) == 0.0
+    assert spikes.min() == params.lo and spikes.max() == params.hi  # both clip bounds are exercised
+
+
+@pytest.mark.parametrize("rounding,v_init", [("floor", 0.5), ("half_even", 0.0)])
+@pytest.mark.parametrize("timesteps", [2, 3, 5])
+def test_spikes_per_step_equal_run_time_major(rounding, v_init, timesteps):
+    scale = np.float32(0.5)
+    params = NeuronParams(lo=-3, hi=3, v_init=v_init, rounding=rounding)
+    x = probe(7, scale) * np.float32(0.1)
+    res = SpikingModel(spiking_model(scale, params, hidden=True)).run(x, timesteps, collect_spikes=True)
+    assert isinstance(res, SpikingResult) and res.timesteps == timesteps
+    assert set(res.spikes) == {"neuron_0", "neuron_1"}
+    xt = np.tile(x, (timesteps, 1))
+    s0 = run_time_major((xt / scale).astype(np.float32), timesteps, params)
+    np.testing.assert_array_equal(res.spikes["neuron_0"], s0.reshape(timesteps, 7, K))
+    assert res.spikes["neuron_0"].shape == (timesteps, 7, K) and res.spikes["neuron_1"].shape == (timesteps, 7, H)
+    assert res.spikes["neuron_1"].dtype == np.float32
+    assert res.output.shape == (7, H)
+    np.testing.assert_allclose(res.output, (res.spikes["neuron_1"] * scale).mean(axis=0), rtol=1e-6, atol=1e-7)
+
+
+def test_second_layer_spikes_equal_run_time_major_on_the_graph_input():
+    scale = np.float32(0.5)
+    params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
+    model = spiking_model(scale, params, hidden=True)
+    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
+    x = probe(5, scale) * np.float32(0.1)
+    res = SpikingModel(model).run(x, 4, collect_spikes=True)
+    a0 = (res.spikes["neuron_0"].reshape(20, K) * scale).astype(np.float32)
+    z1 = ((a0 @ w).astype(np.float32) / scale).astype(np.float32)
+    np.testing.assert_array_equal(res.spikes["neuron_1"], run_time_major(z1, 4, params).reshape(4, 5, H))
+
+
+def test_batches_and_fixed_batch_dimension_give_the_same_result():
+    scale = np.float32(0.5)
+    params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
+    x = probe(5, scale) * np.float32(0.1)
+    full = SpikingModel(spiking_model(scale, params)).run(x, 3, collect_spikes=True)
+    split = SpikingModel(spiking_model(scale, params)).run(x, 3, collect_spikes=True, batch_size=2)
+    fixed = SpikingModel(spiking_model(scale, params, batch=2)).run(x, 3, collect_spikes=True)
+    for other in (split, fixed):
+        np.testing.assert_array_equal(other.output, full.output)
+        np.testing.assert_array_equal(other.spikes["neuron_0"], full.spikes["neuron_0"])
+    assert full.spikes["neuron_0"].shape == (3, 5, K)
+    with pytest.raises(BadInputError, match="batch_size"):
+        SpikingModel(spiking_model(scale, params)).run(x, 3, batch_size=0)
+
+
+def test_error_inside_the_op_raises_and_the_process_survives():
+    params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
+    broken = SpikingModel(spiking_model(np.float32(0.5), params, fold=False))  # input not time-folded
+    x = np.ones((3, K), np.float32)
+    with pytest.raises(ExecutionError, match=r"not a multiple of timesteps=2"):
+        broken.run(x, 2)
+    # on a raw ORT session the kernel records the error and returns zeros instead of aborting
+    lone = _model(
+        [_neuron("n", "x", "s", params)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", K]),
+         helper.make_tensor_value_info("timesteps", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", K])], [],
+    )
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(ortop.get_library_path())
+    sess = ort.InferenceSession(lone.SerializeToString(), so)
+    ortop.clear_op_errors()
+    (s,) = sess.run(None, {"x": x, "timesteps": np.array(0, np.int64)})
+    assert s.shape == x.shape and not s.any()
+    errors = ortop.take_op_errors()
+    assert len(errors) == 1 and "timesteps must be >= 1" in errors[0] and "MultiSpikeNeuron(lo=-2" in errors[0]
+    # a later session still works
+    res = SpikingModel(spiking_model(np.float32(0.5), params)).run(x, 2)
+    assert res.output.shape == (3, K)
+    assert broken.run(x, 1).output.shape == (3, K)  # T=1 divides anything
+    with pytest.raises(BadInputError, match="timesteps"):
+        broken.run(x, 0)
+
+
+def test_input_mismatch_is_a_bad_input_error_naming_the_input():
+    params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
+    model = SpikingModel(spiking_model(np.float32(0.5), params))
+    with pytest.raises(BadInputError, match=r"input 'x' expects float32 \[N, 6\], got float32 array of shape \(3, 5\)"):
+        model.run(np.ones((3, 5), np.float32), 1)
+    with pytest.raises(BadInputError, match=r"input 'x' expects float32 \[N, 6\].*rank 3"):
+        model.run(np.ones((3, K, 1), np.float32), 1)
+    with pytest.raises(BadInputError, match="dtype"):
+        model.run(np.full((3, K), "a"), 1)
+    x = np.ones((3, K), np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(BadInputError, match="NaN"):
+        model.run(x, 1)
+    with pytest.raises(BadInputError, match="inf"):
+        SourceModel(qdq_model(np.float32(0.25), 0, np.int8)).run(np.full((2, K), 1e39))
+    # float64 and integer data are converted
+    np.testing.assert_array_equal(model.run(np.ones((3, K)), 1).output, model.run(np.ones((3, K), np.int64), 1).output)
+
+
+def test_model_level_errors():
+    params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
+    model = spiking_model(np.float32(0.5), params)
+    model.ir_version = 11
+    SpikingModel(model)
+    model.ir_version = 12
+    with pytest.raises(BadInputError, match="IR version 12"):
+        SpikingModel(model)
+    model.ir_version = 10
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    neuron = next(n for n in bad.graph.node if n.name == "neuron_0")
+    neuron.attribute.remove(next(a for a in neuron.attribute if a.name == "v_init"))
+    with pytest.raises(BadInputError, match=r"node 'neuron_0'.*v_init"):
+        SpikingModel(bad)
+    with pytest.raises(BadInputError, match="not a spiking ONNX model"):
+        SpikingModel(qdq_model(np.float32(0.25), 0, np.int8))
+    with pytest.raises(BadInputError, match="no such file"):
+        SourceModel("/nonexistent/model.onnx")
+
+
+def test_registered_kernel_wins_over_a_model_local_function():
+    body = helper.make_function(
+        ortop.PMSM_DOMAIN, ortop.NEURON_OP, ["z", "timesteps"], ["s"],
+        [helper.make_node("Neg", ["z"], ["s"])], [helper.make_opsetid("", 17)],
+        attributes=list(ortop.NEURON_ATTRIBUTES),
+    )
+    params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
+    x = probe(4, 0.5) * np.float32(0.1)
+    with_fn = SpikingModel(spiking_model(np.float32(0.5), params, functions=[body])).run(x, 2)
+    plain = SpikingModel(spiking_model(np.float32(0.5), params)).run(x, 2)
+    np.testing.assert_array_equal(with_fn.output, plain.output)
+
+
+def qonnx_model(domain, attrs, op="Quant", scale=0.5):
+    inputs = ["x", "scale"] if op == "BipolarQuant" else ["x", "scale", "zeropt", "bitwidth"]
+    node = helper.make_node(op, inputs, ["y"], name="quant", domain=domain, **attrs)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[_const("scale", scale), _const("zeropt", 0.0), _const("bitwidth", 3.0)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+QONNX_X = np.array([[0.25, 0.75, -0.25, -0.8], [1.3, 2.9, -3.1, -1.75]], np.float32)
+
+
+@pytest.mark.parametrize("domain,op", [(d, "Quant") for d in ortop.QONNX_DOMAINS] + [(ortop.QONNX_DOMAINS[0], "IntQuant")])
+def test_qonnx_quant_source_model_equals_a_hand_computation(domain, op):
+    # scale 0.5, 3 bits signed: levels -4..3 (narrow: -3..3); x / 0.5 = [[.5, 1.5, -.5, -1.6], [2.6, 5.8, -6.2, -3.5]]
+    expected = {
+        (): [[0.0, 1.0, -0.0, -1.0], [1.5, 1.5, -2.0, -2.0]],  # defaults: signed, not narrow, ROUND (half even)
+        (("narrow", 1),): [[0.0, 1.0, -0.0, -1.0], [1.5, 1.5, -1.5, -1.5]],
+        (("rounding_mode", "FLOOR"),): [[0.0, 0.5, -0.5, -1.0], [1.0, 1.5, -2.0, -2.0]],
+        (("rounding_mode", "CEIL"),): [[0.5, 1.0, -0.0, -0.5], [1.5, 1.5, -2.0, -1.5]],
+        (("rounding_mode", "ROUND_TO_ZERO"),): [[0.0, 0.5, -0.0, -0.5], [1.0, 1.5, -2.0, -1.5]],
+        (("signed", 0),): [[0.0, 1.0, 0.0, 0.0], [1.5, 3.0, 0.0, 0.0]],  # levels 0..7
+    }
+    for attrs, want in expected.items():
+        (y,) = SourceModel(qonnx_model(domain, dict(attrs), op)).run(QONNX_X)
+        np.testing.assert_array_equal(y, np.array(want, np.float32), err_msg=str(attrs))
+    (y,) = SourceModel(qonnx_model(domain, {}, "BipolarQuant")).run(QONNX_X)
+    np.testing.assert_array_equal(y, np.where(QONNX_X >= 0, 0.5, -0.5).astype(np.float32))
+    # per-channel scale: channel 1 at scale 1 -> [1, 3 (clip)], the others as above
+    (y,) = SourceModel(qonnx_model(domain, {}, op, scale=[[0.5, 1.0, 0.5, 0.5]])).run(QONNX_X)
+    np.testing.assert_array_equal(y, np.array([[0.0, 1.0, -0.0, -1.0], [1.5, 3.0, -2.0, -2.0]], np.float32))
+
+
+def test_qonnx_quant_numpy_semantics():
+    x = (RNG.normal(size=(64, 3)) * 4).astype(np.float32)
+    scale = np.array([0.3, 0.7, 1.1], np.float32)
+    y = ortop.qonnx_quant(x, scale, 2.0, 4, signed=False, narrow=True, rounding_mode="ROUND")
+    q = np.clip(np.rint((x / scale).astype(np.float32) + np.float32(2)), 0, 14)
+    np.testing.assert_array_equal(y, ((q - 2) * scale).astype(np.float32))
+    assert ortop.qonnx_int_range(8, True, True) == (-127, 127)
+    np.testing.assert_array_equal(
+        ortop.qonnx_quant(np.array([0.5, 1.5, -0.5, -2.5], np.float32), 1.0, 0.0, 8, rounding_mode="HALF_UP"), [1, 2, -1, -3]
+    )
+    # the kernel records (never raises) and the wrapper raises after the run
+    model = qonnx_model(ortop.QONNX_DOMAINS[0], {"rounding_mode": "NEAREST"})
+    with pytest.raises(ExecutionError, match="NEAREST"):
+        SourceModel(model).run(QONNX_X)
+
+
+def test_source_model_backends_on_qdq():
+    model = qdq_model(np.float32(0.25), 3, np.uint8)
+    x = probe(9, 0.25)
+    ref, opt = SourceModel(model), SourceModel(model, optimized=True)
+    assert (ref.backend, opt.backend) == ("ann", "ann_ort_opt")
+    np.testing.assert_array_equal(ref.run(x)[0], opt.run(x, batch_size=4)[0])
