@@ -146,13 +146,18 @@ def backends_for(export: Export) -> list:
     return backends
 
 
-def run_verification(export: Export, data_path: Optional[str], timesteps: list[int], progress=True) -> dict:
+def load_verification_data(export: Export, data_path: Optional[str]):
+    return load_data(data_path, input_shape(onnx.load(export.source_path, load_external_data=False)))
+
+
+def run_verification(export: Export, data_path: Optional[str], timesteps: list[int], progress=True,
+                     data=None) -> dict:
+    """Run every backend of the export's target against the reference; returns the report dict."""
     from pmsm.backends import AnnBackend
     from pmsm.report import build_report
     from pmsm.verify import terminal_progress, verify
 
-    source = onnx.load(export.source_path)
-    x, y = load_data(data_path, input_shape(source))
+    x, y = data if data is not None else load_verification_data(export, data_path)
     backends = backends_for(export)
     verification = verify(
         AnnBackend(export.source_path), backends, x, y, timesteps,
@@ -164,29 +169,42 @@ def run_verification(export: Export, data_path: Optional[str], timesteps: list[i
     return report
 
 
+def finish_report(report: dict, path: Optional[str], pictures: bool = True) -> list[str]:
+    """Write the report JSON and, next to it, its pictures; returns the paths written."""
+    if not path:
+        return []
+    atomic_write_json(path, report)
+    written = [path]
+    if pictures:
+        from pmsm.plots import write_pictures
+
+        folder = os.path.dirname(os.path.abspath(path))
+        written += write_pictures(report, folder, os.path.splitext(os.path.basename(path))[0])
+    return written
+
+
 def run_command(args: argparse.Namespace) -> int:
     from pmsm.report import print_summary
 
+    if (args.report or args.data) and not args.verify:
+        raise BadInputError("--report and --data need --verify")
     output = args.output or default_output(args.model, args.target)
-    if not args.check:
-        check_output_path(args.model, output) if os.path.exists(args.model) else None
+    if not args.check and os.path.exists(args.model):
+        check_output_path(args.model, output)  # before the work, not after it
     export = convert(args.model, args.target, timesteps=args.timesteps[0])
     if args.check:
         print(f"{args.model}: ok for target '{args.target}': {len(export.neurons)} neuron layer(s), "
               f"{len(export.spiking.graph.node)} nodes")
         return EXIT_OK
+    data = load_verification_data(export, args.data) if args.verify else None  # bad data: fail before writing
     write(export, output)
     print(f"wrote {output} ({len(export.neurons)} PMSM neuron layer(s))")
     if not args.verify:
-        if args.report:
-            raise BadInputError("--report needs --verify")
         return EXIT_OK
-    report = run_verification(export, args.data, args.timesteps)
-    if args.report:
-        atomic_write_json(args.report, report)
-        print(f"wrote {args.report}")
+    report = run_verification(export, args.data, args.timesteps, data=data)
+    for path in finish_report(report, args.report, pictures=bool(args.report)):
+        print(f"wrote {path}")
     print_summary(report, sys.stdout)
-    failures = report["verification"]["failures"]
-    for failure in failures:
+    for failure in report["verification"]["failures"]:
         print(f"pmsm-export: verification failed: {failure}", file=sys.stderr)
-    return EXIT_MISMATCH if failures else EXIT_OK
+    return EXIT_MISMATCH if report["verification"]["failures"] else EXIT_OK

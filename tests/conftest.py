@@ -1,0 +1,66 @@
+"""Shared fixtures: small quantized models built directly in ONNX (fast, no training)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(REPO, "samples")
+
+
+def build_qdq_mlp(seed: int = 0, hidden: int = 16, batch=1) -> onnx.ModelProto:
+    """``x [N,1,8,8] -> Flatten -> QDQ(u8) -> Gemm -> Relu -> QDQ(u8) -> Gemm -> y [N,10]``,
+    the shape onnxruntime's ``quantize_static`` gives a small MLP."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (hidden, 64)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, hidden).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (10, hidden)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "b2"),
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "s_in"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zp_in"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "s_h"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zp_h"),
+    ]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["xf"], name="flatten", axis=1),
+        helper.make_node("QuantizeLinear", ["xf", "s_in", "zp_in"], ["xq"], name="input_quant"),
+        helper.make_node("DequantizeLinear", ["xq", "s_in", "zp_in"], ["xd"], name="input_dequant"),
+        helper.make_node("Gemm", ["xd", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu1"),
+        helper.make_node("QuantizeLinear", ["hr", "s_h", "zp_h"], ["hq"], name="hidden_quant"),
+        helper.make_node("DequantizeLinear", ["hq", "s_h", "zp_h"], ["hd"], name="hidden_dequant"),
+        helper.make_node("Gemm", ["hd", "w2", "b2"], ["y"], name="fc2", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "qdq_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.fixture
+def qdq_mlp_path(tmp_path):
+    path = tmp_path / "mlp_qdq.onnx"
+    onnx.save(build_qdq_mlp(), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def digits_npz(tmp_path):
+    """A few real digits images (scikit-learn's copy of the UCI set) with labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images[:40] / 16.0).astype(np.float32)[:, None]
+    path = tmp_path / "digits.npz"
+    np.savez(path, x=x, y=digits.target[:40].astype(np.int64))
+    return str(path)
