@@ -17,6 +17,7 @@ def atomic_path(path: str, suffix: str = ""):
         raise BadInputError(f"{path}: folder {folder} does not exist")
     handle, temporary = tempfile.mkstemp(prefix=".pmsm-", suffix=suffix or ".tmp", dir=folder)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield temporary
         os.replace(temporary, path)
@@ -24,6 +25,12 @@ def atomic_path(path: str, suffix: str = ""):
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

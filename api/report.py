@@ -88,6 +88,14 @@ def _percent(value) -> str:
     return "   -  " if value is None else f"{100 * value:5.1f}%"
 
 
+def _micro(picojoules) -> str:
+    return "?" if picojoules is None else f"{picojoules / 1e6:.4g}"
+
+
+def _ratio(value) -> str:
+    return "?" if value is None else f"{value:.2f}x"
+
+
 def print_summary(report: dict, out: TextIO) -> None:
     """Backends x T (agreement with the reference, accuracy) and energy totals, in 80 columns."""
     verification = report["verification"]
@@ -106,8 +114,8 @@ def print_summary(report: dict, out: TextIO) -> None:
     energy = report.get("energy") or {}
     totals = energy.get("totals")
     if totals:
-        print(f"  energy per sample: ANN {totals['ann_pj'] / 1e6:.4g} uJ", file=out)
+        print(f"  energy per sample: ANN {_micro(totals['ann_pj'])} uJ", file=out)
         for t, e in totals["snn"].items():
-            print(f"    SNN T={t}: {e['binary_pj'] / 1e6:.4g} uJ binary spikes, {e['graded_pj'] / 1e6:.4g} uJ graded "
-                  f"({e['ratio_binary']:.2f}x / {e['ratio_graded']:.2f}x the ANN)", file=out)
+            print(f"    SNN T={t}: {_micro(e['binary_pj'])} uJ binary spikes, {_micro(e['graded_pj'])} uJ graded "
+                  f"({_ratio(e['ratio_binary'])} / {_ratio(e['ratio_graded'])} the ANN)", file=out)
     print("  verification " + ("passed" if verification["passed"] else "FAILED"), file=out)
