@@ -1,1 +1,26 @@
-"""NIR target: write, read and interpret NIR graphs carrying PMSM neurons."""
+"""NIR target: convert spiking ONNX to the PMSM dialect of NIR (docs/nir.md), write, read and run it.
+
+Public API::
+
+    spiking_onnx_to_nir(model, *, source_sha256="", source_name="", timesteps=1) -> nir.NIRGraph
+    unsupported_nodes(model) -> [(node name, op type, reason), ...]
+    write_nir(graph, path)            # atomic
+    read_nir(path) -> nir.NIRGraph    # type-checked, metadata normalised, dialect checked
+    NirInterpreter(graph).run(x, timesteps, collect_spikes=False) -> NirResult
+"""
+from pmsm.targets.nir.convert import spiking_onnx_to_nir
+from pmsm.targets.nir.dialect import FORMAT, VERSION
+from pmsm.targets.nir.interpreter import NirInterpreter, NirResult
+from pmsm.targets.nir.io import read_nir, write_nir
+from pmsm.targets.nir.preflight import unsupported_nodes
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "NirInterpreter",
+    "NirResult",
+    "read_nir",
+    "spiking_onnx_to_nir",
+    "unsupported_nodes",
+    "write_nir",
+]

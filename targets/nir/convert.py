@@ -1,0 +1,44 @@
+"""Spiking ONNX -> NIR in the PMSM dialect (docs/nir.md)."""
+from __future__ import annotations
+
+import nir
+import onnx
+
+from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.targets.nir import dialect
+from pmsm.targets.nir.emit import to_nir
+from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
+from pmsm.targets.nir.from_onnx import Problem, Translation, translate
+
+
+def _label(model: onnx.ModelProto, source_name: str) -> str:
+    return source_name or model.graph.name or "<model>"
+
+
+def lower(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
+    """Translate and fold; returns the working graph and every problem found on the way."""
+    tr = translate(model, label)
+    problems = list(tr.problems)
+    prune(tr.work)
+    fold_coefficients(tr.work)
+    problems += fold_biases(tr.work)
+    if not problems and not any(n.kind == "output" for n in tr.work.nodes.values()):
+        problems.append(("<graph>", "Output", "no graph output depends on the data input"))
+    return tr, problems
+
+
+def spiking_onnx_to_nir(model: onnx.ModelProto, *, source_sha256: str = "", source_name: str = "",
+                        timesteps: int = 1) -> nir.NIRGraph:
+    """The NIR graph of a spiking ONNX model, or UnsupportedModelError listing every node NIR cannot take.
+
+    Folding the de-quantization and pre-scaling factors into the weights re-associates float
+    arithmetic, so a membrane value sitting exactly on a rounding boundary may round differently
+    than in the spiking ONNX: the verification reports such spike mismatches.
+    """
+    if isinstance(timesteps, bool) or int(timesteps) < 1:
+        raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
+    label = _label(model, source_name)
+    tr, problems = lower(model, label)
+    if problems:
+        raise UnsupportedModelError(label, "nir", problems)
+    return to_nir(tr.work, dialect.graph_metadata(int(timesteps), source_sha256, source_name))

@@ -1,0 +1,97 @@
+"""The PMSM dialect of NIR (docs/nir.md): metadata schema, and the check that a graph follows it."""
+from __future__ import annotations
+
+import nir
+import numpy as np
+
+from pmsm.errors import BadInputError
+from pmsm.runtime.neuron import NeuronParams
+
+KEY = "pmsm"
+VERSION = 1
+FORMAT = "pmsm-nir/1"
+READOUT = "mean"
+RESET = "subtract"
+MAX_POOL = {"op": "max_pool2d", "version": VERSION}
+
+NODE_TYPES = (nir.Input, nir.Output, nir.IF, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale, nir.Flatten,
+              nir.AvgPool2d, nir.SumPool2d)
+
+
+def graph_metadata(timesteps: int, source_sha256: str, source: str) -> dict:
+    # NIR cannot write None: every value is a number or a string.
+    return {"version": VERSION, "format": FORMAT, "timesteps": int(timesteps),
+            "source_sha256": str(source_sha256 or ""), "source": str(source or ""), "readout": READOUT}
+
+
+def neuron_metadata(params: NeuronParams, onnx_node: str) -> dict:
+    return {"version": VERSION, "lo": int(params.lo), "hi": int(params.hi), "v_init": float(params.v_init),
+            "rounding": params.rounding, "reset": RESET, "onnx_node": str(onnx_node)}
+
+
+def normalise(value):
+    """Metadata as plain Python: h5py gives back numpy scalars, arrays for lists, bytes for strings."""
+    if isinstance(value, dict):
+        return {str(k): normalise(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return normalise(value.tolist()) if value.ndim else normalise(value.item())
+    if isinstance(value, (list, tuple)):
+        return [normalise(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def neuron_params(node: nir.IF, name: str, label: str) -> NeuronParams:
+    """The PMSM parameters of an IF node; BadInputError when it is not a PMSM neuron."""
+    meta = normalise(node.metadata or {}).get(KEY)
+    if not isinstance(meta, dict):
+        raise BadInputError(
+            f"{label}: IF node '{name}' has no metadata['{KEY}']: a plain NIR IF is a binary integrate-and-fire "
+            "neuron (one spike at threshold 1, reset to 0), a different neuron from the PMSM multi-spike neuron; "
+            "this graph was not written in the PMSM dialect (or its metadata was stripped)")
+    missing = [k for k in ("version", "lo", "hi", "v_init", "rounding", "reset") if k not in meta]
+    if missing:
+        raise BadInputError(f"{label}: IF node '{name}': metadata['{KEY}'] lacks {', '.join(missing)}")
+    if meta["version"] != VERSION or meta["reset"] != RESET:
+        raise BadInputError(f"{label}: IF node '{name}': unsupported PMSM neuron version {meta['version']!r} "
+                            f"or reset {meta['reset']!r} (this reader knows version {VERSION}, reset '{RESET}')")
+    for field, want in (("r", 1.0), ("v_threshold", 1.0), ("v_reset", 0.0)):
+        if not np.all(np.asarray(getattr(node, field)) == want):
+            raise BadInputError(f"{label}: IF node '{name}': {field} must be {want:g} everywhere in the PMSM dialect")
+    try:
+        return NeuronParams(meta["lo"], meta["hi"], float(meta["v_init"]), meta["rounding"])
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"{label}: IF node '{name}': {exc}") from None
+
+
+def is_max_pool(node: nir.NIRNode) -> bool:
+    return isinstance(node, nir.SumPool2d) and normalise(node.metadata or {}).get(KEY, {}).get("op") == "max_pool2d"
+
+
+def check(graph: nir.NIRGraph, label: str) -> None:
+    """Raise BadInputError unless ``graph`` is a PMSM-dialect graph this package can execute."""
+    meta = normalise(graph.metadata or {}).get(KEY)
+    if meta is not None:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else meta
+            raise BadInputError(f"{label}: graph metadata['{KEY}'] has format {got!r}; this reader knows '{FORMAT}'")
+        if meta.get("readout", READOUT) != READOUT:
+            raise BadInputError(f"{label}: unknown readout {meta.get('readout')!r} (expected '{READOUT}')")
+    for name, node in graph.nodes.items():
+        if not isinstance(node, NODE_TYPES):
+            raise BadInputError(f"{label}: node '{name}' has NIR type {type(node).__name__}, which the PMSM dialect "
+                                "does not use")
+        if isinstance(node, nir.IF):
+            neuron_params(node, name, label)
+        if isinstance(node, nir.SumPool2d):
+            op = normalise(node.metadata or {}).get(KEY, {}).get("op", "sum_pool2d")
+            if op not in ("max_pool2d", "sum_pool2d"):
+                raise BadInputError(f"{label}: SumPool2d node '{name}' has unknown metadata['{KEY}']['op'] {op!r}")
+    inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(inputs) != 1:
+        raise BadInputError(f"{label}: expected exactly one Input node, found {len(inputs)}")
+    if not any(isinstance(node, nir.Output) for node in graph.nodes.values()):
+        raise BadInputError(f"{label}: the graph has no Output node")

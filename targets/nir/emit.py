@@ -1,0 +1,55 @@
+"""Turn the folded working graph into standard NIR 1.0.8 nodes with the PMSM metadata."""
+from __future__ import annotations
+
+import nir
+import numpy as np
+
+from pmsm.targets.nir import dialect
+from pmsm.targets.nir.ir import Node, WorkGraph
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def _pair(v) -> np.ndarray:
+    return np.array([int(v[0]), int(v[1])], dtype=np.int64)
+
+
+def _nir_node(n: Node) -> nir.NIRNode:
+    p = n.params
+    if n.kind == "input":
+        return nir.Input(input_type={"input": np.array(n.out_shape)})
+    if n.kind == "output":
+        return nir.Output(output_type={"output": np.array(n.in_shape)})
+    if n.kind == "if":
+        shape = n.out_shape
+        return nir.IF(r=np.ones(shape, np.float32), v_threshold=np.ones(shape, np.float32),
+                      v_reset=np.zeros(shape, np.float32),
+                      metadata={dialect.KEY: dialect.neuron_metadata(p["neuron"], n.onnx_node)})
+    if n.kind == "conv":
+        # input_shape given explicitly: nir's own inference is wrong for 'same' with stride 2.
+        return nir.Conv2d(input_shape=(int(n.in_shape[1]), int(n.in_shape[2])), weight=_f32(p["weight"]),
+                          stride=tuple(int(s) for s in p["stride"]), padding=tuple(int(s) for s in p["padding"]),
+                          dilation=tuple(int(s) for s in p["dilation"]), groups=int(p["groups"]),
+                          bias=_f32(p["bias"]))
+    if n.kind == "affine":
+        return nir.Affine(weight=_f32(p["weight"]), bias=_f32(p["bias"]))
+    if n.kind == "scale":
+        return nir.Scale(scale=_f32(p["scale"]))
+    if n.kind == "flatten":
+        return nir.Flatten(input_type={"input": np.array(n.in_shape)}, start_dim=0, end_dim=-1)
+    pool = dict(kernel_size=_pair(p["kernel"]), stride=_pair(p["stride"]), padding=_pair(p["padding"]))
+    if n.kind == "avgpool":
+        return nir.AvgPool2d(**pool)
+    if n.kind == "sumpool":
+        return nir.SumPool2d(**pool)
+    if n.kind == "maxpool":
+        return nir.SumPool2d(**pool, metadata={dialect.KEY: dict(dialect.MAX_POOL)})
+    raise AssertionError(f"unknown node kind {n.kind}")
+
+
+def to_nir(work: WorkGraph, graph_metadata: dict) -> nir.NIRGraph:
+    nodes = {name: _nir_node(n) for name, n in work.nodes.items()}
+    edges = [(e.src, e.dst) for e in work.edges]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={dialect.KEY: graph_metadata}, type_check=True)

@@ -1,0 +1,55 @@
+"""Write and read NIR files of the PMSM dialect."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import nir
+
+from pmsm.errors import BadInputError
+from pmsm.targets.nir import dialect
+
+
+def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> None:
+    """Write ``graph`` to ``path`` atomically: a temporary file in the same directory, then a rename,
+    so a failure never leaves a partial file behind (nor touches an existing one)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise BadInputError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nir", dir=directory)
+    os.close(fd)
+    try:
+        nir.write(tmp, graph)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
+    """Read a PMSM-dialect NIR file with nir's type checking on; BadInputError when it is not one.
+
+    Metadata comes back as plain Python (ints, floats, strings, lists, dicts) instead of the numpy
+    scalars and arrays h5py returns.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: no such file")
+    if os.path.isdir(path) or not h5py.is_hdf5(path):
+        raise BadInputError(f"{path}: not a NIR file (NIR files are HDF5; this is not one)")
+    try:
+        graph = nir.read(path, type_check=True)
+    except Exception as exc:  # noqa: BLE001 - nir/h5py raise many kinds for a malformed file
+        text = str(exc).strip().splitlines()
+        raise BadInputError(f"{path}: not a readable NIR graph: {text[0] if text else type(exc).__name__}") from None
+    if not isinstance(graph, nir.NIRGraph):
+        raise BadInputError(f"{path}: the file holds a single {type(graph).__name__} node, not a NIR graph")
+    graph.metadata = dialect.normalise(graph.metadata or {})
+    for node in graph.nodes.values():
+        node.metadata = dialect.normalise(node.metadata or {})
+    dialect.check(graph, path)
+    return graph
