@@ -1,0 +1,414 @@
+"""Train the bundled digits samples, export them to ONNX and write samples/README.md.
+
+    .venv/bin/python samples/train_digits.py            # all models, 5 seeds each
+    .venv/bin/python samples/train_digits.py --seeds 1  # only the exported seed
+
+Data: scikit-learn's UCI handwritten digits (1797 images, 8x8, shipped inside the package),
+pixels scaled to [0, 1] by /16, a fixed stratified 80/20 split (random_state=0): 1437 training,
+360 test images. The test split is written to samples/digits_test.npz (``x`` float32
+[360, 1, 8, 8], ``y`` int64 [360]).
+
+Models: every hidden nonlinearity is a quantizer (``pmsm.exporter.quant.PMSMQuant``) behind a
+batch norm; the readout is a plain Linear; the analog image goes straight into the first layer.
+The float baselines use ReLU in place of each quantizer. Quantizer lambdas are initialised by
+maximising the entropy of the output levels on a calibration batch, then trained with Adam.
+
+For export, each batch norm is folded into the Conv/Linear before it (so no
+BatchNormalization node is left), and the model is exported with torch's default (dynamo)
+exporter at batch 1. Reported accuracies are those of the exported files, run by ONNX Runtime
+with graph optimizations disabled (the reference semantics, DESIGN §9). Extra seeds (not
+exported) measure the run-to-run spread, evaluated in torch on the BN-folded model.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from pmsm.exporter.quant import PMSMQuant, calibrate_model, quantizer_parameters
+
+HERE = Path(__file__).resolve().parent
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
+    return x_train, y_train, x_test, y_test
+
+
+# -------------------------------------------------------------------------------------- models
+
+Act = Callable[[int], nn.Module]  # channel count -> nonlinearity (the count is unused so far)
+
+
+def relu(_: int) -> nn.Module:
+    return nn.ReLU()
+
+
+def quant(levels: int, polarity: bool) -> Act:
+    return lambda _: PMSMQuant(levels, polarity=polarity)
+
+
+class DigitsMLP(nn.Module):
+    """flatten -> Linear(64,128) BN act -> Linear(128,64) BN act -> Linear(64,10)."""
+
+    def __init__(self, act: Act) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1, self.bn1, self.act1 = nn.Linear(64, 128), nn.BatchNorm1d(128), act(128)
+        self.fc2, self.bn2, self.act2 = nn.Linear(128, 64), nn.BatchNorm1d(64), act(64)
+        self.fc3 = nn.Linear(64, 10)
+
+    def bn_pairs(self) -> list[tuple[str, str]]:
+        return [("fc1", "bn1"), ("fc2", "bn2")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.fc1(self.flatten(x))))
+        x = self.act2(self.bn2(self.fc2(x)))
+        return self.fc3(x)
+
+
+class DigitsCNN(nn.Module):
+    """Conv BN act -> residual [Conv BN act -> Conv BN] + skip -> act -> MaxPool(2)
+    -> Conv BN act -> AvgPool(2) -> flatten -> Linear(32*2*2, 10)."""
+
+    def __init__(self, act: Act) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), act(16)
+        self.conv2, self.bn2, self.act2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), act(16)
+        self.conv3, self.bn3 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.act3 = act(16)  # after the residual sum
+        self.maxpool = nn.MaxPool2d(2)
+        self.conv4, self.bn4, self.act4 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), act(32)
+        self.avgpool = nn.AvgPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(32 * 2 * 2, 10)
+
+    def bn_pairs(self) -> list[tuple[str, str]]:
+        return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv4", "bn4")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        r = self.bn3(self.conv3(self.act2(self.bn2(self.conv2(x)))))
+        x = self.maxpool(self.act3(x + r))
+        x = self.avgpool(self.act4(self.bn4(self.conv4(x))))
+        return self.fc(self.flatten(x))
+
+
+@torch.no_grad()
+def torch_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with every BN folded into the Conv/Linear before it (BN -> Identity).
+
+    Done here rather than left to the exporter so that the committed graphs have no
+    BatchNormalization node whichever exporter or version writes them.
+    """
+    model = copy.deepcopy(model).eval()
+    for layer_name, bn_name in model.bn_pairs():
+        layer, bn = getattr(model, layer_name), getattr(model, bn_name)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        layer.weight.mul_(scale.reshape(shape))
+        layer.bias.copy_((layer.bias - bn.running_mean) * scale + bn.bias)
+        setattr(model, bn_name, nn.Identity())
+    return model
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # file stem; empty for float baselines (not exported)
+    arch: str  # "mlp" | "cnn"
+    kind: str  # "float" | "unsigned" | "pmsm"
+    levels: int | None
+
+    def build(self) -> nn.Module:
+        act = relu if self.kind == "float" else quant(self.levels, polarity=self.kind == "pmsm")
+        return (DigitsMLP if self.arch == "mlp" else DigitsCNN)(act)
+
+
+VARIANTS = [
+    Variant("digits_mlp_float", "mlp", "float", None),
+    Variant("digits_mlp_unsigned_L2", "mlp", "unsigned", 2),
+    Variant("digits_mlp_pmsm_L2", "mlp", "pmsm", 2),
+    Variant("digits_mlp_unsigned_L4", "mlp", "unsigned", 4),
+    Variant("digits_mlp_pmsm_L4", "mlp", "pmsm", 4),
+    Variant("digits_cnn_float", "cnn", "float", None),
+    Variant("digits_cnn_unsigned_L2", "cnn", "unsigned", 2),
+    Variant("digits_cnn_pmsm_L2", "cnn", "pmsm", 2),
+    Variant("digits_cnn_unsigned_L4", "cnn", "unsigned", 4),
+    Variant("digits_cnn_pmsm_L4", "cnn", "pmsm", 4),
+]
+EPOCHS = {"mlp": 40, "cnn": 30}
+BATCH = 64
+LR = 3e-3
+WEIGHT_DECAY = 1e-4
+CALIBRATION_SIZE = 512
+
+
+def train(variant: Variant, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = variant.build()
+    model.train()
+    if variant.kind != "float":
+        # Entropy initialisation of lambda on the BN-normalised activations of a training batch.
+        calibrate_model(model, x[:CALIBRATION_SIZE])
+    lambdas = {id(p) for p in quantizer_parameters(model)}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in lambdas], "weight_decay": WEIGHT_DECAY},
+        # lambda sets the quantization range: decay would shrink it for no reason
+        {"params": [p for p in model.parameters() if id(p) in lambdas], "weight_decay": 0.0},
+    ]
+    epochs = EPOCHS[variant.arch]
+    opt = torch.optim.Adam(groups, lr=LR)
+    steps_per_epoch = -(-len(x) // BATCH)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), BATCH):
+            idx = order[i : i + BATCH]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+# -------------------------------------------------------------------------------- export, eval
+
+
+def export(model: nn.Module, path: Path) -> None:
+    folded = fold_batchnorm(model)
+    torch.onnx.export(
+        folded, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=True, external_data=False, verbose=False
+    )
+    m = onnx.load(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    assert m.ir_version <= 11, m.ir_version
+    assert "BatchNormalization" not in ops, ops
+    n_quant = sum(isinstance(q, PMSMQuant) for q in folded.modules())
+    assert ops.count("Floor") == n_quant, ops
+    # The exporter annotates nodes and values with stack traces (absolute paths of this
+    # machine) and FX names; drop them so the files are small and the same wherever built.
+    graph = m.graph
+    for item in [*graph.node, *graph.initializer, *graph.value_info, *graph.input, *graph.output]:
+        del item.metadata_props[:]
+    onnx.checker.check_model(m)
+    onnx.save_model(m, str(path), save_as_external_data=False)
+
+
+def session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy of the exported file itself, one image at a time (exported at batch 1)."""
+    sess = session(path)
+    name = sess.get_inputs()[0].name
+    pred = [int(np.argmax(sess.run(None, {name: x[i : i + 1]})[0])) for i in range(len(x))]
+    return float(np.mean(np.asarray(pred) == y))
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+def write_readme(path: Path, rows: list[dict], n_test: int, threads: int, seed: int, total_s: float) -> None:
+    acc = {(r["arch"], r["kind"], r["levels"]): r["acc"] for r in rows}
+    spread = {(r["arch"], r["kind"], r["levels"]): np.asarray(r["seed_accs"]) for r in rows}
+    n_seeds = len(rows[0]["seed_accs"])
+
+    def cell(arch, kind, levels):
+        a = acc.get((arch, kind, levels))
+        return "" if a is None else f"{100 * a:.2f} %"
+
+    def spread_cell(arch, kind, levels):
+        a = spread.get((arch, kind, levels))
+        if a is None:
+            return ""
+        return f"{100 * a.mean():.2f} ± {100 * a.std(ddof=1) if len(a) > 1 else 0:.2f} ({100 * a.min():.1f}–{100 * a.max():.1f})"
+
+    def table(fmt):
+        out = [
+            "| model | float ANN | unsigned L=2 | PMSM L=2 | unsigned L=4 | PMSM L=4 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for arch in ("mlp", "cnn"):
+            cells = [fmt(arch, k, lv) for k, lv in (("float", None), ("unsigned", 2), ("pmsm", 2), ("unsigned", 4), ("pmsm", 4))]
+            out.append(f"| {arch.upper()} | " + " | ".join(cells) + " |")
+        return out
+
+    lines = [
+        "# Digits samples",
+        "",
+        "Small quantized networks trained on scikit-learn's UCI handwritten digits (8x8 images,",
+        f"pixels / 16), with the test split they are measured on (`digits_test.npz`, {n_test} images:",
+        "`x` float32 `[N, 1, 8, 8]`, `y` int64 `[N]`; stratified 80/20 split, `random_state=0`).",
+        "",
+        "Regenerate everything here (models, data, this file) with",
+        "",
+        "```",
+        ".venv/bin/python samples/train_digits.py",
+        "```",
+        "",
+        "Training is seeded and deterministic on one machine; another CPU or torch build may give",
+        "slightly different weights and accuracies.",
+        "",
+        "## Models",
+        "",
+        "- **MLP**: flatten -> Linear(64,128) BN Q -> Linear(128,64) BN Q -> Linear(64,10).",
+        "- **CNN**: Conv(1->16,3,pad 1) BN Q -> [Conv(16->16) BN Q -> Conv(16->16) BN] + skip -> Q",
+        "  -> MaxPool(2) -> Conv(16->32) BN Q -> AvgPool(2) -> flatten -> Linear(128,10).",
+        "",
+        "`Q` is `pmsm.exporter.quant.PMSMQuant`: PMSM (signed, levels `[-L, L]`) or unsigned",
+        "(QCFS-style, `[0, L]`). The input is the analog image; the readout Linear has no quantizer.",
+        "Float baselines use ReLU for `Q` (not exported). Lambdas start from the entropy",
+        "initialisation on a calibration batch, then train with the weights (Adam, one-cycle",
+        f"learning rate; {EPOCHS['mlp']} epochs MLP, {EPOCHS['cnn']} epochs CNN, batch {BATCH}).",
+        "",
+        "Batch norm is folded into the preceding Conv/Linear before export, so the files contain no",
+        "`BatchNormalization`. Exported with torch's default (dynamo) exporter at batch 1",
+        "(IR 10, opset 20); each quantizer appears as",
+        "`Div(x, up) Mul(L) Add(0.5) Floor Clip(lo, hi) Div(L) Mul(up)`.",
+        "",
+        "## Test accuracy",
+        "",
+        f"Accuracy of the exported `.onnx` files (seed {seed}) on the {n_test} test images, run by ONNX",
+        "Runtime with graph optimizations disabled (float baselines: the same measurement on a",
+        "temporary export):",
+        "",
+        *table(cell),
+        "",
+        "PMSM minus unsigned for these files, in percentage points (one test image is "
+        f"{100 / n_test:.2f} points):",
+        "",
+    ]
+    for arch in ("mlp", "cnn"):
+        diffs = []
+        for levels in (2, 4):
+            p, u = acc.get((arch, "pmsm", levels)), acc.get((arch, "unsigned", levels))
+            if p is not None and u is not None:
+                diffs.append(f"L={levels}: {100 * (p - u):+.2f}")
+        lines.append(f"- {arch.upper()}: " + ", ".join(diffs))
+    lines += [
+        "",
+        f"Run-to-run spread: the same training with {n_seeds} seeds ({seed}..{seed + n_seeds - 1}), test accuracy",
+        "in torch on the BN-folded model, mean ± standard deviation (min–max), in %:",
+        "",
+        *table(spread_cell),
+        "",
+        "Differences smaller than this spread say nothing about polarity; compare the means.",
+        "",
+        "## Files",
+        "",
+        "Per file, as the tests read it (`tests/test_samples.py` recomputes each accuracy):",
+        "",
+        "| file | accuracy | size | training time |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["file"]:
+            lines.append(f"| `{r['file']}` | {100 * r['acc']:.2f} % | {r['size'] / 1024:.1f} KiB | {r['train_s']:.1f} s |")
+    lines += [
+        "",
+        "Training times (float baselines: "
+        + ", ".join(f"{r['name']} {r['train_s']:.1f} s" for r in rows if not r["file"])
+        + f") are for one training run with {threads} torch thread{'s' if threads != 1 else ''} on a"
+        f" shared 2-core CPU and vary with its load; the whole script took {total_s:.0f} s"
+        " including all seeds, export and evaluation.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="output directory (default: samples/)")
+    # One thread: these models are too small to gain from more, and on shared cores extra
+    # threads spin-wait (measured 5-8x slower with 2 threads on a loaded 2-core machine).
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the exported models")
+    parser.add_argument("--seeds", type=int, default=5, help="training runs per model for the spread")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    x_train, y_train, x_test, y_test = load_split()
+    np.savez_compressed(args.out / "digits_test.npz", x=x_test, y=y_test)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    xv, yv = torch.from_numpy(x_test), torch.from_numpy(y_test)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in VARIANTS:
+            seed_accs = []
+            for seed in range(args.seed, args.seed + args.seeds):
+                t0 = time.perf_counter()
+                trained = train(v, xt, yt, seed)
+                if seed == args.seed:
+                    model, train_s = trained, time.perf_counter() - t0
+                seed_accs.append(torch_accuracy(fold_batchnorm(trained), xv, yv))
+            exported = v.kind != "float"
+            path = (args.out if exported else Path(tmp)) / f"{v.name}.onnx"
+            export(model, path)
+            acc = onnx_accuracy(path, x_test, y_test)
+            rows.append(
+                {
+                    "name": v.name,
+                    "file": path.name if exported else "",
+                    "arch": v.arch,
+                    "kind": v.kind,
+                    "levels": v.levels,
+                    "acc": acc,
+                    "seed_accs": seed_accs,
+                    "train_s": train_s,
+                    "size": path.stat().st_size,
+                }
+            )
+            print(
+                f"{v.name:24s} onnx {100 * acc:6.2f} %  torch seeds {' '.join(f'{100 * a:.2f}' for a in seed_accs)}"
+                f"  train {train_s:4.1f} s  {path.stat().st_size / 1024:5.1f} KiB",
+                flush=True,
+            )
+
+    total_s = time.perf_counter() - start
+    write_readme(args.out / "README.md", rows, len(y_test), args.threads, args.seed, total_s)
+    print(f"wrote {args.out / 'README.md'} ({total_s:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
