@@ -1,1 +1,17 @@
-"""Lava target: lower a PMSM NIR graph to Lava processes and simulate it."""
+"""Lava target: lower a PMSM NIR graph to Lava processes and simulate it.
+
+- ``Network(graph, timesteps=T, fixed_point=False)``: the network as one hierarchical Lava
+  process with ports ``inp`` and ``out``.
+- ``run_lava(graph, x, timesteps, ...) -> LavaResult``: stream many samples in one run.
+- ``check_graph(graph)``: the pre-flight check alone (raises ``UnsupportedModelError``
+  listing every node Lava cannot take); ``unsupported_nir_nodes(graph)`` returns that list.
+"""
+from pmsm.targets.lava.fixed_point import InputQuantization, NeuronQuantization, SynapseQuantization
+from pmsm.targets.lava.graph import GraphView
+from pmsm.targets.lava.graph import analyse as check_graph
+from pmsm.targets.lava.graph import unsupported_nir_nodes
+from pmsm.targets.lava.processes.network import Network
+from pmsm.targets.lava.run import LavaResult, run_lava
+
+__all__ = ["Network", "run_lava", "LavaResult", "check_graph", "unsupported_nir_nodes", "GraphView",
+           "InputQuantization", "SynapseQuantization", "NeuronQuantization"]

@@ -1,0 +1,113 @@
+"""Instantiate the Lava processes of a Plan and wire them.
+
+Connections to the enclosing network's own ports are returned as callables: Lava wants them
+made inside the network's SubProcessModel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from lava.proc.conv import utils as conv_utils
+from lava.proc.conv.process import Conv
+from lava.proc.dense.process import Dense
+from lava.proc.sparse.process import Sparse
+from scipy.sparse import csr_matrix
+
+from pmsm.targets.lava.fixed_point import FixedPointPlan
+from pmsm.targets.lava.graph import GraphView
+from pmsm.targets.lava.plan import INPUT, Plan, Step
+from pmsm.targets.lava.processes.elementwise import Elementwise
+from pmsm.targets.lava.processes.neuron import PmsmNeuron
+from pmsm.targets.lava.processes.pool import Pool
+
+CONV_SYNAPSES = ("conv", "sparse")
+
+
+@dataclass
+class Lowered:
+    """A graph turned into Lava processes (not yet connected to the network's own ports)."""
+
+    view: GraphView
+    plan: Plan
+    fixed: FixedPointPlan | None
+    processes: list          # aligned with plan.steps
+    parent_links: list       # callables taking the network process
+
+
+def build(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, timesteps: int,
+          record_paths: dict | None = None, conv_synapse: str = "conv") -> Lowered:
+    """``record_paths``: step index -> ``.npy`` file a neuron writes its spikes into.
+    ``conv_synapse``: "conv" (Lava's Conv) or "sparse" (the same kernel as a Sparse matrix)."""
+    if conv_synapse not in CONV_SYNAPSES:
+        raise ValueError(f"conv_synapse must be one of {CONV_SYNAPSES}, got {conv_synapse!r}")
+    processes = []
+    for i, step in enumerate(plan.steps):
+        params = fixed.params[i] if fixed is not None else step.params
+        processes.append(_make(step, params, timesteps, (record_paths or {}).get(i, ""), conv_synapse))
+    links = []
+    for step, proc in zip(plan.steps, processes):
+        for term in step.inputs:
+            _connect(term, processes, in_port(proc), links)
+    for term in plan.output_terms:
+        src = out_port(processes[term.src])
+        links.append(lambda net, src=src: _reshaped(src, net.out.shape).connect(net.out))
+    return Lowered(view, plan, fixed, processes, links)
+
+
+def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: str):
+    name = f"{step.kind}:{step.node}"
+    if step.kind == "dense":
+        return Dense(weights=p["weights"], num_message_bits=_message_bits(p), name=name)
+    if step.kind == "conv" and conv_synapse == "sparse":
+        return Sparse(weights=conv_matrix(step, p), num_message_bits=_message_bits(p), name=name)
+    if step.kind == "conv":
+        return Conv(weight=p["weight"], input_shape=tuple(step.in_shape), padding=p["padding"],
+                    stride=p["stride"], dilation=p["dilation"], groups=p["groups"],
+                    num_message_bits=_message_bits(p), name=name)
+    if step.kind == "pool":
+        return Pool(in_shape=step.in_shape, out_shape=step.out_shape, mode=p["mode"],
+                    kernel=p["kernel"], stride=p["stride"], padding=p["padding"], name=name)
+    if step.kind == "elementwise":
+        return Elementwise(shape=step.out_shape, scale=p["scale"], bias=p["bias"], delay=p["delay"],
+                           shift=p.get("shift", 0), name=name)
+    if step.kind == "neuron":
+        return PmsmNeuron(shape=step.out_shape, lo=p["lo"], hi=p["hi"], v_init=p["v_init"],
+                          rounding=p["rounding"], bias=p["bias"], interval=timesteps,
+                          latency=step.latency, state_exponent=p.get("state_exponent", 0),
+                          record_path=record_path, name=name)
+    raise ValueError(f"unknown step kind {step.kind!r}")
+
+
+def _message_bits(p: dict) -> int:
+    # Lava's simulation only tells 0 (binary: the sign is lost) from > 0 (graded); the cap keeps
+    # the value plausible for a 24-bit datapath, the fixed-point report states the real need.
+    return max(1, min(24, int(p["message_bits"])))
+
+
+def conv_matrix(step: Step, p: dict) -> csr_matrix:
+    """The convolution as a (flat out, flat in) matrix over Lava's (W, H, C) order."""
+    dst, src, values = conv_utils.conv_to_sparse(tuple(step.in_shape), tuple(step.out_shape), p["weight"],
+                                                 p["stride"], p["padding"], p["dilation"], p["groups"])
+    shape = (int(np.prod(step.out_shape)), int(np.prod(step.in_shape)))
+    return csr_matrix((values, (dst, src)), shape=shape)
+
+
+def in_port(proc):
+    return proc.s_in if isinstance(proc, (Dense, Conv, Sparse)) else proc.a_in
+
+
+def out_port(proc):
+    return proc.s_out if isinstance(proc, PmsmNeuron) else proc.a_out
+
+
+def _reshaped(port, shape):
+    return port if tuple(port.shape) == tuple(shape) else port.reshape(tuple(shape))
+
+
+def _connect(term, processes, dst, links) -> None:
+    # a reshape to the destination's shape covers Flatten and flat Sparse ports alike
+    if term.src == INPUT:
+        links.append(lambda net: _reshaped(net.inp, dst.shape).connect(dst))
+    else:
+        _reshaped(out_port(processes[term.src]), dst.shape).connect(dst)

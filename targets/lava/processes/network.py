@@ -1,0 +1,86 @@
+"""The whole PMSM network as one hierarchical Lava process (input port ``inp``, output ``out``).
+
+``out`` carries, every step, what reaches the NIR Output node (bias included) in Lava layout,
+``depth`` steps after the input that caused it; a readout averages it over each sample's
+``timesteps`` steps. The graph is checked and planned before any child process exists.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires
+from lava.magma.core.model.sub.model import AbstractSubProcessModel
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.resources import CPU
+from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from pmsm.targets.lava.build import build
+from pmsm.targets.lava.fixed_point import quantize
+from pmsm.targets.lava.graph import analyse
+from pmsm.targets.lava.lowering import lower
+
+
+class Network(AbstractProcess):
+    """Build from a NIR graph in the PMSM dialect (``nir.NIRGraph`` or a path).
+
+    ``fixed_point`` selects integer parameters; run it with ``run_cfg()``, which picks the
+    matching models. ``input_exponent`` (fixed point only): the input arrives as
+    ``round(x * 2**input_exponent)``. With ``record_dir`` and ``record_steps`` > 0 every
+    neuron writes the spikes of the last ``record_steps`` steps (row ``step % record_steps``)
+    into ``record_dir/spikes_<step>.npy``; ``recorded_spikes()`` reads them back.
+    ``conv_synapse``: convolutions as Lava ``Conv`` processes, or as ``"sparse"`` matrices
+    (the same connectivity, Lava ``Sparse``; much faster to simulate).
+    """
+
+    def __init__(self, graph, *, timesteps: int, fixed_point: bool = False,
+                 input_exponent: int = 0, record_dir: str | None = None, record_steps: int = 0,
+                 conv_synapse: str = "conv", name: str | None = None) -> None:
+        if int(timesteps) < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        # Lava's __del__ expects an initialised process even when the checks below raise.
+        super().__init__(name=name or "pmsm_network")
+        view = analyse(graph)
+        plan = lower(view, fixed_point)
+        fixed = quantize(plan, input_exponent, source=view.source, input_node=view.input,
+                         conv_synapse=conv_synapse) if fixed_point else None
+        self.inp = InPort(shape=plan.input_lava_shape)
+        self.out = OutPort(shape=plan.output_lava_shape)
+        self.timesteps = int(timesteps)
+        self.fixed_point = bool(fixed_point)
+        self.record_paths = _record_files(plan, record_dir, int(record_steps))
+        self.lowered = build(view, plan, fixed, int(timesteps), self.record_paths, conv_synapse)
+
+    @property
+    def depth(self) -> int:
+        return self.lowered.plan.depth
+
+    def run_cfg(self) -> Loihi2SimCfg:
+        return Loihi2SimCfg(select_tag="fixed_pt" if self.fixed_point else "floating_pt")
+
+    def recorded_spikes(self) -> dict:
+        """Step index -> [record_steps, *Lava shape] spikes (a copy), for recording neurons."""
+        return {i: np.array(np.load(path, mmap_mode="r")) for i, path in self.record_paths.items()}
+
+
+def _record_files(plan, record_dir: str | None, rows: int) -> dict:
+    if not record_dir or rows < 1:
+        return {}
+    paths = {}
+    for i, step in plan.neurons():
+        paths[i] = os.path.join(record_dir, f"spikes_{i:04d}.npy")
+        np.lib.format.open_memmap(paths[i], mode="w+", dtype=np.float32, shape=(rows,) + tuple(step.out_shape))
+    return paths
+
+
+@implements(proc=Network, protocol=LoihiProtocol)
+@requires(CPU)
+class NetworkModel(AbstractSubProcessModel):
+    def __init__(self, proc: Network) -> None:
+        # Lava finds sub processes among this model's attributes.
+        for i, child in enumerate(proc.lowered.processes):
+            setattr(self, f"step_{i:04d}", child)
+        for link in proc.lowered.parent_links:
+            link(proc)
