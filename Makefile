@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
+	@mkdir -p out
 	$(BIN)/pmsm-export samples/digits_cnn_pmsm_L2.onnx --target lava --verify \
 		--data samples/digits_test.npz --timesteps 1,2 -o out/digits_cnn_pmsm_L2.nir --report out/report.json
 

@@ -88,6 +88,26 @@ def _percent(value) -> str:
     return "   -  " if value is None else f"{100 * value:5.1f}%"
 
 
+def _count(value: int) -> str:
+    for limit, unit in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if value >= limit:
+            return f"{value / (limit if unit != 'k' else 1e3):.3g}{unit}"
+    return str(value)
+
+
+def _print_fixed_point(fixed: dict | None, out: TextIO) -> None:
+    if not fixed:
+        return
+    records = next(iter(fixed.values()))
+    weights = [r["max_rel_error"] for r in records if "max_rel_error" in r]
+    state = [r["state_bits"] for r in records if "state_bits" in r]
+    payload = [r["payload_bits"] for r in records if "payload_bits" in r]
+    overflow = any(r.get("overflow") for r in records)
+    print(f"  lava_fixed: weights off by up to {100 * max(weights, default=0):.2g}% of a layer's largest weight;\n"
+          f"    needs {max(state, default=0)}-bit state, {max(payload, default=0)}-bit payloads"
+          f"{', OVERFLOW' if overflow else ''} (per layer: report key lava_fixed_point)", file=out)
+
+
 def _micro(picojoules) -> str:
     return "?" if picojoules is None else f"{picojoules / 1e6:.4g}"
 
@@ -101,16 +121,18 @@ def print_summary(report: dict, out: TextIO) -> None:
     verification = report["verification"]
     print(f"\nverification on {verification['samples']} samples of "
           f"{os.path.basename(report['model']['path'])}:", file=out)
-    print(f"  {'backend':<12}{'T':>3}  {'vs':<5}{'max|diff|':>11}{'spike mism.':>13}{'agree':>8}{'accuracy':>10}",
-          file=out)
+    print(f"  {'backend':<12}{'T':>3}  {'vs':<5}{'max|diff|':>11}{'spikes':>10}{'mismatch':>10}{'agree':>8}"
+          f"{'accuracy':>10}", file=out)
     accuracy = report["accuracy"]
     if accuracy["ann"] is not None:
-        print(f"  {'ann':<12}{'-':>3}  {'':<5}{'':>11}{'':>13}{'':>8}{_percent(accuracy['ann']):>10}", file=out)
+        print(f"  {'ann':<12}{'-':>3}  {'':<5}{'':>11}{'':>10}{'':>10}{'':>8}{_percent(accuracy['ann']):>10}", file=out)
     for name, by_t in verification["backends"].items():
         for t, c in by_t.items():
-            mismatch = f"{c['spike_mismatch']}/{c['spike_total']}" if c["spike_total"] else "-"
-            print(f"  {name:<12}{t:>3}  {c['reference']:<5}{c['max_abs_diff']:>11.3g}{mismatch:>13}"
+            spikes = _count(c["spike_total"]) if c["spike_total"] else "-"
+            mismatch = _count(c["spike_mismatch"]) if c["reference"] != "ann" and c["spike_total"] else "-"
+            print(f"  {name:<12}{t:>3}  {c['reference']:<5}{c['max_abs_diff']:>11.3g}{spikes:>10}{mismatch:>10}"
                   f"{_percent(c['argmax_agreement']):>8}{_percent(c['accuracy']):>10}", file=out)
+    _print_fixed_point(report.get("lava_fixed_point"), out)
     energy = report.get("energy") or {}
     totals = energy.get("totals")
     if totals:
