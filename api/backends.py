@@ -1,9 +1,9 @@
-"""The backends `--verify` runs, each behind the same small interface (pmsm.verify.Backend)."""
+"""The backends `--verify` runs, each behind the same small interface (pmsm.verification.Backend)."""
 from __future__ import annotations
 
 import numpy as np
 
-from pmsm.verify import BackendRun, ProgressFn
+from pmsm.verification import BackendRun, ProgressFn
 
 
 class AnnBackend:

@@ -155,7 +155,7 @@ def run_verification(export: Export, data_path: Optional[str], timesteps: list[i
     """Run every backend of the export's target against the reference; returns the report dict."""
     from pmsm.backends import AnnBackend
     from pmsm.report import build_report
-    from pmsm.verify import terminal_progress, verify
+    from pmsm.verification import terminal_progress, verify
 
     x, y = data if data is not None else load_verification_data(export, data_path)
     backends = backends_for(export)
