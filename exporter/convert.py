@@ -1,9 +1,24 @@
-"""Source quantized ANN -> spiking ONNX, as a sequence of small named passes."""
+"""Source quantized ANN -> spiking ONNX, as a sequence of small named passes.
+
+1. Normalisation (:mod:`pmsm.exporter.normalise`): bring every producer's way of writing a
+   quantized network to one shape, changing no number the network computes.
+2. Rewrite (:mod:`pmsm.exporter.quantizers`): each activation quantizer's rounding core becomes an
+   ``ai.pmsm::MultiSpikeNeuron``; its pre-scaling and de-quantization stay as the source wrote them.
+3. Pre-flight (:mod:`pmsm.exporter.preflight`): every node left must act on each batch row alone.
+4. Time folding (:mod:`pmsm.exporter.timefold`): repeat the input over T in the batch dimension and
+   read out the mean over T.
+
+Inference-mode ``BatchNormalization`` is kept as the standard op the source wrote (it acts on each
+row alone, so time folding does not disturb it). Folding it into the neighbouring weights would
+re-associate float arithmetic and lose T = 1 exactness; targets that cannot express it (NIR, Lava)
+fold it themselves, where float re-association is reported rather than forbidden.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -77,6 +92,40 @@ def to_spiking_onnx(model: onnx.ModelProto, *, path: str = "model", source_sha25
     spiking = gs.export_onnx(graph, do_type_check=False)
     _finish_model(spiking, model, source_sha256, default_timesteps)
     return spiking, conversion.neurons
+
+
+def batch_agnostic_source(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The source ANN, unchanged except that it runs on any number of rows at once.
+
+    Torch and Brevitas export at batch 1. ONNX Runtime's CPU ``Gemm`` takes a different MLAS
+    kernel for a single row when its weight operand is computed at run time (weights behind
+    ``DequantizeLinear`` or a QONNX ``Quant`` in the source): the ANN run one sample at a time and
+    the same ANN run on a batch can then differ in the last bit. The spiking model always runs
+    batched (time is folded into the batch), so its T = 1 output is bit-exact with the source run
+    batched; this copy is that source. Only the graph's batch bookkeeping changes: initializers
+    leave the input list, hard-coded batch sizes in Reshape targets become ``-1``/``0``, and the
+    batch dimension of the input and output becomes symbolic. The arithmetic is untouched (no
+    folding of weights or quantizers).
+    """
+    graph = gs.import_onnx(model)
+    normalise.drop_initializer_inputs(graph)
+    for node in graph.nodes:  # Reshape targets written as Constant nodes (TorchScript exports)
+        if node.op == "Reshape" and not isinstance(node.inputs[1], gs.Constant):
+            target = node.inputs[1]
+            maker = target.inputs[0] if len(target.inputs) == 1 else None
+            if maker is not None and maker.op == "Constant" and "value" in maker.attrs:
+                node.inputs[1] = gs.Constant(target.name + "_value", np.asarray(maker.attrs["value"].values))
+    normalise.make_reshapes_batch_agnostic(graph)
+    timefold.forget_batch_shapes(graph)
+    for tensor in list(graph.inputs) + list(graph.outputs):
+        if tensor.shape:
+            tensor.shape = [timefold.BATCH_DIM] + list(tensor.shape[1:])
+    graph.cleanup()
+    batched = gs.export_onnx(graph, do_type_check=False)
+    batched.ir_version = model.ir_version
+    del batched.opset_import[:]
+    batched.opset_import.extend(model.opset_import)
+    return batched
 
 
 def _finish_model(spiking: onnx.ModelProto, source: onnx.ModelProto, source_sha256: str, timesteps: int) -> None:

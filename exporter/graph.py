@@ -54,11 +54,27 @@ def split_constant_operand(node: gs.Node) -> Optional[tuple[gs.Tensor, np.ndarra
 
 
 def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
-    """Make every reader of ``old`` (and the graph outputs) read ``new`` instead."""
+    """Make every reader of ``old`` (and the graph outputs) read ``new`` instead.
+
+    A graph output keeps its name: ``new`` takes it over when it is an intermediate tensor of its
+    own; otherwise (a graph input, another output, a constant) an ``Identity`` carries it.
+    """
     for node in list(old.outputs):
         node.inputs = [new if t is old else t for t in node.inputs]
-    if old in graph.outputs:
-        graph.outputs = [new if t is old else t for t in graph.outputs]
+    if old not in graph.outputs:
+        return
+    name = old.name
+    old.name = fresh_name(f"{name}_replaced")
+    if isinstance(new, gs.Variable) and new not in graph.inputs and new not in graph.outputs:
+        new.name = name
+        new.shape = new.shape if new.shape is not None else old.shape
+        new.dtype = new.dtype if new.dtype is not None else old.dtype
+        output = new
+    else:
+        output = gs.Variable(name, dtype=old.dtype, shape=old.shape)
+        graph.nodes.append(gs.Node(op="Identity", name=fresh_name(f"{name}_keep_name"), inputs=[new],
+                                   outputs=[output]))
+    graph.outputs = [output if t is old else t for t in graph.outputs]
 
 
 def fresh_name(stem: str) -> str:

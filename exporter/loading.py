@@ -37,7 +37,8 @@ def load_source(path: str) -> SourceModel:
     try:
         model = onnx.load(path, load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, OSError) as error:
-        raise BadInputError(f"{path}: not a readable ONNX model ({_first_line(error) or 'protobuf parse failed'})") from None
+        reason = _first_line(error) or "protobuf parse failed"
+        raise BadInputError(f"{path}: not a readable ONNX model ({reason})") from None
     if not model.graph.node and not model.graph.input:
         raise BadInputError(f"{path}: not an ONNX model (empty or not an ONNX protobuf)")
     _load_external_data(model, path)

@@ -55,6 +55,10 @@ def _reason(node: gs.Node) -> str | None:
     if node.op in ROW_WISE:
         if node.op == "BatchNormalization" and int(node.attrs.get("training_mode", 0)):
             return "batch statistics in training mode mix batch rows"
+        if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name:
+            mode = constant_value(node.inputs[2])
+            if mode is None or mode.size != 1 or bool(mode.reshape(())):
+                return "dropout in training mode is random; export the model in eval mode"
         return None
     if node.op in ("Gemm",):
         return "transA=1 puts the batch on the wrong side" if int(node.attrs.get("transA", 0)) else None

@@ -25,7 +25,7 @@ from pmsm.exporter.graph import (
 )
 from pmsm.exporter.normalise import QONNX_DOMAINS
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.runtime.qonnx import integer_range
+from pmsm.runtime.qonnx import qonnx_int_range
 
 NEURON_OP = "MultiSpikeNeuron"
 NEURON_DOMAIN = "ai.pmsm"
@@ -68,6 +68,18 @@ def timesteps_input(graph: gs.Graph) -> gs.Variable:
     return variable
 
 
+def neuron_name(graph: gs.Graph, node: gs.Node, suffix: str = "") -> str:
+    """A name for the neuron replacing ``node``: its name (its output's when unnamed), unique among
+    the neurons, since records and spike recordings are keyed by it."""
+    stem = (node.name or node.outputs[0].name) + suffix
+    taken = {n.name for n in graph.nodes if n.op == NEURON_OP and n.domain == NEURON_DOMAIN}
+    name, count = stem, 1
+    while name in taken:
+        count += 1
+        name = f"{stem}_{count}"
+    return name
+
+
 def insert_neuron(graph: gs.Graph, z: gs.Tensor, params: NeuronParams, name: str) -> gs.Variable:
     return add_node(
         graph, NEURON_OP, [z, timesteps_input(graph)], name,
@@ -105,7 +117,7 @@ def rewrite_rounding_chains(graph: gs.Graph, problems: list | None = None) -> li
 
 def _rewrite_rounding_chain(graph: gs.Graph, rounding_node: gs.Node) -> list[NeuronRecord]:
     rounding = "floor" if rounding_node.op == "Floor" else "half_even"
-    z, v_init, shift_node = _split_shift(rounding_node.inputs[0])
+    z, v_init, shift_node = _split_shift(rounding_node.inputs[0], rounding)
     lo, hi, clips = _walk_level_bounds(graph, rounding_node)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         side = "lower" if not math.isfinite(lo) else "upper"
@@ -115,7 +127,7 @@ def _rewrite_rounding_chain(graph: gs.Graph, rounding_node: gs.Node) -> list[Neu
         raise QuantizerError(rounding_node, f"clip bounds [{lo}, {hi}] in levels exclude 0; "
                              "PMSM neurons need lo <= 0 <= hi")
     params = NeuronParams(lo=int(lo), hi=int(hi), v_init=v_init, rounding=rounding)
-    name = rounding_node.name or rounding_node.outputs[0].name
+    name = neuron_name(graph, rounding_node)
     spikes = insert_neuron(graph, z, params, name)
     replace_uses(graph, rounding_node.outputs[0], spikes)
     for clip in clips:
@@ -126,18 +138,25 @@ def _rewrite_rounding_chain(graph: gs.Graph, rounding_node: gs.Node) -> list[Neu
     return [NeuronRecord(name=name, producer="floor-chain", params=params, source_nodes=tuple(sources))]
 
 
-def _split_shift(u: gs.Tensor):
-    """``u = z + phi`` (or ``z - c``) with a scalar constant: the neuron's initial membrane."""
+def _split_shift(u: gs.Tensor, rounding: str):
+    """``u = z + phi`` (or ``z - c``) with a scalar constant: the neuron's initial membrane.
+
+    Only a rounding offset is taken (``0 <= phi < 1`` before a floor, ``|phi| <= 0.5`` before a
+    round): it belongs to the first timestep alone. Any other constant is a bias, added at every
+    timestep, so its Add stays in ``z``. Either way T = 1 computes ``R(z + phi)`` exactly.
+    """
     node = producer(u)
     if node is not None and node.op in ("Add", "Sub") and len(u.outputs) == 1:
         split = split_constant_operand(node)
         if split is not None and np.asarray(split[1]).size == 1:
             z, constant, index = split
             value = float(np.float32(np.asarray(constant).reshape(())))
-            if node.op == "Add":
+            if node.op == "Sub":
+                if index != 1:
+                    return u, 0.0, None
+                value = -value  # z - c == z + (-c) exactly in IEEE arithmetic
+            if _rounds_zero_to_zero(value, rounding):
                 return z, value, node
-            if index == 1:  # z - c == z + (-c) exactly in IEEE arithmetic
-                return z, -value, node
     return u, 0.0, None
 
 
@@ -154,10 +173,14 @@ def _walk_level_bounds(graph: gs.Graph, rounding_node: gs.Node):
         bounds = _clip_bounds(node)
         if bounds is not None:
             low, high = bounds
-            if low is not None:
-                lo = max(lo, _to_levels(low, scalings, node, "lower"))
-            if high is not None:
-                hi = min(hi, _to_levels(high, scalings, node, "upper"))
+            try:
+                low_level = _to_levels(low, scalings, node, "lower") if low is not None else -math.inf
+                high_level = _to_levels(high, scalings, node, "upper") if high is not None else math.inf
+            except QuantizerError:
+                if math.isfinite(lo) and math.isfinite(hi):
+                    break  # a later clip off the level grid (a ReLU6 of the next layer): a standard op
+                raise
+            lo, hi = max(lo, low_level), min(hi, high_level)
             clips.append(node)
         elif node.op in ("Mul", "Div") and len(scalings) < 2:
             split = split_constant_operand(node)
@@ -233,6 +256,9 @@ def _rewrite_qdq_pair(graph: gs.Graph, quantize: gs.Node) -> list[NeuronRecord]:
     records = []
     x = quantize.inputs[0]
     scale, zero_point, qmin, qmax = _qdq_parameters(quantize)
+    if quantize.outputs[0] in graph.outputs:
+        raise QuantizerError(quantize, "its integer output is a graph output; a spiking network outputs "
+                             "de-quantized values")
     branches = []
     for consumer in list(quantize.outputs[0].outputs):
         low, high, dequantize, clip = qmin, qmax, consumer, None
@@ -257,16 +283,17 @@ def _rewrite_qdq_pair(graph: gs.Graph, quantize: gs.Node) -> list[NeuronRecord]:
         branches.append((lo, hi, clip, dequantize))
     if not branches:
         return []
-    z = add_node(graph, "Div", [x, quantize.inputs[1]], f"{quantize.name}/pre_scale")
+    z = add_node(graph, "Div", [x, quantize.inputs[1]], f"{neuron_name(graph, quantize)}/pre_scale")
     neurons: dict[tuple[int, int], gs.Variable] = {}
     for lo, hi, clip, dequantize in branches:
         if (lo, hi) not in neurons:
             params = NeuronParams(lo=lo, hi=hi, v_init=0.0, rounding="half_even")
-            name = quantize.name if not neurons else f"{quantize.name}/{lo}_{hi}"
+            name = neuron_name(graph, quantize, "" if not neurons else f"/{lo}_{hi}")
             neurons[(lo, hi)] = insert_neuron(graph, z, params, name)
             records.append(NeuronRecord(name=name, producer="qcdq" if clip is not None else "qdq",
                                         params=params, source_nodes=(quantize.name, dequantize.name)))
-        restored = add_node(graph, "Mul", [neurons[(lo, hi)], dequantize.inputs[1]], f"{dequantize.name}/dequant")
+        label = dequantize.name or dequantize.outputs[0].name
+        restored = add_node(graph, "Mul", [neurons[(lo, hi)], dequantize.inputs[1]], f"{label}/dequant")
         replace_uses(graph, dequantize.outputs[0], restored)
         dequantize.outputs.clear()
     quantize.outputs.clear()
@@ -340,22 +367,29 @@ def _rewrite_qonnx_quant(graph: gs.Graph, node: gs.Node) -> list[NeuronRecord]:
     mode = str(node.attrs.get("rounding_mode", "ROUND")).upper()
     if mode not in ("ROUND", "HALF_EVEN", "FLOOR"):
         raise QuantizerError(node, f"rounding_mode {mode} has no PMSM neuron (ROUND and FLOOR do)")
-    qmin, qmax = integer_range(float(bitwidth.reshape(())), int(node.attrs.get("signed", 1)),
-                               int(node.attrs.get("narrow", 0)))
+    if bitwidth.size != 1:
+        raise QuantizerError(node, "bit width must be one constant")
+    try:
+        low, high = qonnx_int_range(bitwidth.reshape(()), bool(node.attrs.get("signed", 1)),
+                                    bool(node.attrs.get("narrow", 0)))
+    except ValueError as error:
+        raise QuantizerError(node, str(error)) from None
+    qmin, qmax = int(low), int(high)
     if not qmin <= 0 <= qmax:
         raise QuantizerError(node, f"integer range [{qmin}, {qmax}] excludes 0")
     zp = float(np.float32(zeropt.reshape(())))
-    z = add_node(graph, "Div", [x, node.inputs[1]], f"{node.name}/pre_scale")
+    name = neuron_name(graph, node)
+    z = add_node(graph, "Div", [x, node.inputs[1]], f"{name}/pre_scale")
     if zp != 0:  # QONNX adds the zero point before rounding: keep that arithmetic
-        z = add_node(graph, "Add", [z, node.inputs[2]], f"{node.name}/zero_point")
+        z = add_node(graph, "Add", [z, node.inputs[2]], f"{name}/zero_point")
     params = NeuronParams(lo=qmin, hi=qmax, v_init=0.0, rounding="floor" if mode == "FLOOR" else "half_even")
-    spikes = insert_neuron(graph, z, params, node.name)
+    spikes = insert_neuron(graph, z, params, name)
     if zp != 0:
-        spikes = add_node(graph, "Sub", [spikes, node.inputs[2]], f"{node.name}/zero_point_back")
-    restored = add_node(graph, "Mul", [spikes, node.inputs[1]], f"{node.name}/dequant")
+        spikes = add_node(graph, "Sub", [spikes, node.inputs[2]], f"{name}/zero_point_back")
+    restored = add_node(graph, "Mul", [spikes, node.inputs[1]], f"{name}/dequant")
     replace_uses(graph, node.outputs[0], restored)
     node.outputs.clear()
-    return [NeuronRecord(name=node.name, producer="qonnx", params=params, source_nodes=(node.name,))]
+    return [NeuronRecord(name=name, producer="qonnx", params=params, source_nodes=(node.name,))]
 
 
 # --- after the rewrite -------------------------------------------------------------------------
@@ -371,7 +405,7 @@ def absorb_relus(graph: gs.Graph, records: list[NeuronRecord]) -> list[NeuronRec
     updated = dict(by_name)
     for neuron in [n for n in graph.nodes if n.op == NEURON_OP and n.domain == NEURON_DOMAIN]:
         params = by_name.get(neuron.name)
-        if params is None or not _rounds_zero_to_zero(params.params):
+        if params is None or not _rounds_zero_to_zero(params.params.v_init, params.params.rounding):
             continue
         tensor = neuron.inputs[0]
         while True:
@@ -397,6 +431,6 @@ def absorb_relus(graph: gs.Graph, records: list[NeuronRecord]) -> list[NeuronRec
     return [updated[r.name] for r in records]
 
 
-def _rounds_zero_to_zero(params: NeuronParams) -> bool:
-    v = params.v_init
-    return 0 <= v < 1 if params.rounding == "floor" else -0.5 <= v <= 0.5
+def _rounds_zero_to_zero(v_init: float, rounding: str) -> bool:
+    """``R(v_init + 0) == 0``: the initial membrane is a rounding offset, not a bias."""
+    return 0 <= v_init < 1 if rounding == "floor" else -0.5 <= v_init <= 0.5

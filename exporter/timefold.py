@@ -54,7 +54,9 @@ def mean_readout(graph: gs.Graph) -> gs.Graph:
             raise BadInputError(f"output '{output.name}' is {np.dtype(output.dtype)}; the readout averages float32 "
                                 "outputs over timesteps")
         name = output.name
+        row_shape = list(output.shape[1:]) if output.shape else None
         output.name = f"{name}__per_step"
+        output.shape = None  # [T*N, ...]
         stem = f"{READOUT_PREFIX}{index}"
         t_vector = add_node(graph, "Reshape", [timesteps, gs.Constant(f"{stem}/one", np.array([1], np.int64))],
                             f"{stem}/timesteps_vector", dtype=np.int64)
@@ -72,16 +74,26 @@ def mean_readout(graph: gs.Graph) -> gs.Graph:
         mean = add_node(graph, "ReduceMean", mean_inputs, f"{stem}/mean", attrs=attrs)
         mean.name = name
         mean.dtype = np.float32
+        mean.shape = [BATCH_DIM] + row_shape if row_shape is not None else None
         new_outputs.append(mean)
     graph.outputs = new_outputs
     return graph
 
 
 def forget_batch_shapes(graph: gs.Graph) -> gs.Graph:
-    """Intermediate shapes recorded at the export batch size are wrong once time is folded in."""
+    """Intermediate shapes recorded at the export batch size are wrong once time is folded in.
+
+    Graph outputs keep their per-row shape with a symbolic batch (the readout restores ``[N, ...]``;
+    ONNX's checker requires a shape on graph outputs).
+    """
     keep = {id(t) for t in graph.inputs}
+    outputs = {id(t) for t in graph.outputs}
     for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and id(tensor) not in keep:
+        if not isinstance(tensor, gs.Variable) or id(tensor) in keep:
+            continue
+        if id(tensor) in outputs and tensor.shape:
+            tensor.shape = [BATCH_DIM] + list(tensor.shape[1:])
+        else:
             tensor.shape = None
     return graph
 
