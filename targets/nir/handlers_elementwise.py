@@ -42,6 +42,22 @@ def _binary(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     return [e.shifted(-c, origin)]
 
 
+def _batch_norm(t: Translator, node: onnx.NodeProto) -> list[Expr]:
+    """Inference-mode batch norm is a per-channel scale and shift: it folds like any other."""
+    at = attrs(node)
+    if at.get("training_mode", 0):
+        raise Unsupported("batch statistics in training mode")
+    if not all(t.is_const(name) for name in node.input[1:5]):
+        raise Unsupported("scale, bias, mean and variance must be constants")
+    scale, bias, mean, var = (np.asarray(t.view.constants[name], np.float64) for name in node.input[1:5])
+    shape = t.shape(node.input[0])
+    per_channel = (-1,) + (1,) * (len(shape) - 1)  # channels first, shapes without batch
+    gain = scale / np.sqrt(var + float(at.get("epsilon", 1e-5)))
+    e = t.act(node.input[0])
+    return [e.scaled(full(gain.reshape(per_channel), shape)).shifted(
+        full((bias - mean * gain).reshape(per_channel), shape), (node_label(node), node.op_type))]
+
+
 def _identity(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         raise Unsupported("Dropout's mask output is used")
@@ -75,4 +91,5 @@ def neuron(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 
 HANDLERS = {"Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary,
-            "Identity": _identity, "Dropout": _identity, "Relu": _relu}
+            "Identity": _identity, "Dropout": _identity, "Relu": _relu,
+            "BatchNormalization": _batch_norm}
