@@ -174,3 +174,32 @@ def test_verification_mismatch_exits_1(qdq_mlp_path, tmp_path, monkeypatch):
     np.savez(data, x=np.random.default_rng(0).uniform(0, 1, (20, 1, 8, 8)).astype(np.float32))
     assert main([qdq_mlp_path, "-o", str(tmp_path / "o.onnx"), "--verify", "--data", str(data),
                  "--timesteps", "1"]) == 1
+
+
+def test_nir_target_lists_every_node_nir_cannot_take_and_exits_2(tmp_path):
+    from conftest import build_qdq_mlp
+    from onnx import helper
+
+    model = build_qdq_mlp()
+    model.graph.output[0].name = "logits"
+    model.graph.node[-1].output[0] = "y_linear"
+    model.graph.node.extend([
+        helper.make_node("Sigmoid", ["y_linear"], ["y_squashed"], name="squash"),
+        helper.make_node("Softmax", ["y_squashed"], ["logits"], name="probabilities", axis=1),
+    ])
+    path = tmp_path / "softmax.onnx"
+    onnx.save(model, str(path))
+    assert run_cli(str(path), "--check").returncode == 0  # fine for spiking ONNX: acts per row
+    result = run_cli(str(path), "--target", "nir", "-o", str(tmp_path / "m.nir"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'squash' (Sigmoid)" in result.stderr and "'probabilities' (Softmax)" in result.stderr
+    assert not (tmp_path / "m.nir").exists()
+
+
+def test_nir_target_writes_a_file_plain_nir_reads(qdq_mlp_path, tmp_path):
+    import nir
+
+    out = tmp_path / "model.nir"
+    assert main([qdq_mlp_path, "--target", "nir", "-o", str(out)]) == 0
+    graph = nir.read(str(out))
+    assert any(type(node).__name__ == "IF" and "pmsm" in node.metadata for node in graph.nodes.values())
