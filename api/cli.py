@@ -5,8 +5,7 @@ import argparse
 import sys
 
 from pmsm.errors import EXIT_BAD_INPUT, PmsmError
-
-TARGETS = ("onnx", "nir", "lava")
+from pmsm.pipeline import TARGETS, run_command
 
 DESCRIPTION = """\
 Convert a quantized ANN exported as ONNX into a spiking network of Polarity
@@ -86,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from pmsm.pipeline import run_command
-
         return run_command(args)
     except PmsmError as error:
         print(f"pmsm-export: error: {error}", file=sys.stderr)

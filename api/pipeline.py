@@ -15,6 +15,7 @@ from pmsm.files import atomic_write_bytes, atomic_write_json
 
 PROBE_SAMPLES = 64
 PROBE_SEED = 0
+TARGETS = ("onnx", "nir", "lava")
 
 
 @dataclass
@@ -48,6 +49,10 @@ def check_output_path(model_path: str, output: str) -> None:
 
 def convert(model_path: str, target: str = "onnx", timesteps: int = 1) -> Export:
     """Load, pre-flight for ``target`` and convert; nothing is written."""
+    if target not in TARGETS:
+        raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
     from pmsm.exporter.convert import to_spiking_onnx
     from pmsm.exporter.loading import load_source
 

@@ -203,3 +203,19 @@ def test_nir_target_writes_a_file_plain_nir_reads(qdq_mlp_path, tmp_path):
     assert main([qdq_mlp_path, "--target", "nir", "-o", str(out)]) == 0
     graph = nir.read(str(out))
     assert any(type(node).__name__ == "IF" and "pmsm" in node.metadata for node in graph.nodes.values())
+
+
+def test_python_api_refuses_an_unknown_target_with_a_user_error(qdq_mlp_path):
+    import pmsm
+    from pmsm.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="unknown target"):
+        pmsm.export(qdq_mlp_path, target="loihi")
+
+
+def test_python_api_export_returns_the_spiking_model_and_its_neurons(qdq_mlp_path, tmp_path):
+    import pmsm
+
+    result = pmsm.export(qdq_mlp_path, target="nir", output=str(tmp_path / "m.nir"))
+    assert [n.producer for n in result.neurons] == ["qdq", "qdq"]
+    assert result.output_path == str(tmp_path / "m.nir") and result.nir_graph is not None
