@@ -2,8 +2,10 @@
 
 Models: VGG-16-sized and ResNet-20-sized CNNs on 3x32x32 input with PMSM quantizers (L=4), random
 weights, exported by torch's default exporter. For each: conversion time to spiking ONNX, and the
-spiking ONNX on ONNX Runtime through the custom op at T=1 and T=4 against the source ANN on stock
-ONNX Runtime, measured side by side in one run.
+spiking ONNX on ONNX Runtime at T=1 and T=4 against the source ANN on stock ONNX Runtime, measured
+side by side in one run, twice: through the custom op (the reference) and through the portable
+standard-ONNX function body (no custom op library registered), both with optimizations disabled.
+The last column says whether the two agreed bit for bit (outputs, at both T).
 
     .venv/bin/python benchmarks/run.py [--batch 32] [--repeats 3] [--models vgg16,resnet20]
 """
@@ -68,12 +70,15 @@ def export_model(name: str, folder: str) -> str:
     return path
 
 
-def timed(function, repeats: int) -> float:
-    times = []
+def timed(function, repeats: int, keep: list | None = None) -> float:
+    """Median wall time of ``repeats`` calls; the last call's result is appended to ``keep``."""
+    times, result = [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        function()
+        result = function()
         times.append(time.perf_counter() - start)
+    if keep is not None:
+        keep.append(result)
     return statistics.median(times)
 
 
@@ -96,11 +101,17 @@ def bench(path: str, batch: int, repeats: int) -> dict:
     ann = SourceModel(unbatched)
     ann_optimized = SourceModel(unbatched, optimized=True)
     snn = SpikingModel(spiking)
-    ann.run(x[:1]), ann_optimized.run(x[:1]), snn.run(x[:2], 1)  # warm up every session
+    portable = SpikingModel(spiking, portable=True)
+    ann.run(x[:1]), ann_optimized.run(x[:1]), snn.run(x[:2], 1), portable.run(x[:2], 1)  # warm up every session
     figures["ann_s"] = timed(lambda: ann.run(x), repeats)
     figures["ann_opt_s"] = timed(lambda: ann_optimized.run(x), repeats)
+    figures["equal"] = True
     for timesteps in (1, 4):
-        figures[f"snn_t{timesteps}_s"] = timed(lambda: snn.run(x, timesteps, batch_size=batch), repeats)
+        results: list = []
+        figures[f"snn_t{timesteps}_s"] = timed(lambda: snn.run(x, timesteps, batch_size=batch), repeats, results)
+        figures[f"port_t{timesteps}_s"] = timed(lambda: portable.run(x, timesteps, batch_size=batch), repeats, results)
+        reference, body = (np.ascontiguousarray(r.output, dtype=np.float32) for r in results)
+        figures["equal"] &= bool(np.array_equal(reference.view(np.uint32), body.view(np.uint32)))
     return figures
 
 
@@ -113,14 +124,20 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         print(f"batch {args.batch} images 3x32x32, median of {args.repeats} runs, CPU threads: {os.cpu_count()}")
         print(f"{'model':<10}{'MB':>7}{'neurons':>9}{'convert s':>11}{'ANN s':>8}{'ANN opt s':>11}"
-              f"{'SNN T=1 s':>11}{'ratio':>7}{'SNN T=4 s':>11}{'ratio':>7}")
+              f"{'SNN T=1 s':>11}{'ratio':>7}{'SNN T=4 s':>11}{'ratio':>7}"
+              f"{'port T=1 s':>12}{'ratio':>7}{'port T=4 s':>12}{'ratio':>7}{'equal':>7}")
         for name in args.models.split(","):
             path = export_model(name, folder)
             f = bench(path, args.batch, args.repeats)
             print(f"{name:<10}{f['parameters_mb']:>7.1f}{f['neuron_layers']:>9}{f['convert_s']:>11.2f}"
                   f"{f['ann_s']:>8.3f}{f['ann_opt_s']:>11.3f}{f['snn_t1_s']:>11.3f}{f['snn_t1_s'] / f['ann_s']:>7.2f}"
-                  f"{f['snn_t4_s']:>11.3f}{f['snn_t4_s'] / f['ann_s']:>7.2f}", flush=True)
-    print("ratio = spiking ONNX (custom op, optimizations off) time / source ANN (stock ORT, optimizations off);\n"
+                  f"{f['snn_t4_s']:>11.3f}{f['snn_t4_s'] / f['ann_s']:>7.2f}"
+                  f"{f['port_t1_s']:>12.3f}{f['port_t1_s'] / f['ann_s']:>7.2f}"
+                  f"{f['port_t4_s']:>12.3f}{f['port_t4_s'] / f['ann_s']:>7.2f}{'yes' if f['equal'] else 'NO':>7}",
+                  flush=True)
+    print("ratio = time / source ANN time (stock ORT, optimizations off); SNN = spiking ONNX through the custom op\n"
+          "(the reference), port = the same file through its standard-ONNX function body (no custom op library),\n"
+          "both with optimizations off; equal = port and SNN outputs identical bit for bit at T=1 and T=4;\n"
           "ANN opt = the source ANN at ONNX Runtime's default optimization level, for information")
     return 0
 

@@ -137,6 +137,9 @@ def _finish_model(spiking: onnx.ModelProto, source: onnx.ModelProto, source_sha2
     used = {node.domain for node in spiking.graph.node} | {""}
     del spiking.opset_import[:]
     spiking.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(imports.items()) if d in used)
+    from pmsm.exporter.portable import attach_neuron_function
+
+    attach_neuron_function(spiking)  # the standard-ONNX body ORT runs when no ai.pmsm kernel is registered
     spiking.producer_name = "pmsm-export"
     from pmsm import __version__
 

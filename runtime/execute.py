@@ -1,7 +1,9 @@
 """Running models on ONNX Runtime: the spiking ONNX (reference backend) and its source ANN.
 
 - :class:`SpikingModel` runs a spiking ONNX file (docs/spiking-onnx.md) through the
-  ``ai.pmsm::MultiSpikeNeuron`` kernel, with graph optimizations disabled.
+  ``ai.pmsm::MultiSpikeNeuron`` kernel, with graph optimizations disabled (the reference); with
+  ``portable=True``, through the standard-ONNX function body the file carries instead (no custom op
+  library registered: what a plain ``onnxruntime.InferenceSession`` runs), bit-exact with the kernel.
 - :class:`SourceModel` runs the quantized ANN on stock ONNX Runtime: with optimizations disabled
   (backend ``ann``, the ONNX specification's semantics, the reference) or at ONNX Runtime's default
   level (backend ``ann_ort_opt``, which fuses QDQ pairs into integer kernels; information only).
@@ -240,12 +242,23 @@ class SpikingResult:
 
 
 class SpikingModel:
-    """A spiking ONNX model on ONNX Runtime with the ``ai.pmsm`` kernel, optimizations disabled."""
+    """A spiking ONNX model on ONNX Runtime, graph optimizations disabled.
+
+    ``portable=False`` (the reference): the ``ai.pmsm::MultiSpikeNeuron`` kernel of
+    :mod:`pmsm.runtime.ortop` (the numpy neuron) computes every neuron.
+    ``portable=True``: the custom op library is not registered, so ONNX Runtime inlines the model's
+    standard-ONNX function body of the neuron (:mod:`pmsm.exporter.portable`); a model without that
+    function gets it attached (in its default-domain opset) on a copy. Same numbers, bit for bit.
+    ``optimized=True`` runs at ONNX Runtime's default optimization level (information only: fusions
+    of the model's other ops may change the last bit of the float arithmetic the source defines).
+    """
 
     backend = "onnx"
 
-    def __init__(self, model: ModelLike):
+    def __init__(self, model: ModelLike, portable: bool = False, optimized: bool = False):
         self.model, self.label = load_model(model)
+        self.portable = bool(portable)
+        self.optimized = bool(optimized)
         graph = self.model.graph
         data = _data_inputs(self.model)
         if not any(vi.name == TIMESTEPS_INPUT for vi in data):
@@ -266,6 +279,8 @@ class SpikingModel:
                 if key in self.neurons:
                     key = f"{key}:{node.output[0]}"
                 self.neurons[key] = node
+        if self.portable:
+            self.model = _with_neuron_function(self.model, self.label)
         self._sessions: dict[bool, ort.InferenceSession] = {}
 
     @property
@@ -289,7 +304,9 @@ class SpikingModel:
                             onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
                         )
                         present.add(node.output[0])
-            self._sessions[collect_spikes] = _session(model, self.label, optimized=False, custom_ops=True)
+            self._sessions[collect_spikes] = _session(
+                model, self.label, optimized=self.optimized, custom_ops=not self.portable
+            )
         return self._sessions[collect_spikes]
 
     def run(
@@ -334,6 +351,23 @@ class SpikingModel:
             timesteps=t,
             spikes={key: _concat(parts, axis=1) for key, parts in spikes.items()},
         )
+
+
+def _with_neuron_function(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """``model``, or a copy of it with the portable neuron body when it has no function for the op."""
+    from pmsm.exporter import portable
+
+    if any((f.domain, f.name) == (portable.DOMAIN, portable.OP) for f in model.functions):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    if not portable.attach_neuron_function(copy):
+        raise BadInputError(
+            f"{label}: no function body for {portable.DOMAIN}::{portable.OP}, and none can be written at "
+            f"default-domain opset {portable.default_opset(model)} (supported: "
+            f"{portable.MIN_OPSET}..{portable.MAX_OPSET}); run it with the kernel (portable=False)"
+        )
+    return copy
 
 
 # ---------------------------------------------------------------------------------------------
