@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -29,7 +29,6 @@ class Export:
     neurons: list
     output_path: Optional[str] = None
     nir_graph: object = None
-    report: dict = field(default_factory=dict)
 
 
 def default_output(model_path: str, target: str) -> str:
@@ -170,7 +169,6 @@ def run_verification(export: Export, data_path: Optional[str], timesteps: list[i
         ann_optimized=AnnBackend(export.source_path, optimized=True),
     )
     report = build_report(export, verification, backends, data_path)
-    export.report = report
     return report
 
 

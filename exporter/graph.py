@@ -29,10 +29,6 @@ def producer(tensor: gs.Tensor) -> Optional[gs.Node]:
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
-
-
 def sole_consumer(tensor: gs.Tensor, graph: gs.Graph) -> Optional[gs.Node]:
     """The only node reading ``tensor``, if it is not also a graph output."""
     if len(tensor.outputs) != 1 or tensor in graph.outputs:
@@ -80,9 +76,6 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
 def fresh_name(stem: str) -> str:
     return f"{stem}__{next(_counter)}"
 
-
-def make_constant(name: str, value) -> gs.Constant:
-    return gs.Constant(fresh_name(name), np.asarray(value))
 
 
 def add_node(graph: gs.Graph, op: str, inputs: list, name: str, attrs: dict | None = None,
