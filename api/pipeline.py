@@ -12,6 +12,7 @@ import onnx
 
 from pmsm.errors import EXIT_MISMATCH, EXIT_OK, BadInputError, UnsupportedModelError
 from pmsm.files import atomic_write_bytes, atomic_write_json
+from pmsm.runtime.schema import TIMESTEPS_INPUT
 
 PROBE_SAMPLES = 64
 PROBE_SEED = 0
@@ -130,7 +131,7 @@ def load_data(path: Optional[str], input_shape) -> tuple[np.ndarray, Optional[np
 def input_shape(model: onnx.ModelProto):
     initializers = {i.name for i in model.graph.initializer}
     for value in model.graph.input:
-        if value.name not in initializers and value.name != "timesteps":
+        if value.name not in initializers and value.name != TIMESTEPS_INPUT:
             dims = value.type.tensor_type.shape.dim
             return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
     return None

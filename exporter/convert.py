@@ -26,8 +26,8 @@ from pmsm.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, quantizers, timefold
 from pmsm.exporter.preflight import unsupported_for_onnx
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
+from pmsm.runtime.schema import FORMAT
 
-FORMAT = "spiking-onnx/1"
 IR_VERSION = 10
 
 NORMALISATION_PASSES: tuple[tuple[str, Callable[[gs.Graph], gs.Graph]], ...] = (

@@ -12,8 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from pmsm.exporter.graph import constant_value, producer, replace_uses, scalar_value
-
-QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
+from pmsm.runtime.qonnx import QONNX_DOMAINS
 
 
 def drop_initializer_inputs(graph: gs.Graph) -> gs.Graph:

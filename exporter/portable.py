@@ -39,13 +39,14 @@ from __future__ import annotations
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
+from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_DOMAIN, NEURON_OP
+
 __all__ = [
     "DOMAIN", "OP", "ATTRIBUTES", "MIN_OPSET", "MAX_OPSET", "neuron_function", "default_opset", "attach_neuron_function",
 ]
 
-DOMAIN = "ai.pmsm"
-OP = "MultiSpikeNeuron"
-ATTRIBUTES = ("lo", "hi", "v_init", "rounding")
+DOMAIN, OP = NEURON_DOMAIN, NEURON_OP
+ATTRIBUTES = NEURON_ATTRIBUTES
 MIN_OPSET = 12  # Constant(value_int/value_float/value_string), here referencing the node's attributes
 MAX_OPSET = 23  # the newest default-domain opset ONNX Runtime 1.23 accepts
 _STRING_EQUAL_OPSET = 19  # Equal accepts tensor(string) from here on

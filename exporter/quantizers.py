@@ -23,13 +23,10 @@ from pmsm.exporter.graph import (
     sole_consumer,
     split_constant_operand,
 )
-from pmsm.exporter.normalise import QONNX_DOMAINS
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.runtime.qonnx import qonnx_int_range
+from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_int_range
+from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIMESTEPS_INPUT
 
-NEURON_OP = "MultiSpikeNeuron"
-NEURON_DOMAIN = "ai.pmsm"
-TIMESTEPS_INPUT = "timesteps"
 
 INTEGER_RANGES = {
     np.dtype(np.int8): (-128, 127),

@@ -7,15 +7,14 @@ import onnx_graphsurgeon as gs
 from pmsm.errors import BadInputError
 from pmsm.exporter.graph import add_node
 from pmsm.exporter.quantizers import timesteps_input
+from pmsm.runtime.schema import FOLD_PREFIX, READOUT_PREFIX, TIMESTEPS_INPUT
 
-FOLD_PREFIX = "pmsm_fold/"
-READOUT_PREFIX = "pmsm_readout/"
 BATCH_DIM = "N"
 
 
 def data_input(graph: gs.Graph) -> gs.Variable:
     """The one floating-point data input of the network."""
-    candidates = [t for t in graph.inputs if t.name != "timesteps" and isinstance(t, gs.Variable)]
+    candidates = [t for t in graph.inputs if t.name != TIMESTEPS_INPUT and isinstance(t, gs.Variable)]
     if len(candidates) != 1:
         names = ", ".join(t.name for t in candidates) or "none"
         raise BadInputError(f"the network must have exactly one data input, found {len(candidates)} ({names})")

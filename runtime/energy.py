@@ -42,14 +42,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIMESTEPS_INPUT
+
 __all__ = ["MAC_PJ", "SOP_PJ", "CONVENTION", "energy_report", "synaptic_layers", "static_shapes"]
 
 MAC_PJ = 4.6  # energy of one 32-bit float multiply-accumulate, 45 nm (Horowitz 2014), the field's usual figure
 SOP_PJ = 0.9  # energy of one 32-bit float accumulate (a synaptic operation)
 
-TIMESTEPS_INPUT = "timesteps"
-NEURON_DOMAIN = "ai.pmsm"
-NEURON_OP = "MultiSpikeNeuron"
 ANALOG_INPUT = "analog input"
 
 CONVENTION = (

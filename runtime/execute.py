@@ -26,6 +26,7 @@ import onnxruntime as ort
 from pmsm.errors import BadInputError
 from pmsm.runtime import ortop
 from pmsm.runtime.ortop import ExecutionError
+from pmsm.runtime.schema import TIMESTEPS_INPUT
 
 __all__ = [
     "MAX_IR_VERSION",
@@ -38,7 +39,6 @@ __all__ = [
 ]
 
 MAX_IR_VERSION = 11  # what onnxruntime 1.23 accepts
-TIMESTEPS_INPUT = "timesteps"
 DEFAULT_ROWS_PER_RUN = 4096  # rows (samples x timesteps) per session.run when batch_size is not given
 
 ModelLike = Union[onnx.ModelProto, str, "os.PathLike[str]"]

@@ -42,8 +42,10 @@ import onnxruntime_extensions
 from onnxruntime_extensions import PyOp, get_library_path, onnx_op
 
 from pmsm.errors import BadInputError
-from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
+from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 from pmsm.runtime.neuron import NeuronParams, run_time_major
+from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_OP
+from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
 
 __all__ = [
     "PMSM_DOMAIN",
@@ -67,11 +69,7 @@ __all__ = [
     "raise_op_errors",
 ]
 
-PMSM_DOMAIN = "ai.pmsm"
-NEURON_OP = "MultiSpikeNeuron"
-NEURON_ATTRIBUTES = ("lo", "hi", "v_init", "rounding")
 
-QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
 QONNX_QUANT_OPS = ("Quant", "IntQuant")  # same inputs (x, scale, zeropt, bitwidth) and attributes
 QONNX_BIPOLAR_OP = "BipolarQuant"
 QONNX_DEFAULTS = {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}

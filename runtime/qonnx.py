@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
+
 
 def _f32(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)

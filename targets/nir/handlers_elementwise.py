@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 
 from pmsm.runtime.neuron import NeuronParams
+from pmsm.runtime.schema import NEURON_ATTRIBUTES
 from pmsm.targets.nir.ir import Expr
 from pmsm.targets.nir.onnx_view import node_label
 from pmsm.targets.nir.translator import Translator, Unsupported, attrs, full, unsupported_reason
@@ -77,7 +78,7 @@ def _relu(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 def neuron(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     at = attrs(node)
-    missing = [k for k in ("lo", "hi", "v_init", "rounding") if k not in at]
+    missing = [k for k in NEURON_ATTRIBUTES if k not in at]
     if missing:
         raise Unsupported(f"missing attribute(s) {', '.join(missing)}")
     try:

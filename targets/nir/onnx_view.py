@@ -14,12 +14,8 @@ import onnx
 from onnx import numpy_helper
 
 from pmsm.errors import BadInputError
-
-FOLD_PREFIX = "pmsm_fold/"
-READOUT_PREFIX = "pmsm_readout/"
-TIMESTEPS_INPUT = "timesteps"
-PMSM_DOMAIN = "ai.pmsm"
-NEURON_OP = "MultiSpikeNeuron"
+from pmsm.runtime.schema import FOLD_PREFIX, NEURON_OP, READOUT_PREFIX, TIMESTEPS_INPUT  # noqa: F401
+from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
 
 
 def is_neuron(node: onnx.NodeProto) -> bool:
