@@ -11,7 +11,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def export(model: str, target: str = "onnx", output: str | None = None, timesteps: int = 1):
+def export(model: str, target: str = "onnx", output: str | None = None, timesteps: int = 1,
+           compensation: bool = True):
     """Convert ``model`` for ``target`` and write it (to ``output`` or next to the model).
 
     Returns a :class:`pmsm.pipeline.Export` with the spiking ONNX model, the neuron layers and,
@@ -19,20 +20,21 @@ def export(model: str, target: str = "onnx", output: str | None = None, timestep
     """
     from pmsm.pipeline import convert, default_output, write
 
-    result = convert(model, target, timesteps=timesteps)
+    result = convert(model, target, timesteps=timesteps, compensation=compensation)
     write(result, output or default_output(model, target))
     return result
 
 
 def verify(model: str, target: str = "onnx", data: str | None = None, timesteps=(1, 2, 4),
-           output: str | None = None, report: str | None = None, pictures: bool = False) -> dict:
+           output: str | None = None, report: str | None = None, pictures: bool = False,
+           compensation: bool = True) -> dict:
     """Convert, write and verify ``model`` as ``pmsm-export --verify`` does; returns the report dict.
 
     ``report["verification"]["passed"]`` tells whether the equivalence criteria held.
     """
     from pmsm.pipeline import finish_report, run_verification
 
-    result = export(model, target, output, timesteps=sorted(timesteps)[0])
+    result = export(model, target, output, timesteps=sorted(timesteps)[0], compensation=compensation)
     document = run_verification(result, data, sorted(set(timesteps)), progress=False)
     finish_report(document, report, pictures=pictures)
     return document

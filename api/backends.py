@@ -7,23 +7,18 @@ from pmsm.verification import BackendRun, ProgressFn
 
 
 class AnnBackend:
-    """The source quantized ANN on stock ONNX Runtime (``optimized`` is information only).
-
-    It runs batched, like the spiking model: ONNX Runtime's single-row Gemm kernel rounds a
-    run-time weight differently in the last bit, so a batch-1 export run one sample at a time
-    is not the arithmetic the batched spiking model reproduces (see batch_agnostic_source).
-    """
+    """The source quantized ANN on stock ONNX Runtime (``optimized`` is information only), run as
+    its user runs it: a model exported at a fixed batch size runs that many samples at a time."""
 
     reference = ""
 
     def __init__(self, model_path: str, optimized: bool = False):
         import onnx
 
-        from pmsm.exporter.convert import batch_agnostic_source
         from pmsm.runtime.execute import SourceModel
 
         source = onnx.load(model_path)  # external data resolved next to the file
-        self.model = SourceModel(batch_agnostic_source(source), optimized=optimized)
+        self.model = SourceModel(source, optimized=optimized)
         self.name = self.model.backend
 
     def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="verification data: array 'x' shaped like the model input, optional labels 'y' "
         "(default: a seeded probe batch)",
     )
+    parser.add_argument(
+        "--no-compensation", dest="compensation", action="store_false",
+        help="run nonlinear ops (max pool, softmax, layer norm, GELU, products of activations) on each "
+        "timestep's values instead of compensating them so that their mean over time is f of the mean "
+        "input (T = 1 is the same either way)",
+    )
     parser.add_argument("--report", metavar="R.json", help="write the verification report (schema pmsm-report/1)")
     parser.add_argument(
         "--check", action="store_true",

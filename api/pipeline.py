@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -28,6 +28,9 @@ class Export:
     target: str
     spiking: onnx.ModelProto
     neurons: list
+    network: onnx.ModelProto = None  # the untimed network the NIR target reads
+    compensated: list = field(default_factory=list)  # (node, op) of the nonlinear ops with temporal compensation
+    uncompensated: list = field(default_factory=list)  # (node, op, why)
     output_path: Optional[str] = None
     nir_graph: object = None
 
@@ -47,26 +50,32 @@ def check_output_path(model_path: str, output: str) -> None:
         raise BadInputError(f"{output}: folder {folder} does not exist")
 
 
-def convert(model_path: str, target: str = "onnx", timesteps: int = 1) -> Export:
+def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensation: bool = True) -> Export:
     """Load, pre-flight for ``target`` and convert; nothing is written."""
     if target not in TARGETS:
         raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
-    from pmsm.exporter.convert import to_spiking_onnx
+    from pmsm.exporter.convert import convert as convert_model
+    from pmsm.exporter.convert import network_for_targets
     from pmsm.exporter.loading import load_source
 
     source = load_source(model_path)
-    spiking, neurons = to_spiking_onnx(source.model, path=model_path, source_sha256=source.sha256,
-                                       default_timesteps=timesteps)
-    export = Export(model_path, source.sha256, target, spiking, neurons)
+    # NIR and Lava run max pooling on each step's values (the dialect has no compensation yet), so
+    # the reference they are checked against does too.
+    compensation = compensation and target == "onnx"
+    converted = convert_model(source.model, path=model_path, source_sha256=source.sha256,
+                              default_timesteps=timesteps, compensation=compensation)
+    export = Export(model_path, source.sha256, target, converted.spiking, converted.neurons, converted.network,
+                    converted.compensated, converted.uncompensated)
     if target in ("nir", "lava"):
         from pmsm.targets.nir import spiking_onnx_to_nir, unsupported_nodes
 
-        problems = unsupported_nodes(spiking)
+        network = network_for_targets(converted.network)
+        problems = unsupported_nodes(network)
         if problems:
             raise UnsupportedModelError(model_path, target, problems)
-        export.nir_graph = spiking_onnx_to_nir(spiking, source_sha256=source.sha256,
+        export.nir_graph = spiking_onnx_to_nir(network, source_sha256=source.sha256,
                                                source_name=os.path.basename(model_path), timesteps=timesteps)
     if target == "lava":
         from pmsm.targets.lava import unsupported_nir_nodes
@@ -195,7 +204,7 @@ def run_command(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model, args.target)
     if not args.check and os.path.exists(args.model):
         check_output_path(args.model, output)  # before the work, not after it
-    export = convert(args.model, args.target, timesteps=args.timesteps[0])
+    export = convert(args.model, args.target, timesteps=args.timesteps[0], compensation=args.compensation)
     if args.check:
         print(f"{args.model}: ok for target '{args.target}': {len(export.neurons)} neuron layer(s), "
               f"{len(export.spiking.graph.node)} nodes")

@@ -49,13 +49,12 @@ def build_report(export, verification, backends, data_path) -> dict:
 
 
 def _energy(export, verification) -> dict:
-    try:
-        from pmsm.runtime.energy import energy_report
-    except ImportError:
-        return {}
+    from pmsm.exporter.convert import network_for_targets
+    from pmsm.runtime.energy import energy_report
 
     onnx_runs = verification.runs.get("onnx", {})
-    return energy_report(export.spiking, {t: run.spikes for t, run in onnx_runs.items()}, verification.samples)
+    return energy_report(network_for_targets(export.network), {t: run.spikes for t, run in onnx_runs.items()},
+                         verification.samples)
 
 
 def _fixed_point(backends) -> dict:

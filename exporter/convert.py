@@ -1,17 +1,18 @@
 """Source quantized ANN -> spiking ONNX, as a sequence of small named passes.
 
 1. Normalisation (:mod:`pmsm.exporter.normalise`): bring every producer's way of writing a
-   quantized network to one shape, changing no number the network computes.
+   quantized network to one shape, changing no number the network computes. Weights stay as the
+   source computes them (int8 behind ``DequantizeLinear`` stays int8).
 2. Rewrite (:mod:`pmsm.exporter.quantizers`): each activation quantizer's rounding core becomes an
    ``ai.pmsm::MultiSpikeNeuron``; its pre-scaling and de-quantization stay as the source wrote them.
-3. Pre-flight (:mod:`pmsm.exporter.preflight`): every node left must act on each batch row alone.
-4. Time folding (:mod:`pmsm.exporter.timefold`): repeat the input over T in the batch dimension and
-   read out the mean over T.
+   The result is the *untimed network*: what the NIR target reads.
+3. Pre-flight (:mod:`pmsm.exporter.preflight`): every node left must be deterministic ONNX.
+4. Time (:mod:`pmsm.exporter.timeloop`): the network inside a ``Loop`` over timesteps, with
+   temporal compensation of nonlinear ops (:mod:`pmsm.exporter.compensation`) unless switched off.
 
-Inference-mode ``BatchNormalization`` is kept as the standard op the source wrote (it acts on each
-row alone, so time folding does not disturb it). Folding it into the neighbouring weights would
-re-associate float arithmetic and lose T = 1 exactness; targets that cannot express it (NIR, Lava)
-fold it themselves, where float re-association is reported rather than forbidden.
+Inference-mode ``BatchNormalization`` is kept as the standard op the source wrote. Folding it into
+the neighbouring weights would re-associate float arithmetic and lose T = 1 exactness; targets that
+cannot express it (NIR, Lava) fold it themselves, where float re-association is reported.
 """
 from __future__ import annotations
 
@@ -23,20 +24,20 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from pmsm.errors import BadInputError, UnsupportedModelError
-from pmsm.exporter import normalise, quantizers, timefold
+from pmsm.exporter import normalise, quantizers
+from pmsm.exporter.timeloop import loop_over_time
 from pmsm.exporter.preflight import unsupported_for_onnx
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
-from pmsm.runtime.schema import FORMAT
+from pmsm.runtime.schema import FORMAT, NEURON_DOMAIN_VERSION
 
 IR_VERSION = 10
 
 NORMALISATION_PASSES: tuple[tuple[str, Callable[[gs.Graph], gs.Graph]], ...] = (
     ("drop initializer inputs", normalise.drop_initializer_inputs),
-    ("fold QONNX weight quantizers", normalise.fold_qonnx_weight_quantizers),
+    ("QONNX weight quantizers as standard ops", normalise.expand_qonnx_weight_quantizers),
     ("fold constants", normalise.fold_constants),
     ("remove identities", normalise.remove_identities),
     ("reduce straight-through idioms", normalise.reduce_straight_through_idioms),
-    ("make reshapes batch-agnostic", normalise.make_reshapes_batch_agnostic),
 )
 REWRITE_PASSES = (
     ("QDQ/QCDQ quantizers", quantizers.rewrite_qdq),
@@ -80,63 +81,69 @@ def check(model: onnx.ModelProto, path: str = "model") -> Conversion:
     return conversion
 
 
-def to_spiking_onnx(model: onnx.ModelProto, *, path: str = "model", source_sha256: str = "",
-                    default_timesteps: int = 1) -> tuple[onnx.ModelProto, list[NeuronRecord]]:
-    """The spiking ONNX model (docs/spiking-onnx.md) and the neuron layers it contains."""
+@dataclass
+class SpikingConversion:
+    """The spiking model of one source, and what went into it."""
+
+    spiking: onnx.ModelProto
+    network: onnx.ModelProto  # the untimed network (neurons in place, no time): what NIR reads
+    neurons: list[NeuronRecord]
+    compensated: list[tuple[str, str]] = field(default_factory=list)  # (node, op)
+    uncompensated: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, why)
+
+
+def untimed_network(model: onnx.ModelProto, path: str = "model") -> tuple[onnx.ModelProto, list[NeuronRecord]]:
+    """The source with every activation quantizer's rounding core replaced by a neuron, no time."""
     conversion = check(model, path)
     graph = conversion.graph
-    timefold.forget_batch_shapes(graph)
-    timefold.fold_time_into_batch(graph)
-    timefold.mean_readout(graph)
     graph.cleanup().toposort()
-    spiking = gs.export_onnx(graph, do_type_check=False)
-    _finish_model(spiking, model, source_sha256, default_timesteps)
-    return spiking, conversion.neurons
+    network = gs.export_onnx(graph, do_type_check=False)
+    network.ir_version = IR_VERSION
+    _set_opsets(network, model)
+    return network, conversion.neurons
 
 
-def batch_agnostic_source(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The source ANN, unchanged except that it runs on any number of rows at once.
-
-    Torch and Brevitas export at batch 1. ONNX Runtime's CPU ``Gemm`` takes a different MLAS
-    kernel for a single row when its weight operand is computed at run time (weights behind
-    ``DequantizeLinear`` or a QONNX ``Quant`` in the source): the ANN run one sample at a time and
-    the same ANN run on a batch can then differ in the last bit. The spiking model always runs
-    batched (time is folded into the batch), so its T = 1 output is bit-exact with the source run
-    batched; this copy is that source. Only the graph's batch bookkeeping changes: initializers
-    leave the input list, hard-coded batch sizes in Reshape targets become ``-1``/``0``, and the
-    batch dimension of the input and output becomes symbolic. The arithmetic is untouched (no
-    folding of weights or quantizers).
-    """
-    graph = gs.import_onnx(model)
-    normalise.drop_initializer_inputs(graph)
-    for node in graph.nodes:  # Reshape targets written as Constant nodes (TorchScript exports)
-        if node.op == "Reshape" and not isinstance(node.inputs[1], gs.Constant):
-            target = node.inputs[1]
-            maker = target.inputs[0] if len(target.inputs) == 1 else None
-            if maker is not None and maker.op == "Constant" and "value" in maker.attrs:
-                node.inputs[1] = gs.Constant(target.name + "_value", np.asarray(maker.attrs["value"].values))
-    normalise.make_reshapes_batch_agnostic(graph)
-    timefold.forget_batch_shapes(graph)
-    for tensor in list(graph.inputs) + list(graph.outputs):
-        if tensor.shape:
-            tensor.shape = [timefold.BATCH_DIM] + list(tensor.shape[1:])
-    graph.cleanup()
-    batched = gs.export_onnx(graph, do_type_check=False)
-    batched.ir_version = model.ir_version
-    del batched.opset_import[:]
-    batched.opset_import.extend(model.opset_import)
-    return batched
+def convert(model: onnx.ModelProto, *, path: str = "model", source_sha256: str = "", default_timesteps: int = 1,
+            compensation: bool = True) -> SpikingConversion:
+    """The spiking ONNX model (docs/spiking-onnx.md) of ``model``, with its untimed network."""
+    network, neurons = untimed_network(model, path)
+    timed = loop_over_time(network, compensation=compensation)
+    spiking = timed.model
+    _finish_model(spiking, model, source_sha256, default_timesteps, compensation)
+    return SpikingConversion(spiking, network, neurons, timed.compensated, timed.uncompensated)
 
 
-def _finish_model(spiking: onnx.ModelProto, source: onnx.ModelProto, source_sha256: str, timesteps: int) -> None:
-    spiking.ir_version = IR_VERSION
-    imports = {op.domain: op.version for op in spiking.opset_import}
+def network_for_targets(network: onnx.ModelProto) -> onnx.ModelProto:
+    """The untimed network with every constant folded (weights included) and no batch in its
+    reshapes: what targets that fold coefficients themselves (NIR, Lava) read."""
+    graph = normalise.fold_for_targets(gs.import_onnx(network))
+    graph.cleanup().toposort()
+    folded = gs.export_onnx(graph, do_type_check=False)
+    folded.ir_version = network.ir_version
+    del folded.opset_import[:]
+    folded.opset_import.extend(network.opset_import)
+    return folded
+
+
+def to_spiking_onnx(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, list[NeuronRecord]]:
+    """``(spiking ONNX model, neuron layers)``; see :func:`convert` for the options."""
+    conversion = convert(model, **options)
+    return conversion.spiking, conversion.neurons
+
+
+def _set_opsets(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    imports = {op.domain: op.version for op in model.opset_import}
     for op in source.opset_import:
         imports.setdefault(op.domain, op.version)
-    imports[NEURON_DOMAIN] = 1
-    used = {node.domain for node in spiking.graph.node} | {""}
-    del spiking.opset_import[:]
-    spiking.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(imports.items()) if d in used)
+    imports[NEURON_DOMAIN] = NEURON_DOMAIN_VERSION
+    used = {node.domain for node in model.graph.node} | {""}
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(imports.items()) if d in used)
+
+
+def _finish_model(spiking: onnx.ModelProto, source: onnx.ModelProto, source_sha256: str, timesteps: int,
+                  compensation: bool) -> None:
+    spiking.ir_version = IR_VERSION
     from pmsm.exporter.portable import attach_neuron_function
 
     attach_neuron_function(spiking)  # the standard-ONNX body ORT runs when no ai.pmsm kernel is registered
@@ -148,6 +155,7 @@ def _finish_model(spiking: onnx.ModelProto, source: onnx.ModelProto, source_sha2
         "pmsm.format": FORMAT,
         "pmsm.source_sha256": source_sha256,
         "pmsm.default_timesteps": str(timesteps),
+        "pmsm.compensation": "on" if compensation else "off",
     })
 
 

@@ -25,6 +25,21 @@ def scalar_value(tensor: gs.Tensor) -> Optional[float]:
     return value.reshape(()).item()
 
 
+def computed_from_constants(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is a constant or computed from constants only (a weight, not an activation)."""
+    stack, seen = [tensor], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or isinstance(current, gs.Constant) or current.is_empty():
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            return False  # a graph input
+        for maker in current.inputs:
+            stack.extend(maker.inputs)
+    return True
+
+
 def producer(tensor: gs.Tensor) -> Optional[gs.Node]:
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from pmsm.exporter.graph import constant_value, producer, replace_uses, scalar_value
+from pmsm.exporter.graph import add_node, constant_value, producer, replace_uses, scalar_value, split_constant_operand
 from pmsm.runtime.qonnx import QONNX_DOMAINS
 
 
@@ -40,12 +40,17 @@ def remove_identities(graph: gs.Graph) -> gs.Graph:
     return graph
 
 
-def fold_qonnx_weight_quantizers(graph: gs.Graph) -> gs.Graph:
-    """QONNX ``Quant`` nodes on constant weights become float constants.
+def expand_qonnx_weight_quantizers(graph: gs.Graph) -> gs.Graph:
+    """QONNX ``Quant``/``BipolarQuant`` on constant weights become the standard ops computing them.
 
-    Stock ONNX Runtime has no kernel for them, so the generic constant folding cannot evaluate them.
+    Stock ONNX Runtime has no kernel for QONNX ops; the source runs them through
+    :mod:`pmsm.runtime.qonnx` at run time. Written as ``Div, Add, R, Clip, Sub, Mul`` on the float
+    weights (the float32 operations of :func:`~pmsm.runtime.qonnx.qonnx_quant`, in its order), the
+    weights stay run-time values, as in the source: ONNX Runtime would prepack a folded initializer
+    and pick other GEMM kernels, which differ in the last bit for a single row. Rounding modes with no
+    ONNX op are folded with the numpy kernel instead.
     """
-    from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_quant
+    from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 
     for node in list(graph.nodes):
         if node.domain not in QONNX_DOMAINS or node.op not in ("Quant", "IntQuant", "BipolarQuant"):
@@ -53,45 +58,97 @@ def fold_qonnx_weight_quantizers(graph: gs.Graph) -> gs.Graph:
         values = [constant_value(t) for t in node.inputs]
         if any(v is None for v in values):
             continue
-        if node.op == "BipolarQuant":
-            folded = qonnx_bipolar_quant(*values)
-        else:
-            folded = qonnx_quant(*values, signed=int(node.attrs.get("signed", 1)),
-                                 narrow=int(node.attrs.get("narrow", 0)),
-                                 rounding_mode=str(node.attrs.get("rounding_mode", "ROUND")))
         output = node.outputs[0]
-        replace_uses(graph, output, gs.Constant(output.name + "_folded", np.asarray(folded, dtype=np.float32)))
+        stem = node.name or output.name
+        mode = str(node.attrs.get("rounding_mode", "ROUND")).upper()
+        if node.op == "BipolarQuant":
+            x, scale = node.inputs[:2]
+            v = add_node(graph, "Div", [x, scale], f"{stem}/scaled")
+            sign = add_node(graph, "Where", [add_node(graph, "GreaterOrEqual", [v, gs.Constant(f"{stem}/zero", np.array(0, np.float32))],
+                                                      f"{stem}/non_negative", dtype=np.bool_),
+                                             gs.Constant(f"{stem}/plus", np.array(1, np.float32)),
+                                             gs.Constant(f"{stem}/minus", np.array(-1, np.float32))], f"{stem}/sign")
+            expanded = add_node(graph, "Mul", [sign, scale], f"{stem}/dequant")
+        elif mode in _ONNX_ROUNDING:
+            try:
+                qmin, qmax = qonnx_int_range(values[3], bool(node.attrs.get("signed", 1)), bool(node.attrs.get("narrow", 0)))
+            except ValueError:
+                continue  # the pre-flight names the node
+            if np.asarray(qmin).size != 1:
+                continue
+            x, scale, zeropt = node.inputs[:3]
+            v = add_node(graph, "Add", [add_node(graph, "Div", [x, scale], f"{stem}/scaled"), zeropt], f"{stem}/shifted")
+            rounded = add_node(graph, _ONNX_ROUNDING[mode], [v], f"{stem}/rounded")
+            clipped = add_node(graph, "Clip", [rounded, gs.Constant(f"{stem}/qmin", np.asarray(qmin, np.float32).reshape(())),
+                                               gs.Constant(f"{stem}/qmax", np.asarray(qmax, np.float32).reshape(()))],
+                               f"{stem}/clipped")
+            expanded = add_node(graph, "Mul", [add_node(graph, "Sub", [clipped, zeropt], f"{stem}/unshifted"), scale],
+                                f"{stem}/dequant")
+        else:
+            folded = (qonnx_bipolar_quant(*values) if node.op == "BipolarQuant" else
+                      qonnx_quant(*values, signed=int(node.attrs.get("signed", 1)), narrow=int(node.attrs.get("narrow", 0)),
+                                  rounding_mode=mode))
+            expanded = gs.Constant(output.name + "_folded", np.asarray(folded, dtype=np.float32))
+        replace_uses(graph, output, expanded)
         node.outputs.clear()
     graph.cleanup()
     return graph
 
 
-def fold_constants(graph: gs.Graph) -> gs.Graph:
-    """Evaluate constant subgraphs: Constant nodes, shape arithmetic of the (static) input shape,
-    and weight quantizers (``QuantizeLinear [-> Clip] -> DequantizeLinear`` on float weights,
-    ``DequantizeLinear`` of int8 weights and int32 biases), which become float constants.
+_ONNX_ROUNDING = {"ROUND": "Round", "HALF_EVEN": "Round", "FLOOR": "Floor", "CEIL": "Ceil"}
+WEIGHT_POSITIONS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+                    "ConvInteger": (1,), "MatMulInteger": (0, 1), "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3),
+                    "Einsum": None}
+KEPT_AS_WRITTEN = {"QuantizeLinear", "DequantizeLinear"}
 
-    onnx-graphsurgeon's folding never evaluates QuantizeLinear/DequantizeLinear, so a second step
-    evaluates every remaining constant subgraph with ONNX Runtime, graph optimizations disabled:
-    the same kernels that compute these values when the source model runs, so the folded
-    weights are bit for bit those the source multiplies with.
+
+def fold_constants(graph: gs.Graph) -> gs.Graph:
+    """Constant nodes become constants, and so do constant subgraphs that compute quantizer
+    parameters, clip bounds and the like, evaluated by ONNX Runtime (optimizations off).
+
+    Weights stay as the source computes them: nothing is folded that a Conv/Gemm/MatMul reads as a
+    weight (ONNX Runtime prepacks initializer weights and then picks other kernels than for run-time
+    ones), nor anything computed by QuantizeLinear/DequantizeLinear (int8 weights stay int8 on disk).
     """
-    graph.fold_constants(fold_shapes=True, error_ok=True)
+    for node in list(graph.nodes):
+        if node.op == "Constant" and "value" in node.attrs and len(node.outputs) == 1:
+            output = node.outputs[0]
+            output.inputs.clear()
+            output.to_constant(np.asarray(node.attrs["value"].values))
     graph.cleanup()
     _fold_remaining_constant_subgraphs(graph)
     graph.cleanup()
     return graph
 
 
+def fold_for_targets(graph: gs.Graph) -> gs.Graph:
+    """Every constant subgraph folded (weights included) and batch-agnostic reshapes: for targets
+    that fold coefficients themselves and have no batch (NIR, Lava), not for the spiking ONNX."""
+    graph.fold_constants(fold_shapes=True, error_ok=True)
+    graph.cleanup()
+    _fold_remaining_constant_subgraphs(graph, keep_weights=False)
+    graph.cleanup()
+    return make_reshapes_batch_agnostic(graph)
+
+
 NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
-def _fold_remaining_constant_subgraphs(graph: gs.Graph) -> None:
+def _read_as_weight(tensor: gs.Tensor) -> bool:
+    for reader in tensor.outputs:
+        positions = WEIGHT_POSITIONS.get(reader.op, ())
+        if positions is None or any(i in positions for i, t in enumerate(reader.inputs) if t is tensor):
+            return True
+    return False
+
+
+def _fold_remaining_constant_subgraphs(graph: gs.Graph, keep_weights: bool = True) -> None:
     graph.toposort()
     constant_nodes, produced = [], set()
     for node in graph.nodes:
         if (node.domain not in ("", "ai.onnx", None) or node.op in NOT_FOLDABLE
-                or any(isinstance(v, gs.Graph) for v in node.attrs.values())):
+                or any(isinstance(v, gs.Graph) for v in node.attrs.values())
+                or keep_weights and node.op in KEPT_AS_WRITTEN):
             continue
         inputs = [t for t in node.inputs if not t.is_empty()]
         if all(isinstance(t, gs.Constant) or id(t) in produced for t in inputs):
@@ -103,6 +160,8 @@ def _fold_remaining_constant_subgraphs(graph: gs.Graph) -> None:
     wanted = []
     for node in constant_nodes:
         for tensor in node.outputs:
+            if keep_weights and _read_as_weight(tensor):
+                continue
             if tensor in graph.outputs or any(id(reader) not in members for reader in tensor.outputs):
                 wanted.append(tensor)
     if not wanted:
@@ -147,25 +206,60 @@ def _evaluate(graph: gs.Graph, nodes: list[gs.Node], outputs: list[gs.Tensor]):
         return None
 
 
-def reduce_straight_through_idioms(graph: gs.Graph) -> gs.Graph:
-    """``x + (round(x) - x)`` (the detached straight-through trick) is ``round(x)``.
+ROUNDING_OPS = ("Floor", "Round", "Ceil")
 
-    The reduction is exact in floating point: ``r - x`` is exact by Sterbenz's lemma for the
-    nearby integer ``r``, so ``x + (r - x)`` rounds to ``r`` itself.
+
+def reduce_straight_through_idioms(graph: gs.Graph) -> gs.Graph:
+    """The detached straight-through trick around a rounding ``f = R(...)`` of ``a`` becomes ``f``:
+    ``a + (f - a)``, ``(f - a) + a`` and ``a - (a - f)``, in any operand order.
+
+    In float32 ``f - a`` is exact for the nearby integer ``f`` (Sterbenz's lemma), so the sum gives
+    ``f`` back; the quantizer rewrite proves the whole quantizer on its rounding boundaries anyway.
     """
-    for add in [n for n in graph.nodes if n.op == "Add" and len(n.inputs) == 2]:
-        for x, diff in (add.inputs, add.inputs[::-1]):
-            sub = producer(diff)
-            if sub is None or sub.op != "Sub" or sub.inputs[1] is not x:
-                continue
-            rounding = producer(sub.inputs[0])
-            if rounding is None or rounding.op not in ("Round", "Floor") or rounding.inputs[0] is not x:
-                continue
-            replace_uses(graph, add.outputs[0], rounding.outputs[0])
-            add.outputs.clear()
-            break
+    for node in [n for n in graph.nodes if n.op in ("Add", "Sub") and len(n.inputs) == 2]:
+        reduced = _straight_through_value(node)
+        if reduced is not None:
+            replace_uses(graph, node.outputs[0], reduced)
+            node.outputs.clear()
     graph.cleanup()
     return graph
+
+
+def _straight_through_value(node: gs.Node):
+    """``f`` when ``node`` computes ``f`` through the straight-through identity, else None."""
+    def difference(tensor, first_is_rounding: bool):
+        sub = producer(tensor)
+        if sub is None or sub.op != "Sub" or len(sub.inputs) != 2:
+            return None
+        f, a = sub.inputs if first_is_rounding else sub.inputs[::-1]
+        return (f, a) if _is_rounding_of(f, a) else None
+
+    left, right = node.inputs
+    if node.op == "Add":
+        for a, diff in ((left, right), (right, left)):
+            found = difference(diff, first_is_rounding=True)
+            if found is not None and found[1] is a:
+                return found[0]
+    else:  # a - (a - f)
+        found = difference(right, first_is_rounding=False)
+        if found is not None and found[1] is left:
+            return found[0]
+    return None
+
+
+def _is_rounding_of(f: gs.Tensor, a: gs.Tensor) -> bool:
+    """``f`` is ``R(a)`` or ``R(a + c)`` / ``R(a - c)`` for a scalar constant ``c``."""
+    rounding = producer(f)
+    if rounding is None or rounding.op not in ROUNDING_OPS:
+        return False
+    u = rounding.inputs[0]
+    if u is a:
+        return True
+    shift = producer(u)
+    if shift is None or shift.op not in ("Add", "Sub"):
+        return False
+    split = split_constant_operand(shift)
+    return split is not None and split[0] is a and np.asarray(split[1]).size == 1 and (shift.op == "Add" or split[2] == 1)
 
 
 def make_reshapes_batch_agnostic(graph: gs.Graph) -> gs.Graph:

@@ -6,13 +6,11 @@ one (the Python custom op of :mod:`pmsm.runtime.ortop`, the reference) and inlin
 otherwise, so a plain ``onnxruntime.InferenceSession(path)`` runs the spiking model without this
 package, at native speed.
 
-The body computes the semantics of docs/spiking-onnx.md with the float32 operations of
-:func:`pmsm.runtime.neuron.run_time_major`, in the same order, so the two agree bit for bit::
+The op is one timestep of the neuron (docs/spiking-onnx.md), and the body computes it with the
+float32 operations of :func:`pmsm.runtime.neuron.step`, in the same order, so the two agree bit
+for bit::
 
-    Z = Reshape(z, [T, N*rest])            # row t*N + n of z is Z[t, n*rest:(n+1)*rest]
-    u = Expand(v_init, [N*rest])
-    Scan over t:  u <- u + Z[t];  s[t] <- Clip(R(u), lo, hi) + zero_sign;  u <- u - s[t]
-    s = Reshape(S, shape(z))
+    v = u + z;  s = Clip(R(v), lo, hi) + zero_sign;  u_next = v - s
 
 ``R`` is ``Floor`` or ``Round`` (ONNX ``Round`` is round-half-to-even, like ``numpy.rint``), chosen
 by an ``If`` on the string attribute ``rounding``. ``Equal`` takes strings from opset 19 on; below,
@@ -26,13 +24,8 @@ which needs opset >= 12).
 Runtime's does either, depending on the code path). Adding ``+0.0`` turns ``-0.0`` into ``+0.0``;
 adding ``-0.0`` changes nothing; no other value (NaN included) is affected.
 
-ONNX Runtime requires the outputs of a ``Scan`` body to have a shape, which a function generic over
-the rank of ``z`` cannot give; flattening to ``[T, N*rest]`` makes every body value rank 1.
-
-Invalid calls fail instead of computing something: when ``timesteps < 1``, when the leading
-dimension of ``z`` is not a multiple of ``timesteps``, or when ``rounding`` is neither ``"floor"``
-nor ``"half_even"``, the body's Reshape gets a target containing ``-2`` and ONNX Runtime rejects it
-("A dimension cannot be less than -1"). Zero-sized ``z`` needs opset >= 14 (``Reshape(allowzero)``).
+An unknown ``rounding`` makes the body fail instead of computing something: its final ``Reshape``
+gets a target containing ``-2``, which ONNX Runtime rejects ("A dimension cannot be less than -1").
 """
 from __future__ import annotations
 
@@ -97,25 +90,11 @@ def _string_equals(b: _Builder, value: str, literal: str, opset: int, tag: str) 
     return b("Equal", [distinct, b.const(f"{tag}_one", [1], dims=[])], f"is_{tag}")
 
 
-def _scan_body(rounding_op: str, lo: str, hi: str, zero_sign: str, tag: str) -> onnx.GraphProto:
-    """One timestep: ``(u, z_t) -> (u - s_t, s_t)`` with ``s_t = Clip(R(u + z_t), lo, hi) + zero_sign``."""
-    b = _Builder(f"{tag}/")
-    u_in, z_t = f"{tag}/u_in", f"{tag}/z_t"
-    u = b("Add", [u_in, z_t], "u")  # the first step is v_init + z(0), as in the numpy neuron
-    s = b("Add", [b("Clip", [b(rounding_op, [u], "rounded"), lo, hi], "clipped"), zero_sign], "s")
-    u_out = b("Sub", [u, s], "u_out")
-    vector = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [None])  # noqa: E731
-    return helper.make_graph(b.nodes, tag, [vector(u_in), vector(z_t)], [vector(u_out), vector(s)])
-
-
-def _scan_branch(rounding_op: str, u0: str, z_steps: str, lo: str, hi: str, zero_sign: str, tag: str) -> onnx.GraphProto:
-    """An ``If`` branch: the Scan over time with rounding ``rounding_op``; output ``[T, N*rest]``."""
-    out = f"{tag}/spikes"
-    scan = helper.make_node(
-        "Scan", [u0, z_steps], [f"{tag}/u_last", out], name=f"{tag}/scan",
-        body=_scan_body(rounding_op, lo, hi, zero_sign, f"{tag}/step"), num_scan_inputs=1,
-    )
-    return helper.make_graph([scan], tag, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None, None])])
+def _rounding_branch(rounding_op: str, v: str, tag: str) -> onnx.GraphProto:
+    """An ``If`` branch: ``R(v)`` with ``R`` = ``rounding_op``."""
+    out = f"{tag}/rounded"
+    node = helper.make_node(rounding_op, [v], [out], name=out)
+    return helper.make_graph([node], tag, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
 
 
 def neuron_function(opset: int) -> onnx.FunctionProto:
@@ -132,53 +111,41 @@ def neuron_function(opset: int) -> onnx.FunctionProto:
     hi_int = b.attr_const("hi_int", "value_int", "hi", AttributeProto.INT)
     lo = b("Cast", [lo_int], "lo", to=TensorProto.FLOAT)
     hi = b("Cast", [hi_int], "hi", to=TensorProto.FLOAT)
-    v_init = b.attr_const("v_init", "value_float", "v_init", AttributeProto.FLOAT)
     rounding = b.attr_const("rounding", "value_string", "rounding", AttributeProto.STRING)
     is_floor = _string_equals(b, rounding, "floor", opset, "floor")
     is_half_even = _string_equals(b, rounding, "half_even", opset, "half_even")
+    valid = b("Or", [is_floor, is_half_even], "rounding_valid")
 
-    # [T*N, rest...] -> [T, N*rest]; an invalid call gets the Reshape target -2 (rejected).
-    one = b.const("one", [1])
-    t = b("Reshape", ["timesteps", one], "t")
-    shape = b("Shape", ["z"], "shape")
-    rows = b("Slice", [shape, b.const("zero", [0]), one], "rows")
-    t_safe = b("Max", [t, one], "t_at_least_1")  # no integer division by zero, whatever T is
-    n = b("Div", [rows, t_safe], "n")
-    width = b("Div", [b("Reshape", [b("Size", ["z"], "size"), one], "size1"), t_safe], "width")
-    valid = b("And", [
-        b("And", [b("Not", [b("Less", [t, one], "t_below_1")], "t_positive"),
-                  b("Equal", [b("Mul", [n, t], "n_times_t"), rows], "rows_multiple_of_t")], "t_valid"),
-        b("Or", [is_floor, is_half_even], "rounding_valid"),
-    ], "valid")
-    t_dim = b("Where", [valid, t, b.const("invalid", [-2])], "t_dim")
+    v = b("Add", ["u", "z"], "v")  # the first step is v_init + z(0), as in the numpy neuron
+    rounded = b("If", [is_floor], "rounded",
+                then_branch=_rounding_branch("Floor", v, "pmsm_neuron/floor"),
+                else_branch=_rounding_branch("Round", v, "pmsm_neuron/half_even"))
 
-    # zero_sign (module docstring): (wanted - 0.5) * 0 is +0.0 or -0.0 by IEEE multiplication.
-    # (ONNX Runtime 1.23's Where returned +0.0 for a -0.0 taken from its first operand, so no
-    # Where between two signed-zero constants.) It depends on the `timesteps` input through
-    # `valid`, so that no optimizer can fold it into a constant and then drop the Add as a no-op
-    # (ONNX Runtime removes Add(x, 0) at its default optimization level).
+    # zero_sign (module docstring): (wanted - 0.5) * 0 is +0.0 or -0.0 by IEEE multiplication. It
+    # depends on the size of z, a run-time value, so that no optimizer can fold it into a constant
+    # and then drop the Add as a no-op (ONNX Runtime removes Add(x, 0) at its default level).
     int_zero = b.const("int_zero", [0], dims=[])
     a_bound_is_0 = b("Or", [b("Equal", [lo_int, int_zero], "lo_is_0"), b("Equal", [hi_int, int_zero], "hi_is_0")],
                      "a_bound_is_0")
-    wanted = b("Cast", [b("And", [a_bound_is_0, valid], "plus_zero_wanted")], "plus_zero_wanted_float",
+    z_exists = b("Not", [b("Less", [b("Size", ["z"], "size"), int_zero], "size_negative")], "z_exists")
+    wanted = b("Cast", [b("And", [a_bound_is_0, z_exists], "plus_zero_wanted")], "plus_zero_wanted_float",
                to=TensorProto.FLOAT)
     zero_sign = b("Mul", [b("Sub", [wanted, b.const("half", [0.5], TensorProto.FLOAT, dims=[])], "zero_side"),
                           b.const("float_zero", [0.0], TensorProto.FLOAT, dims=[])], "zero_sign")
+    spikes = b("Add", [b("Clip", [rounded, lo, hi], "clipped"), zero_sign], "spikes")
 
+    shape = b("Shape", [spikes], "shape")
+    invalid = b("Cast", [b("Not", [valid], "rounding_invalid")], "invalid", to=TensorProto.INT64)
+    # valid: the shape itself; invalid: shape - (shape + 2) = -2 in every entry, which Reshape rejects
+    target = b("Sub", [shape, b("Mul", [invalid, b("Add", [shape, b.const("two", [2], dims=[])], "shape_plus_2")],
+                                "invalid_shift")], "target")
     reshape_attrs = {"allowzero": 1} if opset >= 14 else {}
-    z_steps = b("Reshape", ["z", b("Concat", [t_dim, width], "steps_shape", axis=0)], "z_steps", **reshape_attrs)
-    u0 = b("Expand", [v_init, width], "u0")
-
-    spikes = b(
-        "If", [is_floor], "spikes",
-        then_branch=_scan_branch("Floor", u0, z_steps, lo, hi, zero_sign, "pmsm_neuron/floor"),
-        else_branch=_scan_branch("Round", u0, z_steps, lo, hi, zero_sign, "pmsm_neuron/half_even"),
-    )
-    b.nodes.append(helper.make_node("Reshape", [spikes, shape], ["s"], name="pmsm_neuron/s", **reshape_attrs))
+    b.nodes.append(helper.make_node("Reshape", [spikes, target], ["s"], name="pmsm_neuron/s", **reshape_attrs))
+    b.nodes.append(helper.make_node("Sub", [v, "s"], ["u_next"], name="pmsm_neuron/u_next"))
     return helper.make_function(
-        DOMAIN, OP, ["z", "timesteps"], ["s"], b.nodes, [helper.make_opsetid("", opset)],
+        DOMAIN, OP, ["z", "u"], ["s", "u_next"], b.nodes, [helper.make_opsetid("", opset)],
         attributes=list(ATTRIBUTES),
-        doc_string="PMSM multi-spike neuron (docs/spiking-onnx.md) in standard ONNX ops; "
+        doc_string="PMSM multi-spike neuron, one timestep (docs/spiking-onnx.md), in standard ONNX ops; "
                    "a registered ai.pmsm kernel takes precedence over this body.",
     )
 

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from pmsm.errors import BadInputError
 from pmsm.exporter.graph import (
     add_node,
+    computed_from_constants,
     constant_value,
     producer,
     replace_uses,
@@ -36,6 +37,10 @@ INTEGER_RANGES = {
     np.dtype(np.int32): (-(2**31), 2**31 - 1),
 }
 ONNX_INT4 = {onnx.TensorProto.INT4: (-8, 7), onnx.TensorProto.UINT4: (0, 15)}
+
+
+QDQ_HINT = ("integer operators (QOperator format) requantize inside their kernels, where no neuron can take the "
+            "rounding; quantize with onnxruntime's quant_format=QuantFormat.QDQ instead")
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def rewrite_rounding_chains(graph: gs.Graph, problems: list | None = None) -> li
     """
     records = []
     for rounding_node in [n for n in graph.nodes if n.op in ("Floor", "Round")]:
-        if not isinstance(rounding_node.inputs[0], gs.Constant):
+        if not computed_from_constants(rounding_node.inputs[0]):
             _collect(problems, records, _rewrite_rounding_chain, graph, rounding_node)
     graph.cleanup()
     return records
@@ -243,7 +248,7 @@ def rewrite_qdq(graph: gs.Graph, problems: list | None = None) -> list[NeuronRec
     """
     records = []
     for quantize in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
-        if not isinstance(quantize.inputs[0], gs.Constant):
+        if not computed_from_constants(quantize.inputs[0]):
             _collect(problems, records, _rewrite_qdq_pair, graph, quantize)
     graph.cleanup()
     return records
@@ -269,9 +274,7 @@ def _rewrite_qdq_pair(graph: gs.Graph, quantize: gs.Node) -> list[NeuronRecord]:
             high = min(qmax, bounds[1]) if bounds[1] is not None else qmax
             clip, dequantize = consumer, following
         if dequantize.op != "DequantizeLinear":
-            raise QuantizerError(dequantize, f"reads the output of QuantizeLinear '{quantize.name}'; only the "
-                                 "QDQ/QCDQ format (QuantizeLinear -> DequantizeLinear) is supported, not "
-                                 "integer operators (QOperator format)")
+            raise QuantizerError(dequantize, f"reads the output of QuantizeLinear '{quantize.name}': {QDQ_HINT}")
         _check_same_quantization(quantize, dequantize, scale, zero_point)
         lo, hi = int(low) - zero_point, int(high) - zero_point
         if not lo <= 0 <= hi:
@@ -348,7 +351,7 @@ def rewrite_qonnx(graph: gs.Graph, problems: list | None = None) -> list[NeuronR
     ``Div(x, scale) [-> Add(zeropt)] -> neuron -> [Sub(zeropt) ->] Mul(scale)``."""
     records = []
     for node in [n for n in graph.nodes if n.domain in QONNX_DOMAINS and n.op in ("Quant", "IntQuant")]:
-        if not isinstance(node.inputs[0], gs.Constant):
+        if not computed_from_constants(node.inputs[0]):
             _collect(problems, records, _rewrite_qonnx_quant, graph, node)
     graph.cleanup()
     return records

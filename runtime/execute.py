@@ -26,7 +26,7 @@ import onnxruntime as ort
 from pmsm.errors import BadInputError
 from pmsm.runtime import ortop
 from pmsm.runtime.ortop import ExecutionError
-from pmsm.runtime.schema import TIMESTEPS_INPUT
+from pmsm.runtime.schema import FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT
 
 __all__ = [
     "MAX_IR_VERSION",
@@ -271,8 +271,9 @@ class SpikingModel:
             )
         self.input = _InputSpec.of(data[0], self.label)
         self.output_names = [vi.name for vi in graph.output]
+        self.loop = _time_loop(self.model, self.label)
         self.neurons: dict[str, onnx.NodeProto] = {}
-        for node in graph.node:
+        for node in self.loop.attribute[0].g.node:
             if ortop.is_neuron(node):
                 ortop.neuron_params_of(node)  # attributes complete and valid, or BadInputError naming the node
                 key = node.name or node.output[0]
@@ -293,17 +294,7 @@ class SpikingModel:
 
     def _session_for(self, collect_spikes: bool) -> ort.InferenceSession:
         if collect_spikes not in self._sessions:
-            model = self.model
-            if collect_spikes:
-                model = onnx.ModelProto()
-                model.CopyFrom(self.model)
-                present = set(self.output_names)
-                for node in self.neurons.values():
-                    if node.output[0] not in present:
-                        model.graph.output.append(
-                            onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
-                        )
-                        present.add(node.output[0])
+            model = _with_spike_outputs(self.model, list(self.neurons.values())) if collect_spikes else self.model
             self._sessions[collect_spikes] = _session(
                 model, self.label, optimized=self.optimized, custom_ops=not self.portable
             )
@@ -315,6 +306,7 @@ class SpikingModel:
         timesteps: int,
         collect_spikes: bool = False,
         batch_size: int | None = None,
+        progress=None,
     ) -> SpikingResult:
         """Run ``x [N, ...]`` for ``timesteps`` steps, ``batch_size`` samples per ``session.run``
         (default: about ``DEFAULT_ROWS_PER_RUN / T``; a fixed batch dimension in the model wins)."""
@@ -325,8 +317,8 @@ class SpikingModel:
         n = x.shape[0]
         chunk = self.input.fixed_batch or _batch_size(batch_size, max(1, DEFAULT_ROWS_PER_RUN // t))
         session = self._session_for(bool(collect_spikes))
-        spike_names = {key: node.output[0] for key, node in self.neurons.items()} if collect_spikes else {}
-        names = self.output_names + [s for s in dict.fromkeys(spike_names.values()) if s not in self.output_names]
+        spike_names = {key: spike_steps_name(node) for key, node in self.neurons.items()} if collect_spikes else {}
+        names = self.output_names + list(dict.fromkeys(spike_names.values()))
         several = n > chunk
         outs: list[list[np.ndarray]] = [[] for _ in self.output_names]
         spikes: dict[str, list[np.ndarray]] = {key: [] for key in spike_names}
@@ -335,22 +327,70 @@ class SpikingModel:
             rows = chunk if self.input.fixed_batch else stop - start
             xb = _pad_rows(x[start:stop], rows)
             result = dict(zip(names, _run(session, names, {self.input.name: xb, TIMESTEPS_INPUT: t_feed}, self.label)))
+            if progress is not None:
+                progress(stop, n)
             for i, name in enumerate(self.output_names):
                 outs[i].append(_take_batch(result[name], rows, stop - start, name, self.label, several))
             for key, name in spike_names.items():
                 s = result[name]
-                if s.ndim == 0 or s.shape[0] != t * rows:
-                    raise ExecutionError(
-                        f"{self.label}: spikes of neuron '{key}' have shape {s.shape}, expected leading "
-                        f"dimension timesteps x batch = {t * rows}"
-                    )
-                spikes[key].append(s.reshape((t, rows) + s.shape[1:])[:, : stop - start])
+                if s.ndim < 1 or s.shape[0] != t:
+                    raise ExecutionError(f"{self.label}: spikes of neuron '{key}' have shape {s.shape}, expected "
+                                         f"{t} timesteps first")
+                # [T, N, ...] when the neuron's tensor has the batch first; otherwise (attention in
+                # sequence-first layout) one entry per session run: [T, runs, ...]
+                spikes[key].append(s[:, : stop - start] if s.ndim > 1 and s.shape[1] == rows else s[:, None])
         return SpikingResult(
             outputs=[_concat(parts) for parts in outs],
             output_names=list(self.output_names),
             timesteps=t,
-            spikes={key: _concat(parts, axis=1) for key, parts in spikes.items()},
+            spikes={key: _concat_spikes(parts, key, self.label) for key, parts in spikes.items()},
         )
+
+
+def _concat_spikes(parts: list[np.ndarray], key: str, label: str) -> np.ndarray:
+    try:
+        return _concat(parts, axis=1)
+    except ValueError:
+        raise ExecutionError(f"{label}: spikes of neuron '{key}' do not have the batch first and differ in shape "
+                             "between runs; pass a batch_size that divides the number of samples") from None
+
+
+def _time_loop(model: onnx.ModelProto, label: str) -> onnx.NodeProto:
+    """The model's ``Loop`` over timesteps; ``BadInputError`` for files of another format."""
+    formats = {p.key: p.value for p in model.metadata_props}
+    found = formats.get("pmsm.format")
+    loops = [node for node in model.graph.node if node.op_type == "Loop" and node.name == TIME_LOOP]
+    if found != FORMAT or len(loops) != 1:
+        raise BadInputError(
+            f"{label}: not a {FORMAT} model (format {found or 'not given'}); convert the source again "
+            "with this version of pmsm-export"
+        )
+    return loops[0]
+
+
+def spike_steps_name(neuron: onnx.NodeProto) -> str:
+    """The graph output that carries a neuron's spikes at every step, ``[T, N, ...]``."""
+    return f"{TIME_PREFIX}spikes/{neuron.output[0]}"
+
+
+def _with_spike_outputs(model: onnx.ModelProto, neurons: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """A copy of ``model`` whose time loop also stacks every neuron's spikes as graph outputs."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    loop = next(node for node in copy.graph.node if node.op_type == "Loop" and node.name == TIME_LOOP)
+    body = loop.attribute[0].g
+    present = {o.name for o in body.output}
+    for neuron in neurons:
+        spikes = neuron.output[0]
+        if spikes in present:  # already stacked as an output of the model: stack a copy
+            copied = f"{TIME_PREFIX}spike_copy/{spikes}"
+            body.node.append(onnx.helper.make_node("Identity", [spikes], [copied], name=copied))
+            spikes = copied
+        body.output.append(onnx.helper.make_tensor_value_info(spikes, onnx.TensorProto.FLOAT, None))
+        present.add(spikes)
+        loop.output.append(spike_steps_name(neuron))
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(spike_steps_name(neuron), onnx.TensorProto.FLOAT, None))
+    return copy
 
 
 def _with_neuron_function(model: onnx.ModelProto, label: str) -> onnx.ModelProto:

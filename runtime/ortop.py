@@ -2,9 +2,9 @@
 
 Importing this module defines, once per process:
 
-- ``ai.pmsm::MultiSpikeNeuron`` (docs/spiking-onnx.md): converts its attributes, builds
-  :class:`~pmsm.runtime.neuron.NeuronParams` and calls
-  :func:`pmsm.runtime.neuron.run_time_major`, the one implementation of the neuron;
+- ``ai.pmsm::MultiSpikeNeuron`` (docs/spiking-onnx.md): one timestep, ``(z, u) -> (s, u_next)``;
+  converts its attributes, builds :class:`~pmsm.runtime.neuron.NeuronParams` and calls
+  :func:`pmsm.runtime.neuron.step`, the one implementation of the neuron;
 - the QONNX quantizers ``Quant``, ``IntQuant`` and ``BipolarQuant`` in the domains
   ``qonnx.custom_op.general``, ``onnx.brevitas`` and ``finn.custom_op.general``, so that the
   *source* model of a QONNX export runs on stock ONNX Runtime.
@@ -43,7 +43,7 @@ from onnxruntime_extensions import PyOp, get_library_path, onnx_op
 
 from pmsm.errors import BadInputError
 from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
-from pmsm.runtime.neuron import NeuronParams, run_time_major
+from pmsm.runtime.neuron import NeuronParams, step
 from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_OP
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
 
@@ -148,15 +148,18 @@ def raise_op_errors(context: str = "") -> None:
     raise ExecutionError(f"{prefix}{errors[0][0]}{suffix}") from errors[0][1]
 
 
-def _guarded(describe: Callable[..., str]):
-    """Wrap a kernel body: any exception is recorded and zeros of the first input's shape returned."""
+def _guarded(describe: Callable[..., str], outputs: int = 1):
+    """Wrap a kernel body: any exception is recorded and zeros of the first input's shape returned
+    (one array per output)."""
 
     def wrap(body):
         @functools.wraps(body)
         def kernel(*inputs, **attrs):
             try:
                 out = body(*inputs, **attrs)
-                return np.ascontiguousarray(out, dtype=np.float32)
+                if outputs == 1:
+                    return np.ascontiguousarray(out, dtype=np.float32)
+                return tuple(np.ascontiguousarray(o, dtype=np.float32) for o in out)
             except BaseException as exc:  # noqa: BLE001 - an escaping exception aborts the process
                 try:
                     message = f"{describe(*inputs, **attrs)}: {exc}"
@@ -164,9 +167,10 @@ def _guarded(describe: Callable[..., str]):
                     message = f"{body.__name__}: {exc!r}"
                 _record(message, exc)
                 try:
-                    return np.zeros(np.shape(inputs[0]), dtype=np.float32)
+                    zeros = np.zeros(np.shape(inputs[0]), dtype=np.float32)
                 except BaseException:  # noqa: BLE001
-                    return np.zeros((0,), dtype=np.float32)
+                    zeros = np.zeros((0,), dtype=np.float32)
+                return zeros if outputs == 1 else tuple(zeros.copy() for _ in range(outputs))
 
         return kernel
 
@@ -187,34 +191,22 @@ def _params(lo: int, hi: int, v_init: float, rounding: str) -> NeuronParams:
     return NeuronParams(lo=int(lo), hi=int(hi), v_init=float(np.float32(v_init)), rounding=str(rounding))
 
 
-def _describe_neuron(z, timesteps, lo=None, hi=None, v_init=None, rounding=None) -> str:
-    try:
-        t = int(np.asarray(timesteps).reshape(-1)[0])
-    except BaseException:  # noqa: BLE001
-        t = f"{np.asarray(timesteps).tolist()!r}"
+def _describe_neuron(z, u, lo=None, hi=None, v_init=None, rounding=None) -> str:
     return (
         f"{PMSM_DOMAIN}::{NEURON_OP}(lo={lo}, hi={hi}, v_init={v_init!r}, rounding={rounding!r}) "
-        f"on z of shape {_shape(z)} with timesteps={t}"
+        f"on z of shape {_shape(z)} with membrane of shape {_shape(u)}"
     )
 
 
-@_guarded(_describe_neuron)
-def _neuron_kernel(z, timesteps, lo, hi, v_init, rounding):
-    t = np.asarray(timesteps)
-    if t.size != 1:
-        raise ValueError(f"timesteps must be a scalar, got shape {t.shape}")
-    t = int(t.reshape(()))
-    if t < 1:
-        raise ValueError(f"timesteps must be >= 1, got {t}")
+@_guarded(_describe_neuron, outputs=2)
+def _neuron_kernel(z, u, lo, hi, v_init, rounding):
     z = np.asarray(z, dtype=np.float32)
-    if z.ndim == 0:
-        raise ValueError("z has no leading (time x batch) dimension")
-    if z.shape[0] % t:
-        raise ValueError(
-            f"leading dimension {z.shape[0]} is not a multiple of timesteps={t} "
-            "(is the time-folded batch reshaped somewhere on the way to this neuron?)"
-        )
-    return run_time_major(z, t, _params(lo, hi, v_init, rounding))
+    u = np.asarray(u, dtype=np.float32)
+    if u.shape != z.shape and u.size != 1:
+        raise ValueError(f"membrane of shape {u.shape} does not match z of shape {z.shape} "
+                         "(the initial membrane is a scalar, later ones have the shape of z)")
+    u_next, s = step(u, z, _params(lo, hi, v_init, rounding))
+    return s, np.broadcast_to(u_next, z.shape)
 
 
 def is_neuron(node: onnx.NodeProto) -> bool:
@@ -330,8 +322,8 @@ def _define_kernels() -> None:
         return
     onnx_op(
         op_type=f"{PMSM_DOMAIN}::{NEURON_OP}",
-        inputs=[PyOp.dt_float, PyOp.dt_int64],
-        outputs=[PyOp.dt_float],
+        inputs=[PyOp.dt_float, PyOp.dt_float],
+        outputs=[PyOp.dt_float, PyOp.dt_float],
         attrs={"lo": PyOp.dt_int64, "hi": PyOp.dt_int64, "v_init": PyOp.dt_float, "rounding": PyOp.dt_string},
     )(_neuron_kernel)
     for domain in QONNX_DOMAINS:

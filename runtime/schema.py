@@ -1,9 +1,10 @@
 """Names of the spiking ONNX format (docs/spiking-onnx.md), shared by every module that writes or reads it."""
 
 NEURON_DOMAIN = "ai.pmsm"
+NEURON_DOMAIN_VERSION = 2  # version 2: the neuron is one timestep, MultiSpikeNeuron(z, u) -> (s, u_next)
 NEURON_OP = "MultiSpikeNeuron"
 NEURON_ATTRIBUTES = ("lo", "hi", "v_init", "rounding")
 TIMESTEPS_INPUT = "timesteps"
-FOLD_PREFIX = "pmsm_fold/"
-READOUT_PREFIX = "pmsm_readout/"
-FORMAT = "spiking-onnx/1"
+TIME_LOOP = "pmsm_time/loop"  # the Loop node over timesteps
+TIME_PREFIX = "pmsm_time/"  # every node and tensor the time representation adds
+FORMAT = "spiking-onnx/2"

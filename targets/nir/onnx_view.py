@@ -1,9 +1,7 @@
-"""The network inside a spiking ONNX model, without its time folding.
-
-A spiking ONNX file (docs/spiking-onnx.md) wraps the network in ``pmsm_fold/`` nodes (repeat the
-input over time) and ``pmsm_readout/`` nodes (mean over time). NIR has no batch and runs time
-natively, so the converter sees only what lies between: the data input, the network nodes and the
-per-step output tensors. Constant subgraphs are evaluated here so the converter sees plain arrays.
+"""The untimed network (docs/spiking-onnx.md): the source graph with a ``MultiSpikeNeuron`` node in
+place of each activation quantizer's rounding core, and no time. NIR has no batch and runs time
+natively, so this is what the converter reads. Constant subgraphs are evaluated here so the converter
+sees plain arrays.
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from pmsm.errors import BadInputError
-from pmsm.runtime.schema import FOLD_PREFIX, NEURON_OP, READOUT_PREFIX, TIMESTEPS_INPUT  # noqa: F401
+from pmsm.runtime.schema import NEURON_OP, TIMESTEPS_INPUT
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
 
 
@@ -33,8 +31,8 @@ class NetworkView:
     constants: dict[str, np.ndarray]
     input_name: str  # the data input as the network nodes see it
     input_shape: tuple[int, ...] | None  # without the batch dimension
-    aliases: set[str]  # tensors that stand for the data input (the folded copy of it)
-    outputs: list[tuple[str, str]]  # (graph output name, per-step tensor feeding it)
+    aliases: set[str]  # tensors that stand for the data input
+    outputs: list[tuple[str, str]]  # (graph output name, per-step tensor feeding it): the same name
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # inferred, without batch
 
 
@@ -85,8 +83,6 @@ def _fold_constants(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], set[
     for index, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx") or not node.output:
             continue
-        if node.name.startswith((FOLD_PREFIX, READOUT_PREFIX)):
-            continue
         if node.op_type == "Constant":
             values = _evaluate(node, [], opsets)
         elif node.input and all(not name or name in constants for name in node.input):
@@ -100,47 +96,13 @@ def _fold_constants(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], set[
     return constants, folded
 
 
-def _readout_source(output: str, producers: dict[str, onnx.NodeProto], constants, label: str) -> str:
-    """Walk back through ``pmsm_readout/`` nodes to the per-step tensor they average."""
-    found: list[str] = []
-    stack, seen = [output], set()
-    while stack:
-        name = stack.pop()
-        if name in seen or not name or name in constants or name == TIMESTEPS_INPUT:
-            continue
-        seen.add(name)
-        node = producers.get(name)
-        if node is not None and node.name.startswith(READOUT_PREFIX):
-            stack.extend(node.input)
-        elif name != output:
-            found.append(name)
-        else:
-            return name  # no readout: the output is the per-step tensor itself
-    distinct = list(dict.fromkeys(found))
-    if len(distinct) != 1:
-        raise BadInputError(f"{label}: cannot find the per-step tensor behind output '{output}' "
-                            f"(readout nodes read {distinct or 'nothing'})")
-    return distinct[0]
-
-
 def network_view(model: onnx.ModelProto, label: str) -> NetworkView:
     graph = model.graph
     data = _data_input(model, label)
     constants, folded = _fold_constants(model)
-    producers = {o: n for n in graph.node for o in n.output if o}
-
-    # Fold outputs computed from the data input (the repeated input, not e.g. the repeats vector).
-    fold_outputs = {data.name}
-    for n in graph.node:
-        if n.name.startswith(FOLD_PREFIX) and any(name in fold_outputs for name in n.input):
-            fold_outputs.update(o for o in n.output if o)
-    network = [n for i, n in enumerate(graph.node)
-               if i not in folded and not n.name.startswith((FOLD_PREFIX, READOUT_PREFIX))]
-    # Every fold output a network node reads is the repeated input: each row is the input itself.
-    aliases = {name for n in network for i, name in enumerate(n.input)
-               if name in fold_outputs and not (is_neuron(n) and i == 1)}
-    aliases.add(data.name)
-    outputs = [(o.name, _readout_source(o.name, producers, constants, label)) for o in graph.output]
+    network = [n for i, n in enumerate(graph.node) if i not in folded]
+    aliases = {data.name}
+    outputs = [(o.name, o.name) for o in graph.output]
     view = NetworkView(nodes=network, constants=constants, input_name=data.name,
                        input_shape=_static_shape(data), aliases=aliases, outputs=outputs)
     view.shapes = _infer_shapes(model, view, data)
