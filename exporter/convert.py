@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from pmsm.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, quantizers
-from pmsm.exporter.timeloop import loop_over_time
+from pmsm.exporter.timeloop import TimedModel, loop_over_time
 from pmsm.exporter.preflight import unsupported_for_onnx
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
 from pmsm.runtime.schema import FORMAT, NEURON_DOMAIN_VERSION
@@ -107,10 +107,17 @@ def convert(model: onnx.ModelProto, *, path: str = "model", source_sha256: str =
             compensation: bool = True) -> SpikingConversion:
     """The spiking ONNX model (docs/spiking-onnx.md) of ``model``, with its untimed network."""
     network, neurons = untimed_network(model, path)
+    timed = spiking_from_network(network, source_sha256=source_sha256, default_timesteps=default_timesteps,
+                                 compensation=compensation)
+    return SpikingConversion(timed.model, network, neurons, timed.compensated, timed.uncompensated)
+
+
+def spiking_from_network(network: onnx.ModelProto, *, source_sha256: str = "", default_timesteps: int = 1,
+                         compensation: bool = True) -> TimedModel:
+    """The spiking ONNX model of an untimed network: its time loop, neuron body and metadata."""
     timed = loop_over_time(network, compensation=compensation)
-    spiking = timed.model
-    _finish_model(spiking, model, source_sha256, default_timesteps, compensation)
-    return SpikingConversion(spiking, network, neurons, timed.compensated, timed.uncompensated)
+    _finish_model(timed.model, source_sha256, default_timesteps, compensation)
+    return timed
 
 
 def network_for_targets(network: onnx.ModelProto) -> onnx.ModelProto:
@@ -141,8 +148,7 @@ def _set_opsets(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
     model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(imports.items()) if d in used)
 
 
-def _finish_model(spiking: onnx.ModelProto, source: onnx.ModelProto, source_sha256: str, timesteps: int,
-                  compensation: bool) -> None:
+def _finish_model(spiking: onnx.ModelProto, source_sha256: str, timesteps: int, compensation: bool) -> None:
     spiking.ir_version = IR_VERSION
     from pmsm.exporter.portable import attach_neuron_function
 

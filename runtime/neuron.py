@@ -12,8 +12,8 @@ Semantics (DESIGN §4), in level units, per element and per sample::
 ``s(0) = clip(R(v_init + z))`` is computed with exactly the float32 addition the
 source graph performs (``Add(x, 0.5)``): that is what makes T = 1 bit-exact.
 
-The custom ONNX Runtime op, the NIR interpreter and the Lava process models call
-``initial_membrane``/``step`` or ``run_time_major``; none of them re-derives the rule.
+The custom ONNX Runtime op (one timestep), the NIR interpreter and the Lava process models call
+``initial_membrane``/``step`` or ``run``; none of them re-derives the rule.
 """
 from __future__ import annotations
 
@@ -82,16 +82,3 @@ def run(z: np.ndarray, params: NeuronParams) -> np.ndarray:
     for t in range(z.shape[0]):
         u, spikes[t] = step(u, z[t], params)
     return spikes
-
-
-def run_time_major(z: np.ndarray, timesteps: int, params: NeuronParams) -> np.ndarray:
-    """Time folded into batch: ``z`` is ``[T*N, ...]`` with row ``t*N + n``; same shape out."""
-    z = np.asarray(z, dtype=np.float32)
-    if timesteps < 1:
-        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-    if z.ndim == 0 or z.shape[0] % timesteps:
-        raise ValueError(
-            f"leading dimension {z.shape[0] if z.ndim else '()'} is not a multiple of timesteps={timesteps}"
-        )
-    n = z.shape[0] // timesteps
-    return run(z.reshape((timesteps, n) + z.shape[1:]), params).reshape(z.shape)

@@ -14,6 +14,12 @@ producer's activation quantizer:
 - ``floor-dynamo`` / ``floor-legacy``: ``ReLU`` then ``clamp(floor(x / s * L + 0.5), -L, L) / L * s``
   written by hand, through either exporter
 - ``ste-dynamo`` / ``ste-legacy``: ``clamp(y + (round(y) - y).detach(), 0, L) * s`` with ``y = x / s``
+- ``qcfs-dynamo`` / ``qcfs-legacy``: the QCFS way, ``z = x / up * L; q = z + (floor(z + 0.5) - z).detach();
+  clamp(q, 0, L) / L * up``
+- ``minmax-dynamo`` / ``minmax-legacy``: signed, ``q = (round(y) - y).detach() + y`` (the other operand
+  order), clamped with ``torch.maximum(torch.minimum(q, L), -L)`` (ONNX ``Min``/``Max``)
+- ``fakequant-dynamo`` / ``fakequant-legacy``: ``ReLU`` then ``torch.fake_quantize_per_tensor_affine`` on
+  levels 0..127 (narrower than uint8: torch writes ``QuantizeLinear -> Clip -> DequantizeLinear``)
 - ``qdq-u8``: onnxruntime ``quantize_static``, QDQ format, uint8 activations, per-channel int8 weights
 - ``qdq-s8``: the same with symmetric int8 activations (zero point 0, the Relu stays in the graph)
 - ``brevitas-qonnx`` / ``brevitas-qcdq``: Brevitas ``QuantIdentity`` (8-bit input), ``QuantConv2d`` /
@@ -23,7 +29,7 @@ producer's activation quantizer:
   exporter (``dynamo=False``): IR 7 or 9, QCDQ at opset 13, initializers listed as graph inputs
 
 Torch models are exported at batch 1 (so every Reshape carries a hard-coded batch of 1), as users
-export them. Training is seeded: the float network of each architecture trains once; the torch
+export them, and on request at another fixed batch size (``ProducerZoo.build(..., batch=N)``). Training is seeded: the float network of each architecture trains once; the torch
 quantizers start from its weights (calibrated scales, then a short quantization-aware fine-tune
 where the quantizer has a gradient); the QDQ models quantize its float export; Brevitas trains its
 own network from scratch. :class:`ProducerZoo` builds each model once and caches it on disk.
@@ -48,12 +54,13 @@ SPLIT_SEED = 0  # samples/train_digits.py: stratified 80/20 split, random_state=
 TEST_FRACTION = 0.2
 
 ARCHITECTURES = ("mlp", "cnn")
-TORCH_PRODUCERS = ("pmsm-dynamo", "pmsm-legacy", "floor-dynamo", "floor-legacy", "ste-dynamo", "ste-legacy")
+TORCH_KINDS = ("pmsm", "floor", "ste", "qcfs", "minmax", "fakequant")
+TORCH_PRODUCERS = tuple(f"{kind}-{exporter}" for kind in TORCH_KINDS for exporter in ("dynamo", "legacy"))
 QDQ_PRODUCERS = ("qdq-u8", "qdq-s8")
 BREVITAS_PRODUCERS = ("brevitas-qonnx", "brevitas-qcdq", "brevitas-qonnx-legacy", "brevitas-qcdq-legacy")
 PRODUCERS = TORCH_PRODUCERS + QDQ_PRODUCERS + BREVITAS_PRODUCERS
 
-LEVELS = {"pmsm": 4, "floor": 7, "ste": 7}  # L of the torch quantizers
+LEVELS = {"pmsm": 4, "floor": 7, "ste": 7, "qcfs": 4, "minmax": 7, "fakequant": 127}  # L of the torch quantizers
 BREVITAS_BITS = 4  # activation and weight bit width of the Brevitas network
 CALIBRATION_IMAGES = 256
 SEED = 0
@@ -191,11 +198,15 @@ def torch_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _quantizer_classes():
+    """kind -> quantizer module class; ``whole_range`` says whether ``scale`` is the whole range
+    (calibrated to it) or one step."""
     torch = _torch()
     from torch import nn
 
     class FloorClipQuant(nn.Module):
         """A hand-written signed quantizer: ``clamp(floor(x / s * L + 0.5), -L, L) / L * s``."""
+
+        whole_range = True
 
         def __init__(self, levels: int):
             super().__init__()
@@ -208,6 +219,8 @@ def _quantizer_classes():
     class RoundSTEQuant(nn.Module):
         """Unsigned ``clamp(round(x / s), 0, L) * s`` with the detached straight-through round."""
 
+        whole_range = False
+
         def __init__(self, levels: int):
             super().__init__()
             self.levels, self.scale = levels, 1.0
@@ -217,7 +230,51 @@ def _quantizer_classes():
             y = y + (torch.round(y) - y).detach()
             return torch.clamp(y, 0, self.levels) * self.scale
 
-    return FloorClipQuant, RoundSTEQuant
+    class QCFSQuant(nn.Module):
+        """The QCFS layer as its users write it: floor with a shift inside the straight-through trick."""
+
+        whole_range = True
+
+        def __init__(self, levels: int):
+            super().__init__()
+            self.levels, self.scale = levels, 1.0
+
+        def forward(self, v):
+            up, L = self.scale, float(self.levels)
+            z = v / up * L
+            q = z + (torch.floor(z + 0.5) - z).detach()
+            return torch.clamp(q, 0.0, L) / L * up
+
+    class MinMaxSTEQuant(nn.Module):
+        """Signed round with the straight-through trick written the other way round, clamped by
+        ``torch.minimum``/``torch.maximum``."""
+
+        whole_range = False
+
+        def __init__(self, levels: int):
+            super().__init__()
+            self.levels, self.scale = levels, 1.0
+            self.register_buffer("top", torch.tensor(float(levels)))
+
+        def forward(self, x):
+            y = x / self.scale
+            q = (torch.round(y) - y).detach() + y
+            return torch.maximum(torch.minimum(q, self.top), -self.top) * self.scale
+
+    class FakeQuant(nn.Module):
+        """torch's own fake quantizer on levels 0..127."""
+
+        whole_range = False
+
+        def __init__(self, levels: int):
+            super().__init__()
+            self.levels, self.scale = levels, 1.0
+
+        def forward(self, x):
+            return torch.fake_quantize_per_tensor_affine(x, float(self.scale), 0, 0, self.levels)
+
+    return {"floor": FloorClipQuant, "ste": RoundSTEQuant, "qcfs": QCFSQuant, "minmax": MinMaxSTEQuant,
+            "fakequant": FakeQuant}
 
 
 def _quantized_copy(float_model, arch: str, kind: str, data: Digits):
@@ -226,19 +283,19 @@ def _quantized_copy(float_model, arch: str, kind: str, data: Digits):
     torch = _torch()
     from torch import nn
 
-    FloorClipQuant, RoundSTEQuant = _quantizer_classes()
+    classes = _quantizer_classes()
     levels = LEVELS[kind]
     if kind == "pmsm":
         from pmsm.exporter.quant import PMSMQuant
 
         def act():
             return PMSMQuant(levels, polarity=True)
-    elif kind == "floor":
+    elif kind in ("floor", "fakequant"):
         def act():
-            return nn.Sequential(nn.ReLU(), FloorClipQuant(levels))
+            return nn.Sequential(nn.ReLU(), classes[kind](levels))
     else:
         def act():
-            return RoundSTEQuant(levels)
+            return classes[kind](levels)
 
     model = build_network(arch, act)
     model.load_state_dict(float_model.state_dict(), strict=False)
@@ -249,7 +306,7 @@ def _quantized_copy(float_model, arch: str, kind: str, data: Digits):
         model.eval()
         calibrate_model(model, calibration)
     else:
-        _calibrate_scales(model, calibration, (FloorClipQuant, RoundSTEQuant))
+        _calibrate_scales(model, calibration, tuple(classes.values()))
     if kind != "floor":  # floor has no gradient: post-training quantization only
         train(model, data, epochs=5, lr=1e-3)
     return model.eval()
@@ -262,11 +319,10 @@ def _calibrate_scales(model, x, kinds) -> None:
 
     def hook(module, args):
         values = args[0].detach().flatten()
-        top = float(torch.quantile(values.abs() if module.__class__.__name__ == "FloorClipQuant"
-                                   else values.clamp(min=0), 0.999))
+        signed = module.__class__.__name__ in ("FloorClipQuant", "MinMaxSTEQuant")
+        top = float(torch.quantile(values.abs() if signed else values.clamp(min=0), 0.999))
         top = top if top > 0 else 1.0
-        # FloorClipQuant's ``s`` is the whole range; RoundSTEQuant's ``s`` is one step.
-        module.scale = top if module.__class__.__name__ == "FloorClipQuant" else top / module.levels
+        module.scale = top if module.whole_range else top / module.levels
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
@@ -289,10 +345,10 @@ def _quiet():
             yield
 
 
-def export_torch(model, path: Path, dynamo: bool) -> Path:
-    """Batch-1 export with torch's dynamo or TorchScript exporter, weights inside the file."""
+def export_torch(model, path: Path, dynamo: bool, batch: int = 1) -> Path:
+    """Export at a fixed batch size with torch's dynamo or TorchScript exporter, weights inside the file."""
     torch = _torch()
-    example = (torch.zeros(1, 1, 8, 8),)
+    example = (torch.zeros(batch, 1, 8, 8),)
     with _quiet():
         if dynamo:
             torch.onnx.export(model.eval(), example, str(path), dynamo=True, verbose=False)
@@ -309,15 +365,18 @@ def quantize_qdq(float_path: Path, path: Path, data: Digits, activation: str) ->
     (symmetric), per-channel int8 weights, calibrated (MinMax) on training images one at a time."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    input_name = onnx.load(str(float_path)).graph.input[0].name
+    source_input = onnx.load(str(float_path)).graph.input[0]
+    input_name = source_input.name
+    batch = max(1, source_input.type.tensor_type.shape.dim[0].dim_value)  # the export's fixed batch
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.images = iter(data.x_train[:CALIBRATION_IMAGES // 2])
+            images = data.x_train[:max(CALIBRATION_IMAGES // 2, batch)]
+            self.batches = iter(images[i:i + batch] for i in range(0, len(images) - batch + 1, batch))
 
         def get_next(self):
-            image = next(self.images, None)
-            return None if image is None else {input_name: image[None]}
+            images = next(self.batches, None)
+            return None if images is None else {input_name: images}
 
     with _quiet():
         quantize_static(
@@ -353,7 +412,7 @@ def build_brevitas(arch: str, data: Digits):
         return train(model, data, epochs=10 if arch == "mlp" else 5)
 
 
-def export_brevitas(model, path: Path, flavour: str, dynamo: bool = True) -> Path:
+def export_brevitas(model, path: Path, flavour: str, dynamo: bool = True, batch: int = 1) -> Path:
     """``export_qonnx`` (``flavour`` "qonnx") or ``export_onnx_qcdq`` ("qcdq") at batch 1, through
     torch's dynamo exporter (the default) or the TorchScript one."""
     torch = _torch()
@@ -361,7 +420,7 @@ def export_brevitas(model, path: Path, flavour: str, dynamo: bool = True) -> Pat
 
     exporter = export_qonnx if flavour == "qonnx" else export_onnx_qcdq
     with _quiet():
-        exporter(model.eval(), torch.zeros(1, 1, 8, 8), export_path=str(path), dynamo=dynamo)
+        exporter(model.eval(), torch.zeros(batch, 1, 8, 8), export_path=str(path), dynamo=dynamo)
     return path
 
 
@@ -408,21 +467,23 @@ class ProducerZoo:
                 self._quantized[key] = _quantized_copy(self.float_network(arch), arch, kind, self.data)
         return self._quantized[key]
 
-    def build(self, producer: str, arch: str) -> Built:
-        key = (producer, arch)
+    def build(self, producer: str, arch: str, batch: int = 1) -> Built:
+        """The model of ``producer`` for ``arch``, exported at the fixed ``batch`` size."""
+        key = (producer, arch, batch)
         if key not in self._built:
-            path = self.folder / f"{arch}_{producer}.onnx"
+            suffix = "" if batch == 1 else f"_b{batch}"
+            path = self.folder / f"{arch}_{producer}{suffix}.onnx"
             kind, flavour = producer.split("-")[:2]
             if producer in TORCH_PRODUCERS:
-                export_torch(copy.deepcopy(self.torch_network(kind, arch)), path, dynamo=flavour == "dynamo")
+                export_torch(copy.deepcopy(self.torch_network(kind, arch)), path, dynamo=flavour == "dynamo", batch=batch)
             elif producer in QDQ_PRODUCERS:
-                float_path = self.folder / f"{arch}_float.onnx"
+                float_path = self.folder / f"{arch}_float{suffix}.onnx"
                 if not float_path.exists():
-                    export_torch(self.float_network(arch), float_path, dynamo=True)
+                    export_torch(self.float_network(arch), float_path, dynamo=True, batch=batch)
                 quantize_qdq(float_path, path, self.data, flavour)
             elif producer in BREVITAS_PRODUCERS:
                 export_brevitas(self.torch_network("brevitas", arch), path, flavour,
-                                dynamo=not producer.endswith("-legacy"))
+                                dynamo=not producer.endswith("-legacy"), batch=batch)
             else:
                 raise ValueError(f"unknown producer {producer!r}")
             self._built[key] = Built(producer, arch, path)

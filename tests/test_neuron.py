@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pmsm.runtime.neuron import NeuronParams, initial_membrane, run, run_time_major, step
+from pmsm.runtime.neuron import NeuronParams, initial_membrane, run, step
 
 RNG = np.random.default_rng(0)
 SIGNED_FLOOR = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
@@ -23,7 +23,7 @@ def quantizer(z, p):
 def test_t1_output_equals_the_quantizer_bit_for_bit(params):
     z = (RNG.normal(size=(7, 33)) * params.max_abs_spikes).astype(np.float32)
     z[0, :6] = [0.5, -0.5, 1.5, 2.5, -1.5, -2.5]  # rounding ties
-    np.testing.assert_array_equal(run_time_major(z, 1, params), quantizer(z, params))
+    np.testing.assert_array_equal(run(z[None], params)[0], quantizer(z, params))
 
 
 def test_half_even_rounds_ties_to_even():
@@ -72,12 +72,6 @@ def test_reset_is_by_subtraction_so_the_residue_carries_over():
     np.testing.assert_array_equal(spikes, [0, 1, 0, 1])
 
 
-def test_time_major_layout_is_t_times_n_plus_n():
-    p = NeuronParams(lo=-5, hi=5, v_init=0.0, rounding="floor")
-    z = np.array([[0.6], [-0.6], [0.6], [-0.6]], dtype=np.float32)  # T=2, N=2
-    np.testing.assert_array_equal(run_time_major(z, 2, p)[:, 0], [0, -1, 1, -1])
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [dict(lo=1, hi=2), dict(lo=-1, hi=-1), dict(lo=0.5, hi=1), dict(rounding="ceil"), dict(v_init=float("nan"))],
@@ -86,8 +80,3 @@ def test_invalid_parameters_are_refused(kwargs):
     base = dict(lo=-1, hi=1, v_init=0.5, rounding="floor")
     with pytest.raises(ValueError):
         NeuronParams(**{**base, **kwargs})
-
-
-def test_batch_not_a_multiple_of_timesteps_is_refused():
-    with pytest.raises(ValueError, match="multiple"):
-        run_time_major(np.zeros((5, 2), np.float32), 2, SIGNED_FLOOR)

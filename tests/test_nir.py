@@ -31,30 +31,16 @@ def _neuron(name, z, s, p: NeuronParams):
 
 
 def spiking(nodes, inits, x_shape, out, out_shape, opset=17):
-    """Wrap network nodes reading ``xt`` and producing ``out`` in the time folding of docs/spiking-onnx.md."""
-    rank = len(x_shape) + 1
-    fold = [
-        helper.make_node("Reshape", ["timesteps", "one"], ["t1"], name="pmsm_fold/timesteps_vector"),
-        helper.make_node("Concat", ["t1", "ones"], ["reps"], name="pmsm_fold/repeats", axis=0),
-        helper.make_node("Tile", ["x", "reps"], ["xt"], name="pmsm_fold/tile"),
-    ]
-    readout = [
-        helper.make_node("Reshape", ["timesteps", "one"], ["rt1"], name="pmsm_readout/0/timesteps_vector"),
-        helper.make_node("Concat", ["rt1", "tail"], ["target"], name="pmsm_readout/0/target", axis=0),
-        helper.make_node("Reshape", [out, "target"], ["per_step"], name="pmsm_readout/0/split_time"),
-        helper.make_node("ReduceMean", ["per_step"], ["y"], name="pmsm_readout/0/mean", axes=[0], keepdims=0),
-    ]
-    inits = inits + [_c("one", [1], np.int64), _c("ones", np.ones(rank - 1), np.int64),
-                     _c("tail", [-1, *out_shape], np.int64)]
+    """The untimed network (docs/spiking-onnx.md) of network nodes reading ``xt`` and producing ``out``."""
+    nodes = [helper.make_node("Identity", ["x"], ["xt"], name="input")] + nodes
+    nodes.append(helper.make_node("Identity", [out], ["y"], name="output"))
     graph = helper.make_graph(
-        fold + nodes + readout, "net",
+        nodes, "net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape]),
          helper.make_tensor_value_info("timesteps", TensorProto.INT64, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape])], initializer=inits)
-    model = helper.make_model(graph, ir_version=10,
-                              opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.pmsm", 1)])
-    model.metadata_props.add(key="pmsm.format", value="spiking-onnx/1")
-    return model
+    return helper.make_model(graph, ir_version=10,
+                             opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.pmsm", 2)])
 
 
 def _w(*shape, scale=0.5):
@@ -177,9 +163,11 @@ def misc_model():
     return spiking(nodes, inits, (2, 5, 5), "logits", (3,))
 
 
-def _spiking_model(model):
-    execute = pytest.importorskip("pmsm.runtime.execute")
-    return execute.SpikingModel(model)
+def _spiking_model(network):
+    from pmsm.exporter.convert import spiking_from_network
+    from pmsm.runtime.execute import SpikingModel
+
+    return SpikingModel(spiking_from_network(network, compensation=False).model)
 
 
 def _compare(model, x, timesteps):
@@ -333,15 +321,12 @@ def test_non_nir_files_are_refused(tmp_path):
 
 
 def _with_nodes(model, extra_nodes, replace_output):
-    """Insert ``extra_nodes`` before the readout and make the readout read ``replace_output``."""
+    """Insert ``extra_nodes`` before the output and make the output read ``replace_output``."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = list(out.graph.node)
-    first_readout = next(i for i, n in enumerate(nodes) if n.name.startswith("pmsm_readout/"))
-    nodes[first_readout:first_readout] = extra_nodes
-    for n in nodes:
-        if n.name == "pmsm_readout/0/split_time":
-            n.input[0] = replace_output
+    nodes[-1:-1] = extra_nodes
+    nodes[-1].input[0] = replace_output
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out

@@ -18,7 +18,9 @@ from pmsm.exporter import portable
 from pmsm.exporter.convert import to_spiking_onnx
 from pmsm.runtime import ortop
 from pmsm.runtime.execute import ExecutionError, SpikingModel
-from pmsm.runtime.neuron import NeuronParams, run_time_major
+from pmsm.exporter.convert import spiking_from_network
+from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
+from pmsm.runtime.schema import NEURON_DOMAIN_VERSION
 
 RNG = np.random.default_rng(7)
 TIMESTEPS = (1, 2, 4)
@@ -56,9 +58,11 @@ def assert_bits_equal(got, want, what=""):
     assert not differ.any(), f"{what}: {int(differ.sum())} element(s) differ, e.g. {got[differ][:4]} vs {want[differ][:4]}"
 
 
-def neuron_node(name, z, s, p: NeuronParams):
-    return helper.make_node(portable.OP, [z, "timesteps"], [s], name=name, domain=portable.DOMAIN,
-                            lo=p.lo, hi=p.hi, v_init=p.v_init, rounding=p.rounding)
+def neuron_node(name, z, s, p: NeuronParams, u="timesteps", u_next=None):
+    """A neuron node: of the untimed network by default (``(z, timesteps) -> s``), or one timestep
+    with its membrane (``(z, u) -> (s, u_next)``) as the spiking model runs it."""
+    return helper.make_node(portable.OP, [z, u], [s] + ([u_next] if u_next else []), name=name,
+                            domain=portable.DOMAIN, lo=p.lo, hi=p.hi, v_init=p.v_init, rounding=p.rounding)
 
 
 def session(model: onnx.ModelProto, optimized=False, custom_ops=False) -> ort.InferenceSession:
@@ -72,29 +76,50 @@ def session(model: onnx.ModelProto, optimized=False, custom_ops=False) -> ort.In
 
 
 def neuron_bank(opset: int, shape_tail=(3, 5), params=PARAMS) -> onnx.ModelProto:
-    """One neuron node per parameter set, all reading the graph input ``z [L, *shape_tail]``."""
+    """One timestep of one neuron per parameter set, all reading ``z [L, *shape_tail]``, each with
+    its membrane ``u_<key>`` in and ``u_next_<key>`` out."""
     dims = ["L", *shape_tail]
-    nodes = [neuron_node(key, "z", f"s_{key}", p) for key, p in params.items()]
+    nodes = [neuron_node(key, "z", f"s_{key}", p, u=f"u_{key}", u_next=f"u_next_{key}") for key, p in params.items()]
     graph = helper.make_graph(
         nodes, "bank",
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, dims),
-         helper.make_tensor_value_info("timesteps", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info(f"s_{key}", TensorProto.FLOAT, dims) for key in params],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, dims)]
+        + [helper.make_tensor_value_info(f"u_{key}", TensorProto.FLOAT, dims) for key in params],
+        [helper.make_tensor_value_info(f"{kind}_{key}", TensorProto.FLOAT, dims) for key in params
+         for kind in ("s", "u_next")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(portable.DOMAIN, 1)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(portable.DOMAIN, NEURON_DOMAIN_VERSION)],
                               ir_version=10, functions=[portable.neuron_function(opset)])
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def z_input(timesteps, rows=3, tail=(3, 5), special=True):
-    z = (RNG.normal(size=(timesteps * rows, *tail)) * 3).astype(np.float32)
-    z[:, 0, 0] = np.round(z[:, 0, 0] * 2) / 2  # halves: ties at every step
+def z_input(rows=3, tail=(3, 5), special=True):
+    z = (RNG.normal(size=(rows, *tail)) * 3).astype(np.float32)
+    z.reshape(rows, -1)[:, 0] = np.round(z.reshape(rows, -1)[:, 0] * 2) / 2  # halves: ties at every step
     if special:
         flat = z.reshape(-1)
         flat[: SPECIAL.size] = SPECIAL
         flat[-SPECIAL.size:] = SPECIAL[::-1]
     return z
+
+
+def run_steps(sess, params, steps):
+    """Run the bank over ``steps`` (a list of z), carrying each membrane; returns the spikes per key
+    and per step, and the numpy neuron's."""
+    got = {key: [] for key in params}
+    want = {key: [] for key in params}
+    u_onnx = {key: initial_membrane(steps[0].shape, p) for key, p in params.items()}
+    u_numpy = dict(u_onnx)
+    for z in steps:
+        feed = {"z": z, **{f"u_{key}": u for key, u in u_onnx.items()}}
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        for key, p in params.items():
+            got[key].append(outs[f"s_{key}"])
+            u_onnx[key] = outs[f"u_next_{key}"]
+            u_numpy[key], s = step(u_numpy[key], z, p)
+            want[key].append(s)
+    return got, want
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,45 +130,35 @@ def z_input(timesteps, rows=3, tail=(3, 5), special=True):
 @pytest.mark.parametrize("opset", OPSETS)
 def test_function_body_equals_the_numpy_neuron_bit_for_bit(opset):
     model = neuron_bank(opset)
-    names = [f"s_{key}" for key in PARAMS]
     for optimized in (False, True):  # exact at ONNX Runtime's default level too
         sess = session(model, optimized=optimized)
-        for t in TIMESTEPS:
-            z = z_input(t)
-            outs = sess.run(names, {"z": z, "timesteps": np.array(t, np.int64)})
-            for (key, p), got in zip(PARAMS.items(), outs):
-                assert_bits_equal(got, run_time_major(z, t, p), f"opset {opset} optimized={optimized} {key} T={t}")
+        got, want = run_steps(sess, PARAMS, [z_input() for _ in range(max(TIMESTEPS))])
+        for key in PARAMS:
+            for t, (a, b) in enumerate(zip(got[key], want[key])):
+                assert_bits_equal(a, b, f"opset {opset} optimized={optimized} {key} step {t}")
 
 
 def test_function_body_equals_the_kernel_on_nan_inf_and_other_ranks():
     model = neuron_bank(17, shape_tail=())
-    kernel, body = session(model, custom_ops=True), session(model)
-    names = [f"s_{key}" for key in PARAMS]
-    for t in TIMESTEPS:
-        z = np.tile(np.concatenate([SPECIAL, [np.nan, np.inf, -np.inf, 0.75]]).astype(np.float32), t)
-        feed = {"z": z, "timesteps": np.array(t, np.int64)}
-        for (key, p), got, want in zip(PARAMS.items(), body.run(names, feed), kernel.run(names, feed)):
-            assert_bits_equal(got, want, f"{key} T={t}")
-            assert_bits_equal(got, run_time_major(z, t, p), f"{key} T={t}")
+    z = np.concatenate([SPECIAL, [np.nan, np.inf, -np.inf, 0.75]]).astype(np.float32)
+    body, _ = run_steps(session(model), PARAMS, [z] * 4)
+    kernel, numpy_neuron = run_steps(session(model, custom_ops=True), PARAMS, [z] * 4)
+    for key in PARAMS:
+        for t in range(4):
+            assert_bits_equal(body[key][t], kernel[key][t], f"{key} step {t}")
+            assert_bits_equal(body[key][t], numpy_neuron[key][t], f"{key} step {t}")
     rank4 = neuron_bank(20, shape_tail=(2, 3, 4))
-    z = z_input(4, rows=2, tail=(2, 3, 4))
-    got = session(rank4).run(None, {"z": z, "timesteps": np.array(4, np.int64)})
-    for (key, p), s in zip(PARAMS.items(), got):
-        assert_bits_equal(s, run_time_major(z, 4, p), f"rank 4 {key}")
+    got, want = run_steps(session(rank4), PARAMS, [z_input(rows=2, tail=(2, 3, 4)) for _ in range(3)])
+    for key in PARAMS:
+        assert_bits_equal(np.stack(got[key]), np.stack(want[key]), f"rank 4 {key}")
 
 
 @pytest.mark.parametrize("opset", [13, 20])
-def test_function_body_rejects_invalid_calls(opset):
-    params = {"ok": PARAMS["floor_signed"]}
-    sess = session(neuron_bank(opset, shape_tail=(3,), params=params))
-    z = np.ones((4, 3), np.float32)
-    for t in (0, -1, 3):  # T < 1, and a leading dimension that is not a multiple of T
-        with pytest.raises(Exception, match="cannot be less than -1"):
-            sess.run(None, {"z": z, "timesteps": np.array(t, np.int64)})
-    bad = neuron_bank(opset, shape_tail=(3,), params=params)
+def test_function_body_rejects_an_unknown_rounding(opset):
+    bad = neuron_bank(opset, shape_tail=(3,), params={"ok": PARAMS["floor_signed"]})
     next(a for a in bad.graph.node[0].attribute if a.name == "rounding").s = b"Floor"
     with pytest.raises(Exception, match="cannot be less than -1"):
-        session(bad).run(None, {"z": z, "timesteps": np.array(1, np.int64)})
+        session(bad).run(None, {"z": np.ones((4, 3), np.float32), "u_ok": np.full((4, 3), 0.5, np.float32)})
 
 
 def test_function_opset_range():
@@ -151,7 +166,8 @@ def test_function_opset_range():
         with pytest.raises(ValueError, match="opset"):
             portable.neuron_function(opset)
     fn = portable.neuron_function(13)
-    assert (fn.domain, fn.name, list(fn.input), list(fn.output)) == ("ai.pmsm", "MultiSpikeNeuron", ["z", "timesteps"], ["s"])
+    assert (fn.domain, fn.name, list(fn.input), list(fn.output)) == ("ai.pmsm", "MultiSpikeNeuron", ["z", "u"],
+                                                                     ["s", "u_next"])
     assert list(fn.attribute) == ["lo", "hi", "v_init", "rounding"]
     assert [(o.domain, o.version) for o in fn.opset_import] == [("", 13)]
     used = {n.op_type for n in fn.node}
@@ -165,30 +181,19 @@ def test_function_opset_range():
 
 
 def hand_built(scale, params: NeuronParams, opset=17, features=6, hidden=4):
-    """``x -> Tile[T,1] -> Div(scale) -> neuron -> Mul(scale) -> MatMul(W) -> Div(scale) -> neuron
-    -> Mul(scale) -> mean over T`` in the spiking ONNX format, without the function (attached on load)."""
+    """``x -> Div(scale) -> neuron -> Mul(scale) -> MatMul(W) -> Div(scale) -> neuron -> Mul(scale)``
+    as a spiking ONNX model (the exporter's time loop around it), without the function body."""
     const = lambda name, v, dt=np.float32: numpy_helper.from_array(np.asarray(v, dtype=dt), name)  # noqa: E731
     nodes = [
-        helper.make_node("Reshape", ["timesteps", "one"], ["t1"], name="pmsm_fold/t1"),
-        helper.make_node("Concat", ["t1", "one"], ["reps"], name="pmsm_fold/reps", axis=0),
-        helper.make_node("Tile", ["x", "reps"], ["xt"], name="pmsm_fold/tile"),
-        helper.make_node("Div", ["xt", "scale"], ["z0"], name="div0"),
+        helper.make_node("Div", ["x", "scale"], ["z0"], name="div0"),
         neuron_node("neuron_0", "z0", "s0", params),
         helper.make_node("Mul", ["s0", "scale"], ["a0"], name="mul0"),
         helper.make_node("MatMul", ["a0", "w"], ["h"], name="fc1"),
         helper.make_node("Div", ["h", "scale"], ["z1"], name="div1"),
         neuron_node("neuron_1", "z1", "s1", params),
-        helper.make_node("Mul", ["s1", "scale"], ["a1"], name="mul1"),
-        helper.make_node("Concat", ["t1", "tail"], ["rshape"], name="pmsm_readout/shape", axis=0),
-        helper.make_node("Reshape", ["a1", "rshape"], ["r"], name="pmsm_readout/reshape"),
+        helper.make_node("Mul", ["s1", "scale"], ["y"], name="mul1"),
     ]
-    inits = [const("one", [1], np.int64), const("scale", scale), const("tail", [-1, hidden], np.int64),
-             const("w", RNG.normal(size=(features, hidden)) * 0.7)]
-    if opset >= 18:
-        inits.append(const("axis0", [0], np.int64))
-        nodes.append(helper.make_node("ReduceMean", ["r", "axis0"], ["y"], name="pmsm_readout/mean", keepdims=0))
-    else:
-        nodes.append(helper.make_node("ReduceMean", ["r"], ["y"], name="pmsm_readout/mean", axes=[0], keepdims=0))
+    inits = [const("scale", scale), const("w", RNG.normal(size=(features, hidden)) * 0.7)]
     graph = helper.make_graph(
         nodes, "hand_built",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features]),
@@ -196,8 +201,12 @@ def hand_built(scale, params: NeuronParams, opset=17, features=6, hidden=4):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", hidden])],
         initializer=inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(portable.DOMAIN, 1)],
-                             ir_version=10)
+    network = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                      helper.make_opsetid(portable.DOMAIN, NEURON_DOMAIN_VERSION)],
+                                ir_version=10)
+    model = spiking_from_network(network).model
+    del model.functions[:]
+    return model
 
 
 def assert_same_run(model, x, timesteps=TIMESTEPS, what=""):
@@ -265,17 +274,17 @@ def test_qdq_model_at_several_opsets_portable_equals_custom_op(opset, tmp_path):
 def test_registered_kernel_wins_and_portable_runs_without_it(monkeypatch):
     calls = []
 
-    def counting(z, timesteps, params):
-        calls.append(timesteps)
-        return run_time_major(z, timesteps, params)
+    def counting(u, z, params):
+        calls.append(z.shape)
+        return step(u, z, params)
 
-    monkeypatch.setattr(ortop, "run_time_major", counting)  # the kernel looks the name up per call
+    monkeypatch.setattr(ortop, "step", counting)  # the kernel looks the name up per call
     model = hand_built(np.float32(0.5), PARAMS["floor_signed"])
     portable.attach_neuron_function(model)
     onnx.checker.check_model(model, full_check=True)
     x = (RNG.normal(size=(5, 6)) * 3).astype(np.float32)
     with_kernel = SpikingModel(model).run(x, 3)
-    assert calls == [3, 3]  # both neurons ran through the custom op, although the function is there
+    assert len(calls) == 6  # both neurons at each of the 3 steps ran through the custom op, function or not
     calls.clear()
     body = SpikingModel(model, portable=True).run(x, 3)
     assert calls == []  # no kernel call: ONNX Runtime ran the function body
@@ -285,7 +294,8 @@ def test_registered_kernel_wins_and_portable_runs_without_it(monkeypatch):
 def test_attach_replaces_an_existing_body_and_skips_unsupported_opsets():
     model = hand_built(np.float32(0.5), PARAMS["floor_signed"])
     model.functions.append(helper.make_function(
-        portable.DOMAIN, portable.OP, ["z", "timesteps"], ["s"], [helper.make_node("Neg", ["z"], ["s"])],
+        portable.DOMAIN, portable.OP, ["z", "u"], ["s", "u_next"],
+        [helper.make_node("Neg", ["z"], ["s"]), helper.make_node("Identity", ["z"], ["u_next"])],
         [helper.make_opsetid("", 17)], attributes=list(portable.ATTRIBUTES)))
     x = (RNG.normal(size=(5, 6)) * 3).astype(np.float32)
     neg = SpikingModel(model, portable=True).run(x, 2)  # the file's own body runs as written
@@ -300,10 +310,9 @@ def test_attach_replaces_an_existing_body_and_skips_unsupported_opsets():
         SpikingModel(old, portable=True)
 
 
-def test_portable_run_reports_a_broken_time_folding():
+def test_portable_run_reports_a_membrane_of_the_wrong_shape():
     model = hand_built(np.float32(0.5), PARAMS["floor_signed"])
-    tile = next(n for n in model.graph.node if n.op_type == "Tile")
-    tile.input[1] = "ones2"  # input not repeated over T: the neuron sees N rows, not T*N
-    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1], np.int64), "ones2"))
+    initial = next(n for n in model.graph.node if n.op_type == "Constant" and "v_init" in n.name)
+    initial.attribute[0].t.CopyFrom(numpy_helper.from_array(np.full(5, 0.5, np.float32), initial.output[0]))
     with pytest.raises(ExecutionError, match="ONNX Runtime failed"):
         SpikingModel(model, portable=True).run(np.ones((3, 6), np.float32), 2)

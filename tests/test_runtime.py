@@ -8,7 +8,9 @@ from onnx import TensorProto, helper, numpy_helper
 from pmsm.errors import BadInputError
 from pmsm.runtime import ortop
 from pmsm.runtime.execute import ExecutionError, SourceModel, SpikingModel, SpikingResult
-from pmsm.runtime.neuron import NeuronParams, run_time_major
+from pmsm.exporter.convert import spiking_from_network
+from pmsm.runtime.neuron import NeuronParams, run
+from pmsm.runtime.schema import NEURON_DOMAIN_VERSION
 
 RNG = np.random.default_rng(0)
 K = 6  # features
@@ -21,60 +23,45 @@ def _const(name, value, dtype=np.float32):
 
 def _model(nodes, inputs, outputs, initializers, opset=17, ir_version=10, functions=()):
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers)
-    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(ortop.PMSM_DOMAIN, 1)]
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir_version, functions=list(functions))
-    onnx.checker.check_model(model)
-    return model
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(ortop.PMSM_DOMAIN, NEURON_DOMAIN_VERSION)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version, functions=list(functions))
 
 
 def _neuron(name, z, s, p: NeuronParams):
+    """A neuron of the untimed network (``MultiSpikeNeuron(z, timesteps)``), as the rewrite writes it."""
     return helper.make_node(
         ortop.NEURON_OP, [z, "timesteps"], [s], name=name, domain=ortop.PMSM_DOMAIN,
         lo=p.lo, hi=p.hi, v_init=p.v_init, rounding=p.rounding,
     )
 
 
-def spiking_model(scale, params, opset=17, hidden=False, fold=True, batch="N", ir_version=10, functions=()):
-    """``x -> Tile[T,1] -> Div(scale) -> neuron_0 -> Mul(scale) [-> MatMul(W) -> Div -> neuron_1 -> Mul]
-    -> Reshape[T,-1,F] -> ReduceMean(axis 0)`` in the spiking ONNX format."""
+def spiking_model(scale, params, opset=17, hidden=False, batch="N", ir_version=10):
+    """``x -> Div(scale) -> neuron_0 -> Mul(scale) [-> MatMul(W) -> Div -> neuron_1 -> Mul] -> y``
+    in the spiking ONNX format (its untimed network put in the time loop by the exporter)."""
     out_features = H if hidden else K
     nodes = [
-        helper.make_node("Reshape", ["timesteps", "one_shape"], ["t1"], name="pmsm_fold/t1"),
-        helper.make_node("Concat", ["t1", "ones"], ["reps"], name="pmsm_fold/reps", axis=0),
-        helper.make_node("Tile", ["x", "reps"] if fold else ["x", "ones2"], ["xt"], name="pmsm_fold/tile"),
-        helper.make_node("Div", ["xt", "scale"], ["z0"], name="div0"),
+        helper.make_node("Div", ["x", "scale"], ["z0"], name="div0"),
         _neuron("neuron_0", "z0", "s0", params),
-        helper.make_node("Mul", ["s0", "scale"], ["a0"], name="mul0"),
+        helper.make_node("Mul", ["s0", "scale"], ["a0" if hidden else "y"], name="mul0"),
     ]
-    inits = [
-        _const("one_shape", [1], np.int64), _const("ones", [1], np.int64), _const("ones2", [1, 1], np.int64),
-        _const("scale", scale), _const("readout_tail", [-1, out_features], np.int64),
-    ]
-    last = "a0"
+    inits = [_const("scale", scale)]
     if hidden:
         inits.append(_const("w", RNG.normal(size=(K, H)) * 0.5))
         nodes += [
             helper.make_node("MatMul", ["a0", "w"], ["h"], name="fc1"),
             helper.make_node("Div", ["h", "scale"], ["z1"], name="div1"),
             _neuron("neuron_1", "z1", "s1", params),
-            helper.make_node("Mul", ["s1", "scale"], ["a1"], name="mul1"),
+            helper.make_node("Mul", ["s1", "scale"], ["y"], name="mul1"),
         ]
-        last = "a1"
-    nodes += [
-        helper.make_node("Concat", ["t1", "readout_tail"], ["rshape"], name="pmsm_readout/shape", axis=0),
-        helper.make_node("Reshape", [last, "rshape"], ["r"], name="pmsm_readout/reshape"),
-    ]
-    if opset >= 18:
-        inits.append(_const("axis0", [0], np.int64))
-        nodes.append(helper.make_node("ReduceMean", ["r", "axis0"], ["y"], name="pmsm_readout/mean", keepdims=0))
-    else:
-        nodes.append(helper.make_node("ReduceMean", ["r"], ["y"], name="pmsm_readout/mean", axes=[0], keepdims=0))
     inputs = [
         helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, K]),
         helper.make_tensor_value_info("timesteps", TensorProto.INT64, []),
     ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, out_features])]
-    return _model(nodes, inputs, outputs, inits, opset=opset, ir_version=ir_version, functions=functions)
+    network = _model(nodes, inputs, outputs, inits, opset=opset, ir_version=ir_version)
+    model = spiking_from_network(network).model
+    onnx.checker.check_model(model)
+    return model
 
 
 def qdq_model(scale, zero_point, dtype):
@@ -110,7 +97,7 @@ def test_t1_equals_numpy_neuron_and_qdq_source_bit_for_bit(case, opset):
     x = probe(33, scale)
     res = SpikingModel(spiking_model(scale, params, opset=opset)).run(x, timesteps=1, collect_spikes=True)
     z = (x / scale).astype(np.float32)
-    spikes = run_time_major(z, 1, params)
+    spikes = run(z[None], params)[0]
     np.testing.assert_array_equal(res.spikes["neuron_0"][0], spikes)
     assert np.array_equal(res.output, (spikes * scale).astype(np.float32))
     (ann,) = SourceModel(qdq_model(scale, zp, dtype)).run(x)
@@ -120,32 +107,31 @@ def test_t1_equals_numpy_neuron_and_qdq_source_bit_for_bit(case, opset):
 
 @pytest.mark.parametrize("rounding,v_init", [("floor", 0.5), ("half_even", 0.0)])
 @pytest.mark.parametrize("timesteps", [2, 3, 5])
-def test_spikes_per_step_equal_run_time_major(rounding, v_init, timesteps):
+def test_spikes_per_step_equal_the_numpy_neuron(rounding, v_init, timesteps):
     scale = np.float32(0.5)
     params = NeuronParams(lo=-3, hi=3, v_init=v_init, rounding=rounding)
     x = probe(7, scale) * np.float32(0.1)
     res = SpikingModel(spiking_model(scale, params, hidden=True)).run(x, timesteps, collect_spikes=True)
     assert isinstance(res, SpikingResult) and res.timesteps == timesteps
     assert set(res.spikes) == {"neuron_0", "neuron_1"}
-    xt = np.tile(x, (timesteps, 1))
-    s0 = run_time_major((xt / scale).astype(np.float32), timesteps, params)
-    np.testing.assert_array_equal(res.spikes["neuron_0"], s0.reshape(timesteps, 7, K))
+    z = np.broadcast_to((x / scale).astype(np.float32), (timesteps,) + x.shape)
+    np.testing.assert_array_equal(res.spikes["neuron_0"], run(z, params))
     assert res.spikes["neuron_0"].shape == (timesteps, 7, K) and res.spikes["neuron_1"].shape == (timesteps, 7, H)
     assert res.spikes["neuron_1"].dtype == np.float32
     assert res.output.shape == (7, H)
     np.testing.assert_allclose(res.output, (res.spikes["neuron_1"] * scale).mean(axis=0), rtol=1e-6, atol=1e-7)
 
 
-def test_second_layer_spikes_equal_run_time_major_on_the_graph_input():
+def test_second_layer_spikes_equal_the_numpy_neuron_on_the_first_layers_spikes():
     scale = np.float32(0.5)
     params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
     model = spiking_model(scale, params, hidden=True)
     w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
     x = probe(5, scale) * np.float32(0.1)
     res = SpikingModel(model).run(x, 4, collect_spikes=True)
-    a0 = (res.spikes["neuron_0"].reshape(20, K) * scale).astype(np.float32)
+    a0 = (res.spikes["neuron_0"] * scale).astype(np.float32)
     z1 = ((a0 @ w).astype(np.float32) / scale).astype(np.float32)
-    np.testing.assert_array_equal(res.spikes["neuron_1"], run_time_major(z1, 4, params).reshape(4, 5, H))
+    np.testing.assert_array_equal(res.spikes["neuron_1"], run(z1, params))
 
 
 def test_batches_and_fixed_batch_dimension_give_the_same_result():
@@ -165,29 +151,33 @@ def test_batches_and_fixed_batch_dimension_give_the_same_result():
 
 def test_error_inside_the_op_raises_and_the_process_survives():
     params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
-    broken = SpikingModel(spiking_model(np.float32(0.5), params, fold=False))  # input not time-folded
+    broken_model = spiking_model(np.float32(0.5), params)
+    initial = next(n for n in broken_model.graph.node if n.op_type == "Constant" and "v_init" in n.name)
+    initial.attribute[0].t.CopyFrom(numpy_helper.from_array(np.full(5, 0.5, np.float32), initial.output[0]))
+    broken = SpikingModel(broken_model)  # its initial membrane has a shape no input has
     x = np.ones((3, K), np.float32)
-    with pytest.raises(ExecutionError, match=r"not a multiple of timesteps=2"):
+    with pytest.raises(ExecutionError, match=r"membrane of shape \(5,\) does not match z of shape \(3, 6\)"):
         broken.run(x, 2)
     # on a raw ORT session the kernel records the error and returns zeros instead of aborting
     lone = _model(
-        [_neuron("n", "x", "s", params)],
+        [helper.make_node(ortop.NEURON_OP, ["x", "u"], ["s", "u_next"], name="n", domain=ortop.PMSM_DOMAIN,
+                          lo=-2, hi=2, v_init=0.5, rounding="floor")],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", K]),
-         helper.make_tensor_value_info("timesteps", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", K])], [],
+         helper.make_tensor_value_info("u", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", K]),
+         helper.make_tensor_value_info("u_next", TensorProto.FLOAT, ["N", K])], [],
     )
     so = ort.SessionOptions()
     so.register_custom_ops_library(ortop.get_library_path())
     sess = ort.InferenceSession(lone.SerializeToString(), so)
     ortop.clear_op_errors()
-    (s,) = sess.run(None, {"x": x, "timesteps": np.array(0, np.int64)})
+    s, _ = sess.run(None, {"x": x, "u": np.zeros(2, np.float32)})
     assert s.shape == x.shape and not s.any()
     errors = ortop.take_op_errors()
-    assert len(errors) == 1 and "timesteps must be >= 1" in errors[0] and "MultiSpikeNeuron(lo=-2" in errors[0]
+    assert len(errors) == 1 and "does not match" in errors[0] and "MultiSpikeNeuron(lo=-2" in errors[0]
     # a later session still works
     res = SpikingModel(spiking_model(np.float32(0.5), params)).run(x, 2)
     assert res.output.shape == (3, K)
-    assert broken.run(x, 1).output.shape == (3, K)  # T=1 divides anything
     with pytest.raises(BadInputError, match="timesteps"):
         broken.run(x, 0)
 
@@ -222,27 +212,36 @@ def test_model_level_errors():
     model.ir_version = 10
     bad = onnx.ModelProto()
     bad.CopyFrom(model)
-    neuron = next(n for n in bad.graph.node if n.name == "neuron_0")
+    loop = next(n for n in bad.graph.node if n.op_type == "Loop")
+    neuron = next(n for n in loop.attribute[0].g.node if n.name == "neuron_0")
     neuron.attribute.remove(next(a for a in neuron.attribute if a.name == "v_init"))
     with pytest.raises(BadInputError, match=r"node 'neuron_0'.*v_init"):
         SpikingModel(bad)
     with pytest.raises(BadInputError, match="not a spiking ONNX model"):
         SpikingModel(qdq_model(np.float32(0.25), 0, np.int8))
+    old_format = onnx.ModelProto()
+    old_format.CopyFrom(model)
+    onnx.helper.set_model_props(old_format, {"pmsm.format": "spiking-onnx/1"})
+    with pytest.raises(BadInputError, match="convert the source again"):
+        SpikingModel(old_format)
     with pytest.raises(BadInputError, match="no such file"):
         SourceModel("/nonexistent/model.onnx")
 
 
 def test_registered_kernel_wins_over_a_model_local_function():
     body = helper.make_function(
-        ortop.PMSM_DOMAIN, ortop.NEURON_OP, ["z", "timesteps"], ["s"],
-        [helper.make_node("Neg", ["z"], ["s"])], [helper.make_opsetid("", 17)],
-        attributes=list(ortop.NEURON_ATTRIBUTES),
+        ortop.PMSM_DOMAIN, ortop.NEURON_OP, ["z", "u"], ["s", "u_next"],
+        [helper.make_node("Neg", ["z"], ["s"]), helper.make_node("Identity", ["z"], ["u_next"])],
+        [helper.make_opsetid("", 17)], attributes=list(ortop.NEURON_ATTRIBUTES),
     )
     params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
     x = probe(4, 0.5) * np.float32(0.1)
-    with_fn = SpikingModel(spiking_model(np.float32(0.5), params, functions=[body])).run(x, 2)
-    plain = SpikingModel(spiking_model(np.float32(0.5), params)).run(x, 2)
-    np.testing.assert_array_equal(with_fn.output, plain.output)
+    model = spiking_model(np.float32(0.5), params)
+    plain = SpikingModel(model).run(x, 2)
+    del model.functions[:]
+    model.functions.append(body)
+    np.testing.assert_array_equal(SpikingModel(model).run(x, 2).output, plain.output)
+    assert not np.array_equal(SpikingModel(model, portable=True).run(x, 2).output, plain.output)
 
 
 def qonnx_model(domain, attrs, op="Quant", scale=0.5):
