@@ -27,6 +27,7 @@ from pmsm.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, quantizers
 from pmsm.exporter.timeloop import TimedModel, loop_over_time
 from pmsm.exporter.preflight import unsupported_for_onnx
+from pmsm.exporter.proof import prove
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
 from pmsm.runtime.schema import FORMAT, NEURON_DOMAIN_VERSION
 
@@ -42,6 +43,7 @@ NORMALISATION_PASSES: tuple[tuple[str, Callable[[gs.Graph], gs.Graph]], ...] = (
 REWRITE_PASSES = (
     ("QDQ/QCDQ quantizers", quantizers.rewrite_qdq),
     ("QONNX quantizers", quantizers.rewrite_qonnx),
+    ("QONNX bipolar quantizers", quantizers.rewrite_qonnx_bipolar),
     ("rounding chains", quantizers.rewrite_rounding_chains),
 )
 
@@ -57,14 +59,25 @@ class Conversion:
 
 def rewrite(model: onnx.ModelProto) -> Conversion:
     """Normalise the graph and replace every activation quantizer's rounding core with a neuron."""
-    graph = gs.import_onnx(model)
+    graph = gs.import_onnx(_with_inferred_shapes(model))
     for _name, run_pass in NORMALISATION_PASSES:
         graph = run_pass(graph)
     conversion = Conversion(graph)
     for _name, run_pass in REWRITE_PASSES:
         conversion.neurons += run_pass(graph, conversion.problems)
-    conversion.neurons = quantizers.absorb_relus(graph, conversion.neurons)
+    conversion.neurons = quantizers.absorb_clamps(graph, conversion.neurons)
+    if not conversion.problems:
+        rewritten = gs.export_onnx(graph, do_type_check=False)
+        conversion.problems += prove(model, rewritten, conversion.neurons)
     return conversion
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with ONNX shape inference's value infos (per-channel quantizers need ranks)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - inference is a help; the passes work without shapes
+        return model
 
 
 def check(model: onnx.ModelProto, path: str = "model") -> Conversion:

@@ -7,7 +7,7 @@ graph performs exactly the source's float arithmetic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -48,9 +48,11 @@ class NeuronRecord:
     """One activation quantizer that became a neuron layer."""
 
     name: str
-    producer: str  # which quantizer pattern it was: "floor-chain", "qdq", "qcdq", "qonnx"
+    producer: str  # which quantizer pattern it was: "floor-chain", "qdq", "qcdq", "qonnx", "bipolar"
     params: NeuronParams
     source_nodes: tuple[str, ...] = field(default=())
+    entry: str = ""  # the tensor entering the quantizer, in the source and in the rewritten graph
+    exits: tuple[tuple[str, str], ...] = ()  # (tensor leaving it in the source, the one taking its place)
 
 
 class QuantizerError(BadInputError):
@@ -90,6 +92,29 @@ def insert_neuron(graph: gs.Graph, z: gs.Tensor, params: NeuronParams, name: str
     )
 
 
+class _Exit:
+    """A tensor leaving a quantizer, remembered before the rewrite so that the tensor taking its
+    place can be found after it (readers are rewired; a graph output keeps its name)."""
+
+    def __init__(self, graph: gs.Graph, tensor: gs.Tensor):
+        self.name = tensor.name
+        self.keeps_name = tensor in graph.outputs
+        self.reader = next(((node, i) for node in tensor.outputs for i, t in enumerate(node.inputs) if t is tensor),
+                            None)
+
+    def pair(self) -> tuple[str, str] | None:
+        if self.keeps_name:
+            return self.name, self.name
+        if self.reader is None:
+            return None
+        node, index = self.reader
+        return self.name, node.inputs[index].name
+
+
+def _exits(*exits: _Exit) -> tuple[tuple[str, str], ...]:
+    return tuple(p for p in (e.pair() for e in exits) if p is not None)
+
+
 def _collect(problems: list | None, records: list, rewrite, graph: gs.Graph, node: gs.Node) -> None:
     """Run one quantizer's rewrite; with a ``problems`` list, record a refusal and go on."""
     try:
@@ -120,7 +145,8 @@ def rewrite_rounding_chains(graph: gs.Graph, problems: list | None = None) -> li
 def _rewrite_rounding_chain(graph: gs.Graph, rounding_node: gs.Node) -> list[NeuronRecord]:
     rounding = "floor" if rounding_node.op == "Floor" else "half_even"
     z, v_init, shift_node = _split_shift(rounding_node.inputs[0], rounding)
-    lo, hi, clips = _walk_level_bounds(graph, rounding_node)
+    lo, hi, clips, end = _walk_level_bounds(graph, rounding_node)
+    leaving = _Exit(graph, end)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         side = "lower" if not math.isfinite(lo) else "upper"
         raise QuantizerError(rounding_node, f"quantizer has no {side} clip bound: a neuron needs a finite spike "
@@ -137,7 +163,8 @@ def _rewrite_rounding_chain(graph: gs.Graph, rounding_node: gs.Node) -> list[Neu
         clip.outputs.clear()
     rounding_node.outputs.clear()
     sources = [n.name for n in (shift_node, rounding_node, *clips) if n is not None]
-    return [NeuronRecord(name=name, producer="floor-chain", params=params, source_nodes=tuple(sources))]
+    return [NeuronRecord(name=name, producer="floor-chain", params=params, source_nodes=tuple(sources),
+                         entry=z.name, exits=_exits(leaving))]
 
 
 def _split_shift(u: gs.Tensor, rounding: str):
@@ -163,7 +190,8 @@ def _split_shift(u: gs.Tensor, rounding: str):
 
 
 def _walk_level_bounds(graph: gs.Graph, rounding_node: gs.Node):
-    """Follow the rounding output through clips and scalar scalings; return bounds in levels."""
+    """Follow the rounding output through clips and scalar scalings; return the bounds in levels,
+    the clips, and the tensor at the end of the walk."""
     lo, hi = -math.inf, math.inf
     clips: list[gs.Node] = []
     scalings: list[tuple[str, np.float32]] = []  # ops that map a level to the value at this point
@@ -195,7 +223,7 @@ def _walk_level_bounds(graph: gs.Graph, rounding_node: gs.Node):
         else:
             break
         tensor = node.outputs[0]
-    return lo, hi, clips
+    return lo, hi, clips, tensor
 
 
 def _clip_bounds(node: gs.Node):
@@ -283,41 +311,62 @@ def _rewrite_qdq_pair(graph: gs.Graph, quantize: gs.Node) -> list[NeuronRecord]:
         branches.append((lo, hi, clip, dequantize))
     if not branches:
         return []
-    z = add_node(graph, "Div", [x, quantize.inputs[1]], f"{neuron_name(graph, quantize)}/pre_scale")
-    neurons: dict[tuple[int, int], gs.Variable] = {}
+    scale_operand = _broadcastable_scale(quantize, x, scale)
+    z = add_node(graph, "Div", [x, scale_operand], f"{neuron_name(graph, quantize)}/pre_scale")
+    neurons: dict[tuple[int, int], tuple[gs.Variable, int]] = {}  # bounds -> (spikes, index of the record)
     for lo, hi, clip, dequantize in branches:
         if (lo, hi) not in neurons:
             params = NeuronParams(lo=lo, hi=hi, v_init=0.0, rounding="half_even")
             name = neuron_name(graph, quantize, "" if not neurons else f"/{lo}_{hi}")
-            neurons[(lo, hi)] = insert_neuron(graph, z, params, name)
+            neurons[(lo, hi)] = insert_neuron(graph, z, params, name), len(records)
             records.append(NeuronRecord(name=name, producer="qcdq" if clip is not None else "qdq",
-                                        params=params, source_nodes=(quantize.name, dequantize.name)))
+                                        params=params, source_nodes=(quantize.name, dequantize.name), entry=x.name))
         label = dequantize.name or dequantize.outputs[0].name
-        restored = add_node(graph, "Mul", [neurons[(lo, hi)], dequantize.inputs[1]], f"{label}/dequant")
+        leaving = _Exit(graph, dequantize.outputs[0])
+        dequant_scale = scale_operand if scale_operand is not quantize.inputs[1] else dequantize.inputs[1]
+        spikes, index = neurons[(lo, hi)]
+        restored = add_node(graph, "Mul", [spikes, dequant_scale], f"{label}/dequant")
         replace_uses(graph, dequantize.outputs[0], restored)
         dequantize.outputs.clear()
+        records[index] = replace(records[index], exits=records[index].exits + _exits(leaving))
     quantize.outputs.clear()
     return records
+
+
+def _broadcastable_scale(quantize: gs.Node, x: gs.Tensor, scale: np.ndarray) -> gs.Tensor:
+    """The scale operand for ``Div(x, scale)``: QuantizeLinear's own for one scale per tensor; for
+    one scale per channel along ``axis``, the same values shaped to broadcast against ``x``."""
+    if scale.size == 1:
+        return quantize.inputs[1]
+    rank = len(x.shape) if x.shape is not None else None
+    if rank is None:
+        raise QuantizerError(quantize, "one scale per channel, but the rank of its input is unknown "
+                             "(run ONNX shape inference on the model)")
+    axis = int(quantize.attrs.get("axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    shape = [1] * rank
+    shape[axis] = scale.size
+    return gs.Constant(f"{quantize.name or x.name}/scale_per_channel", np.asarray(scale, np.float32).reshape(shape))
 
 
 def _qdq_parameters(quantize: gs.Node):
     scale = constant_value(quantize.inputs[1])
     if scale is None:
         raise QuantizerError(quantize, "scale is computed at run time; only constant scales are supported")
-    if scale.size != 1:
-        raise QuantizerError(quantize, "per-channel activation quantization is not supported "
-                             "(one scale per tensor is)")
-    if float(scale.reshape(())) <= 0:
-        raise QuantizerError(quantize, "scale must be positive")
+    if scale.ndim > 1 or not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        raise QuantizerError(quantize, "scale must be positive and finite, one per tensor or one per channel")
+    if "block_size" in quantize.attrs and int(quantize.attrs["block_size"]):
+        raise QuantizerError(quantize, "blocked quantization (block_size) of activations is not supported")
     zero_point_tensor = quantize.inputs[2] if len(quantize.inputs) > 2 and quantize.inputs[2].name else None
     if zero_point_tensor is None:
         dtype = quantize.attrs.get("output_dtype", onnx.TensorProto.UINT8) or onnx.TensorProto.UINT8
         zero_point, qrange = 0, _range_of_onnx_type(quantize, dtype)
     else:
         values = constant_value(zero_point_tensor)
-        if values is None or values.size != 1:
-            raise QuantizerError(quantize, "zero point must be one constant")
-        zero_point = int(values.reshape(()))
+        if values is None or values.size not in (1, scale.size) or np.unique(values).size != 1:
+            raise QuantizerError(quantize, "zero point must be constant and the same for every channel "
+                                 "(a neuron has one spike range)")
+        zero_point = int(values.reshape(-1)[0])
         qrange = INTEGER_RANGES.get(np.dtype(values.dtype))
         if qrange is None:
             qrange = _range_of_onnx_type(quantize, getattr(zero_point_tensor, "export_dtype", None))
@@ -339,7 +388,9 @@ def _check_same_quantization(quantize: gs.Node, dequantize: gs.Node, scale, zero
     if other_scale is None or not np.array_equal(np.asarray(other_scale, np.float32).reshape(-1),
                                                  np.asarray(scale, np.float32).reshape(-1)):
         raise QuantizerError(dequantize, f"scale differs from its QuantizeLinear '{quantize.name}'")
-    if other_zp is None or int(np.asarray(other_zp).reshape(())) != zero_point:
+    if int(dequantize.attrs.get("axis", 1)) != int(quantize.attrs.get("axis", 1)) and np.size(scale) > 1:
+        raise QuantizerError(dequantize, f"channel axis differs from its QuantizeLinear '{quantize.name}'")
+    if other_zp is None or np.unique(np.asarray(other_zp)).size != 1 or int(np.asarray(other_zp).reshape(-1)[0]) != zero_point:
         raise QuantizerError(dequantize, f"zero point differs from its QuantizeLinear '{quantize.name}'")
 
 
@@ -362,8 +413,8 @@ def _rewrite_qonnx_quant(graph: gs.Graph, node: gs.Node) -> list[NeuronRecord]:
     scale, zeropt, bitwidth = (constant_value(t) for t in node.inputs[1:4])
     if scale is None or zeropt is None or bitwidth is None:
         raise QuantizerError(node, "scale, zero point and bit width must be constants")
-    if scale.size != 1 or zeropt.size != 1:
-        raise QuantizerError(node, "per-channel activation quantization is not supported")
+    if not np.all(np.isfinite(scale)) or not np.all(scale > 0) or not np.all(np.isfinite(zeropt)):
+        raise QuantizerError(node, "scale must be positive and finite, the zero point finite")
     mode = str(node.attrs.get("rounding_mode", "ROUND")).upper()
     if mode not in ("ROUND", "HALF_EVEN", "FLOOR"):
         raise QuantizerError(node, f"rounding_mode {mode} has no PMSM neuron (ROUND and FLOOR do)")
@@ -377,58 +428,111 @@ def _rewrite_qonnx_quant(graph: gs.Graph, node: gs.Node) -> list[NeuronRecord]:
     qmin, qmax = int(low), int(high)
     if not qmin <= 0 <= qmax:
         raise QuantizerError(node, f"integer range [{qmin}, {qmax}] excludes 0")
-    zp = float(np.float32(zeropt.reshape(())))
+    shifted = bool(np.any(zeropt != 0))
     name = neuron_name(graph, node)
+    leaving = _Exit(graph, node.outputs[0])
     z = add_node(graph, "Div", [x, node.inputs[1]], f"{name}/pre_scale")
-    if zp != 0:  # QONNX adds the zero point before rounding: keep that arithmetic
+    if shifted:  # QONNX adds the zero point before rounding (per channel too): keep that arithmetic
         z = add_node(graph, "Add", [z, node.inputs[2]], f"{name}/zero_point")
     params = NeuronParams(lo=qmin, hi=qmax, v_init=0.0, rounding="floor" if mode == "FLOOR" else "half_even")
     spikes = insert_neuron(graph, z, params, name)
-    if zp != 0:
+    if shifted:
         spikes = add_node(graph, "Sub", [spikes, node.inputs[2]], f"{name}/zero_point_back")
     restored = add_node(graph, "Mul", [spikes, node.inputs[1]], f"{name}/dequant")
     replace_uses(graph, node.outputs[0], restored)
     node.outputs.clear()
-    return [NeuronRecord(name=name, producer="qonnx", params=params, source_nodes=(node.name,))]
+    return [NeuronRecord(name=name, producer="qonnx", params=params, source_nodes=(node.name,), entry=x.name,
+                         exits=_exits(leaving))]
+
+
+def rewrite_qonnx_bipolar(graph: gs.Graph, problems: list | None = None) -> list[NeuronRecord]:
+    """``BipolarQuant(x, scale)`` (``+scale`` where ``x / scale >= 0``, else ``-scale``) on an activation:
+    ``Div(x, scale) -> neuron(floor, lo=-1, hi=0) -> 2 s + 1 -> Mul(scale)``.
+
+    The neuron's ``floor(0 + x / scale)`` clipped to ``[-1, 0]`` is ``-1`` exactly where
+    ``x / scale < 0`` (``-0.0`` included on the source's side, as ``0.0 + -0.0 = +0.0``), so
+    ``2 s + 1`` is the source's sign. At T > 1 the ±1 outputs average to a rate.
+    """
+    records = []
+    for node in [n for n in graph.nodes if n.domain in QONNX_DOMAINS and n.op == "BipolarQuant"]:
+        if not computed_from_constants(node.inputs[0]):
+            _collect(problems, records, _rewrite_bipolar, graph, node)
+    graph.cleanup()
+    return records
+
+
+def _rewrite_bipolar(graph: gs.Graph, node: gs.Node) -> list[NeuronRecord]:
+    x, scale_tensor = node.inputs[:2]
+    scale = constant_value(scale_tensor)
+    if scale is None or not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        raise QuantizerError(node, "scale must be constant, positive and finite")
+    name = neuron_name(graph, node)
+    leaving = _Exit(graph, node.outputs[0])
+    params = NeuronParams(lo=-1, hi=0, v_init=0.0, rounding="floor")
+    spikes = insert_neuron(graph, add_node(graph, "Div", [x, scale_tensor], f"{name}/pre_scale"), params, name)
+    doubled = add_node(graph, "Mul", [spikes, gs.Constant(f"{name}/two", np.array(2, np.float32))], f"{name}/double")
+    sign = add_node(graph, "Add", [doubled, gs.Constant(f"{name}/one", np.array(1, np.float32))], f"{name}/sign")
+    restored = add_node(graph, "Mul", [sign, scale_tensor], f"{name}/dequant")
+    replace_uses(graph, node.outputs[0], restored)
+    node.outputs.clear()
+    return [NeuronRecord(name=name, producer="bipolar", params=params, source_nodes=(node.name,), entry=x.name,
+                         exits=_exits(leaving))]
 
 
 # --- after the rewrite -------------------------------------------------------------------------
 
 
-def absorb_relus(graph: gs.Graph, records: list[NeuronRecord]) -> list[NeuronRecord]:
-    """``Relu -> (positive scalar Mul/Div)* -> neuron`` becomes the neuron with ``lo = 0``.
+def absorb_clamps(graph: gs.Graph, records: list[NeuronRecord]) -> list[NeuronRecord]:
+    """``clamp -> (positive scalar Mul/Div)* -> neuron`` becomes the neuron with narrower bounds:
+    ``Relu``, ``Clip`` with constant bounds (ReLU6), ``Max``/``Min`` with a scalar constant.
 
-    Exact: for monotone rounding R with R(v_init) = 0, ``R(v + max(a, 0)) = max(R(v + a), 0)``,
-    and ``max(x, 0) / s = max(x / s, 0)`` for ``s > 0``.
+    Exact: the chain ``P`` from the clamp to the neuron's input is monotone, so for the monotone
+    rounding ``R``, ``R(v + P(clip(a, b, c))) = clip(R(v + P(a)), R(v + P(b)), R(v + P(c)))``; the
+    bounds ``R(v + P(b))`` are computed in float32 with the chain's own operations.
     """
-    by_name = {r.name: r for r in records}
-    updated = dict(by_name)
+    updated = {r.name: r for r in records}
     for neuron in [n for n in graph.nodes if n.op == NEURON_OP and n.domain == NEURON_DOMAIN]:
-        params = by_name.get(neuron.name)
-        if params is None or not _rounds_zero_to_zero(params.params.v_init, params.params.rounding):
+        record = updated.get(neuron.name)
+        if record is None:
             continue
-        tensor = neuron.inputs[0]
+        tensor, scalings = neuron.inputs[0], []
         while True:
             node = producer(tensor)
-            if node is None or len(tensor.outputs) != 1:
+            if node is None or len(tensor.outputs) != 1 or tensor in graph.outputs:
                 break
-            if node.op == "Relu":
+            bounds = _clip_bounds(node)
+            if bounds is not None:
+                params = record.params
+                low = params.lo if bounds[0] is None else max(params.lo, _level_of(bounds[0], scalings, params))
+                high = params.hi if bounds[1] is None else min(params.hi, _level_of(bounds[1], scalings, params))
+                if not low <= 0 <= high:
+                    break
                 replace_uses(graph, node.outputs[0], node.inputs[0])
                 node.outputs.clear()
-                new = NeuronParams(lo=0, hi=params.params.hi, v_init=params.params.v_init,
-                                   rounding=params.params.rounding)
-                neuron.attrs["lo"] = 0
-                updated[neuron.name] = NeuronRecord(params.name, params.producer, new,
-                                                    params.source_nodes + (node.name,))
+                neuron.attrs["lo"], neuron.attrs["hi"] = low, high
+                updated[neuron.name] = replace(
+                    record, params=NeuronParams(lo=low, hi=high, v_init=params.v_init, rounding=params.rounding),
+                    source_nodes=record.source_nodes + (node.name,), entry=node.inputs[0].name)
                 break
             split = split_constant_operand(node) if node.op in ("Mul", "Div") else None
             if split is None or np.asarray(split[1]).size != 1 or not float(np.asarray(split[1]).reshape(())) > 0:
                 break
             if node.op == "Div" and split[2] != 1:
                 break
+            scalings.insert(0, (node.op, np.float32(np.asarray(split[1]).reshape(()))))
             tensor = split[0]
     graph.cleanup()
     return [updated[r.name] for r in records]
+
+
+def _level_of(bound: float, scalings, params: NeuronParams) -> int:
+    """``R(v_init + P(bound))`` in float32, ``P`` the scalings from the clamp to the neuron."""
+    value = np.float32(bound)
+    for op, factor in scalings:
+        value = np.float32(value * factor) if op == "Mul" else np.float32(value / factor)
+    u = np.float32(np.float32(params.v_init) + value)
+    level = np.floor(u) if params.rounding == "floor" else np.rint(u)
+    return int(np.clip(level, -(2**31), 2**31 - 1))
 
 
 def _rounds_zero_to_zero(v_init: float, rounding: str) -> bool:

@@ -627,7 +627,7 @@ def test_floor_of_a_constant_is_not_a_quantizer():
     assert quantizers.rewrite_rounding_chains(graph) == [] and "Floor" in ops(graph)
 
 
-# ----------------------------------------------------------------------------- absorb_relus
+# ---------------------------------------------------------------------------- absorb_clamps
 
 
 def _relu_qdq_graph(extra_reader=False):
@@ -646,7 +646,7 @@ def _relu_qdq_graph(extra_reader=False):
 def test_relu_in_front_of_a_neuron_is_absorbed_as_lo_zero():
     m = _relu_qdq_graph()
     graph = gs.import_onnx(m)
-    records = quantizers.absorb_relus(graph, quantizers.rewrite_qdq(graph))
+    records = quantizers.absorb_clamps(graph, quantizers.rewrite_qdq(graph))
     assert "Relu" not in ops(graph)
     assert neuron_bounds(graph) == [(0, 127, 0.0, "half_even")]
     assert records[0].params.lo == 0 and "relu" in records[0].source_nodes
@@ -656,7 +656,7 @@ def test_relu_in_front_of_a_neuron_is_absorbed_as_lo_zero():
 def test_relu_whose_output_is_also_read_elsewhere_stays():
     m = _relu_qdq_graph(extra_reader=True)
     graph = gs.import_onnx(m)
-    quantizers.absorb_relus(graph, quantizers.rewrite_qdq(graph))
+    quantizers.absorb_clamps(graph, quantizers.rewrite_qdq(graph))
     assert "Relu" in ops(graph) and neuron_bounds(graph)[0][:2] == (-128, 127)
     assert_t1_bit_exact(m)
 

@@ -1,0 +1,329 @@
+"""Prove each derived neuron by evaluation: the source's quantizer and its replacement (pre-scaling,
+neuron at T = 1, de-quantization) must agree on every probe, or the quantizer is refused.
+
+A quantizer is recognised by what it computes, whatever idiom wrote it; the recognised parameters
+(bounds, rounding, initial membrane, clamps absorbed) are then checked rather than trusted. Both
+sides are cut out of their graphs between the same entry tensor and the tensor leaving the
+quantizer, and run by ONNX Runtime (optimizations off, this package's kernels registered) on a
+dense probe set in the entry's units: for every rounding boundary of every level from ``lo`` to
+``hi + 1``, the float nearest to it and the 4 floats on either side, plus both clip edges and
+beyond, zeros of both signs, and values spread over the whole range. Per-channel parameters get
+their own probes per channel.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
+from pmsm.runtime import ortop
+from pmsm.runtime.neuron import NeuronParams
+from pmsm.runtime.schema import NEURON_DOMAIN_VERSION, NEURON_OP, TIMESTEPS_INPUT
+
+Problem = tuple[str, str, str]
+ULPS = 4  # floats probed on each side of a rounding boundary
+SPREAD = 257  # probes spread evenly over the levels' range, per channel
+MAX_PROBE_ELEMENTS = 1 << 22
+
+
+def prove(source: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[NeuronRecord]) -> list[Problem]:
+    """Every record whose source quantizer and replacement disagree on a probe, as a problem."""
+    source_view, rewritten_view = _View(source), _View(rewritten)
+    problems, cases = [], []
+    for record in records:
+        found = _cases(source_view, rewritten_view, record)
+        if isinstance(found, str):
+            problems.append((record.name, record.producer, found))
+        else:
+            cases += found
+    if not cases:
+        return problems
+    ends = [_Job(c.pre, c.record.entry, c.z, np.stack([np.zeros(c.tail, np.float32), np.ones(c.tail, np.float32)]))
+            for c in cases]
+    failed: dict[str, str] = {}
+    scaled = _evaluate_many(rewritten_view, [job for job in ends if job.nodes], failed)
+    for case, job in zip(cases, ends):
+        if case.record.name in failed:
+            continue
+        zs = scaled.get(id(job), job.x)
+        try:
+            case.probes = _probes(zs, case.record.params, case.tail)
+        except _EvaluationError as error:
+            failed[case.record.name] = str(error)
+    live = [c for c in cases if c.record.name not in failed]
+    wanted = [_Job(c.before, c.record.entry, c.source_exit, c.probes, c.record.name) for c in live]
+    got = [_Job(_one_step(c.after), c.record.entry, c.new_exit, c.probes, c.record.name) for c in live]
+    want_values = _evaluate_many(source_view, wanted, failed)
+    got_values = _evaluate_many(rewritten_view, got, failed)
+    reported = set()
+    for case, want_job, got_job in zip(live, wanted, got):
+        name = case.record.name
+        if name in failed or name in reported:
+            continue
+        reason = _compare(case, want_values[id(want_job)], got_values[id(got_job)])
+        if reason:
+            problems.append((name, case.record.producer, reason))
+            reported.add(name)
+    for case in cases:
+        if case.record.name in failed and case.record.name not in reported:
+            problems.append((case.record.name, case.record.producer,
+                             f"cannot evaluate the quantizer to prove it: {failed[case.record.name]}"))
+            reported.add(case.record.name)
+    return problems
+
+
+class _Case:
+    """One (quantizer, exit) to prove: both regions, the pre-scaling, the probe layout."""
+
+    def __init__(self, record, source_exit, new_exit, before, after, pre, z, tail):
+        self.record, self.source_exit, self.new_exit = record, source_exit, new_exit
+        self.before, self.after, self.pre, self.z, self.tail = before, after, pre, z, tail
+        self.probes: np.ndarray | None = None
+
+
+class _Job:
+    """Evaluate ``nodes`` from ``entry`` (fed ``x``) to ``exit``."""
+
+    def __init__(self, nodes, entry, exit, x, owner=""):
+        self.nodes, self.entry, self.exit, self.x, self.owner = nodes, entry, exit, x, owner
+
+
+def _cases(source: "_View", rewritten: "_View", record: NeuronRecord):
+    if not record.entry or not record.exits:
+        return []  # nothing leaves the quantizer: no value to compare
+    cases = []
+    for source_exit, new_exit in record.exits:
+        before = source.region(record.entry, source_exit)
+        after = rewritten.region(record.entry, new_exit)
+        if before is None or after is None:
+            return ("the quantizer reads tensors other than its input, so it cannot be proven; "
+                    "write it as an element-wise chain of its input and constants")
+        neuron = next((n for n in after if n.domain == NEURON_DOMAIN and n.op_type == NEURON_OP), None)
+        if neuron is None:
+            continue
+        tail = _tail_shape(source, before, record.entry)
+        if tail is None:
+            return "per-channel parameters whose layout against the input is unknown (run shape inference)"
+        pre = rewritten.region(record.entry, neuron.input[0]) or []
+        cases.append(_Case(record, source_exit, new_exit, before, after, pre, neuron.input[0], tail))
+    return cases
+
+
+def _compare(case: _Case, want: np.ndarray, got: np.ndarray) -> str:
+    same = (want == got) | (np.isnan(want) & np.isnan(got))
+    if np.all(same):
+        return ""
+    params = case.record.params
+    index = np.flatnonzero(~same.reshape(-1))[0]
+    x, a, b = case.probes.reshape(-1)[index], want.reshape(-1)[index], got.reshape(-1)[index]
+    return (f"the derived neuron (lo={params.lo}, hi={params.hi}, {params.rounding}, v_init={params.v_init}) "
+            f"differs from the source quantizer on {int((~same).sum())} of {same.size} probes, e.g. input "
+            f"{float(x)!r}: source {float(a)!r}, neuron {float(b)!r}")
+
+
+class _View:
+    """A model's nodes indexed by output, with the constants they can read."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.producers = {o: n for n in model.graph.node for o in n.output if o}
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.ranks = {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+                if vi.type.tensor_type.HasField("shape"):
+                    self.ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+        except Exception:  # noqa: BLE001 - ranks are a help for per-channel probes only
+            pass
+
+    def region(self, entry: str, exit: str) -> list[onnx.NodeProto] | None:
+        """The nodes computing ``exit`` from ``entry`` and constants, in graph order; None when
+        ``exit`` also depends on another input."""
+        wanted, stack, seen = set(), [exit], set()
+        while stack:
+            name = stack.pop()
+            if not name or name in (entry, TIMESTEPS_INPUT) or name in seen or name in self.initializers:
+                continue
+            seen.add(name)
+            node = self.producers.get(name)
+            if node is None:
+                return None
+            wanted.add(id(node))
+            stack.extend(node.input)
+        return [n for n in self.model.graph.node if id(n) in wanted]
+
+    def constants_of(self, nodes: list[onnx.NodeProto]) -> list[onnx.TensorProto]:
+        used = {name for n in nodes for name in n.input}
+        return [t for name, t in self.initializers.items() if name in used]
+
+
+def _tail_shape(view: _View, nodes: list[onnx.NodeProto], entry: str) -> tuple[int, ...] | None:
+    """The shape, after the batch, that the region's constants broadcast over (1 where they are scalar)."""
+    rank = view.ranks.get(entry)
+    shapes = []
+    for node in nodes:
+        for index, name in enumerate(node.input):
+            tensor = view.initializers.get(name)
+            if tensor is None or int(np.prod(tensor.dims)) <= 1:
+                continue
+            dims = list(tensor.dims)
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(dims) == 1 and index > 0:
+                if rank is None:
+                    return None
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                axis = axis + rank if axis < 0 else axis
+                dims = [1] * rank
+                dims[axis] = tensor.dims[0]
+            shapes.append(dims)
+    if not shapes:
+        return ()
+    width = max(len(s) for s in shapes) if rank is None else rank
+    tail = [1] * width
+    for dims in shapes:
+        for i, d in enumerate(dims[::-1]):
+            if i < width:
+                tail[width - 1 - i] = max(tail[width - 1 - i], d)
+    return tuple(tail[1:]) if width else ()
+
+
+def _probes(zs: np.ndarray, params: NeuronParams, tail: tuple[int, ...]) -> np.ndarray:
+    """Probes ``[P, *tail]`` in the entry's units around every rounding boundary of the neuron, from
+    ``zs``: the neuron's input at entry values 0 and 1 (the pre-scaling as ``z = a x + b``)."""
+    b, a = zs[0].astype(np.float64), (zs[1] - zs[0]).astype(np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a == 0):
+        raise _EvaluationError("the pre-scaling is not an invertible scaling of the input")
+    levels = np.arange(params.lo, params.hi + 2, dtype=np.float64)
+    offset = 0.0 if params.rounding == "floor" else -0.5
+    boundaries = levels + offset - params.v_init  # z where the rounded value steps to the next level
+    edges = np.array([params.lo - 3.0, params.hi + 3.0])
+    spread = np.linspace(params.lo - 1.5, params.hi + 1.5, SPREAD)
+    targets = np.concatenate([boundaries, edges, spread])
+    nearest = ((targets[:, None] - b.reshape(1, -1)) / a.reshape(1, -1)).astype(np.float32)  # [targets, elements]
+    steps = [nearest]
+    up, down = nearest.copy(), nearest.copy()
+    for _ in range(ULPS):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        steps += [up, down]
+    zeros = np.zeros((2, nearest.shape[1]), np.float32)
+    zeros[1] = -0.0
+    probes = np.concatenate(steps + [zeros]).astype(np.float32)
+    if probes.size > MAX_PROBE_ELEMENTS:
+        keep = max(1, MAX_PROBE_ELEMENTS // probes.shape[1])
+        probes = probes[np.linspace(0, len(probes) - 1, keep).astype(int)]
+    return np.ascontiguousarray(probes.reshape((len(probes),) + tail))
+
+
+class _EvaluationError(Exception):
+    pass
+
+
+def _one_step(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The region with each neuron as its first timestep: ``MultiSpikeNeuron(z, v_init)``."""
+    out = []
+    for node in nodes:
+        if node.domain == NEURON_DOMAIN and node.op_type == NEURON_OP:
+            v_init = next(a.f for a in node.attribute if a.name == "v_init")
+            membrane = f"{node.output[0]}/membrane0"
+            out.append(helper.make_node("Constant", [], [membrane], name=membrane,
+                                        value=numpy_helper.from_array(np.array(np.float32(v_init)), membrane)))
+            step = helper.make_node(NEURON_OP, [node.input[0], membrane], [node.output[0], f"{membrane}/next"],
+                                    name=node.name, domain=NEURON_DOMAIN)
+            step.attribute.extend(node.attribute)
+            out.append(step)
+        else:
+            out.append(node)
+    return out
+
+
+def _evaluate_many(view: "_View", jobs: list[_Job], failed: dict[str, str]) -> dict[int, np.ndarray]:
+    """Outputs of many jobs, packed into as few ONNX Runtime sessions as their tensors allow; a
+    pack that fails is run job by job so that the failure lands on its owner (in ``failed``)."""
+    results: dict[int, np.ndarray] = {}
+    for pack in _packs(jobs):
+        try:
+            values = _evaluate(view, pack)
+        except _EvaluationError:
+            for job in pack:
+                try:
+                    values = _evaluate(view, [job])
+                    results[id(job)] = values[0]
+                except _EvaluationError as error:
+                    failed.setdefault(job.owner, str(error))
+            continue
+        for job, value in zip(pack, values):
+            results[id(job)] = value
+    return results
+
+
+def _packs(jobs: list[_Job]) -> list[list[_Job]]:
+    """Groups of jobs that can share one graph: no job's input is produced, fed or read as an
+    output by another job of the group."""
+    packs: list[tuple[list[_Job], set[str], set[str]]] = []  # (jobs, entries and exits, produced)
+    for job in jobs:
+        produced = {o for n in job.nodes for o in n.output if o}
+        for members, names, made in packs:
+            if job.entry not in names | made and job.exit not in names and not produced & names:
+                members.append(job)
+                names.update((job.entry, job.exit))
+                made.update(produced)
+                break
+        else:
+            packs.append(([job], {job.entry, job.exit}, produced))
+    return [members for members, _, _ in packs]
+
+
+def _evaluate(view: "_View", pack: list[_Job]) -> list[np.ndarray]:
+    nodes: dict[tuple[str, ...], onnx.NodeProto] = {}
+    for job in pack:
+        for node in job.nodes:
+            nodes.setdefault(tuple(node.output), node)
+    order = {id(n): i for i, n in enumerate(view.model.graph.node)}
+    ordered = sorted(nodes.values(), key=lambda n: order.get(id(n), -1))
+    ordered = _topological(ordered)
+    graph = helper.make_graph(
+        ordered, "quantizers",
+        [helper.make_tensor_value_info(job.entry, TensorProto.FLOAT, list(job.x.shape)) for job in pack],
+        [helper.make_tensor_value_info(job.exit, TensorProto.FLOAT, None) for job in pack],
+        initializer=view.constants_of(ordered),
+    )
+    opsets = {o.domain: o.version for o in view.model.opset_import}
+    opsets[NEURON_DOMAIN] = NEURON_DOMAIN_VERSION
+    for node in ordered:
+        opsets.setdefault(node.domain, 1)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              ir_version=min(view.model.ir_version or 10, 10))
+    model = ortop.with_qonnx_defaults(model)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    options.register_custom_ops_library(ortop.get_library_path())
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ortop.clear_op_errors()
+        values = session.run([job.exit for job in pack], {job.entry: job.x for job in pack})
+        ortop.raise_op_errors()
+    except Exception as error:  # noqa: BLE001 - ORT's own exception types
+        raise _EvaluationError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    return [np.asarray(v, dtype=np.float32) for v in values]
+
+
+def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` ordered so that every node comes after the producers of its inputs."""
+    producers = {o: n for n in nodes for o in n.output if o}
+    done, ordered = set(), []
+
+    def visit(node):
+        if id(node) in done:
+            return
+        done.add(id(node))
+        for name in node.input:
+            if name in producers:
+                visit(producers[name])
+        ordered.append(node)
+
+    for node in nodes:
+        visit(node)
+    return ordered
