@@ -21,8 +21,8 @@ class AnnBackend:
         self.model = SourceModel(source, optimized=optimized)
         self.name = self.model.backend
 
-    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
-        return BackendRun(output=self.model.run(x)[0])
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None, batch_size=None) -> BackendRun:
+        return BackendRun(output=self.model.run(x, batch_size=batch_size)[0])
 
 
 class OnnxBackend:
@@ -36,8 +36,9 @@ class OnnxBackend:
 
         self.model = SpikingModel(model)
 
-    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
-        result = self.model.run(x, timesteps, collect_spikes=True)
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None, batch_size=None) -> BackendRun:
+        result = self.model.run(x, timesteps, collect_spikes=batch_size is None, batch_size=batch_size,
+                                progress=progress)
         return BackendRun(output=result.output, spikes=result.spikes)
 
 

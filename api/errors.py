@@ -22,10 +22,11 @@ class UnsupportedModelError(BadInputError):
     ``problems`` lists ``(node name, op type, reason)`` for every such node.
     """
 
-    def __init__(self, path: str, target: str, problems: list[tuple[str, str, str]]):
+    def __init__(self, path: str, target: str, problems: list[tuple[str, str, str]], note: str = ""):
         self.path = path
         self.target = target
         self.problems = list(problems)
         lines = [f"{path}: {len(self.problems)} node(s) cannot be converted for target '{target}':"]
         lines += [f"  node '{name}' ({op}): {reason}" for name, op, reason in self.problems]
+        lines += [f"  {line}" for line in note.splitlines()]
         super().__init__("\n".join(lines))

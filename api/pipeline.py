@@ -31,6 +31,7 @@ class Export:
     network: onnx.ModelProto = None  # the untimed network the NIR target reads
     compensated: list = field(default_factory=list)  # (node, op) of the nonlinear ops with temporal compensation
     uncompensated: list = field(default_factory=list)  # (node, op, why)
+    compensation: bool = True
     output_path: Optional[str] = None
     nir_graph: object = None
 
@@ -67,14 +68,14 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensat
     converted = convert_model(source.model, path=model_path, source_sha256=source.sha256,
                               default_timesteps=timesteps, compensation=compensation)
     export = Export(model_path, source.sha256, target, converted.spiking, converted.neurons, converted.network,
-                    converted.compensated, converted.uncompensated)
+                    converted.compensated, converted.uncompensated, compensation)
     if target in ("nir", "lava"):
         from pmsm.targets.nir import spiking_onnx_to_nir, unsupported_nodes
 
         network = network_for_targets(converted.network)
         problems = unsupported_nodes(network)
         if problems:
-            raise UnsupportedModelError(model_path, target, problems)
+            raise UnsupportedModelError(model_path, target, problems, note=_hybrid_note(network, problems))
         export.nir_graph = spiking_onnx_to_nir(network, source_sha256=source.sha256,
                                                source_name=os.path.basename(model_path), timesteps=timesteps)
     if target == "lava":
@@ -84,6 +85,20 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensat
         if problems:
             raise UnsupportedModelError(model_path, target, problems)
     return export
+
+
+def _hybrid_note(network, problems) -> str:
+    from pmsm.energy import mac_share
+    from pmsm.hybrid import deployable_part
+
+    share = mac_share(network)
+    total = share["macs_per_sample"]
+    lines = [deployable_part(network, problems)]
+    if total:
+        lines.append(f"MACs per sample: {total:,}, of which {share['spiking_synapses'] / total:.1%} in synapses fed by "
+                     f"spikes, {share['analog_synapses'] / total:.1%} in weight layers on analog values, "
+                     f"{share['activation_products'] / total:.1%} in products of two activations")
+    return "\n".join(line for line in lines if line)
 
 
 def write(export: Export, output: str) -> str:

@@ -41,6 +41,7 @@ def build_report(export, verification, backends, data_path) -> dict:
             "snn": {str(t): c.accuracy for t, c in verification.comparisons.get("onnx", {}).items()},
         },
         "energy": _energy(export, verification),
+        "network": _network(export),
     }
     fixed = _fixed_point(backends)
     if fixed:
@@ -48,9 +49,22 @@ def build_report(export, verification, backends, data_path) -> dict:
     return report
 
 
+def _network(export) -> dict:
+    """Temporal compensation and where the MACs run (spiking synapses or not)."""
+    from pmsm.energy import mac_share
+    from pmsm.exporter.convert import network_for_targets
+
+    return {
+        "compensation": {"on": export.compensation, "ops": [
+            {"node": name, "op": op} for name, op in export.compensated]},
+        "uncompensated": [{"node": name, "op": op, "why": why} for name, op, why in export.uncompensated],
+        "macs": mac_share(network_for_targets(export.network)),
+    }
+
+
 def _energy(export, verification) -> dict:
     from pmsm.exporter.convert import network_for_targets
-    from pmsm.runtime.energy import energy_report
+    from pmsm.energy import energy_report
 
     onnx_runs = verification.runs.get("onnx", {})
     return energy_report(network_for_targets(export.network), {t: run.spikes for t, run in onnx_runs.items()},

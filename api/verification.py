@@ -67,6 +67,7 @@ class Verification:
         return not self.failures
 
 
+BATCH_ONE_SAMPLES = 32  # samples also compared one at a time (batch 1), whatever batch the model takes
 # Backends whose disagreement with the reference fails verification; the others are information.
 STRICT_BACKENDS = ("onnx", "nir", "lava")
 
@@ -112,6 +113,15 @@ def verify(ann: Backend, backends: list[Backend], x: np.ndarray, labels: Optiona
     if ann_optimized is not None:
         optimized = _timed(ann_optimized, x, 1, None)
         comparisons[ann_optimized.name] = {1: compare(optimized, ann_run, ann.name, labels)}
+    if 1 in timesteps:  # the source run one sample at a time, as a batch-1 user runs it
+        subset = x[:BATCH_ONE_SAMPLES]
+        one_ann = ann.run(subset, 1, None, batch_size=1)
+        one_onnx = backends[0].run(subset, 1, None, batch_size=1)
+        result = compare(one_onnx, one_ann, ann.name, None)
+        comparisons["onnx_batch1"] = {1: result}
+        if result.max_abs_diff != 0:
+            failures.append(f"onnx at T=1, one sample at a time, differs from the source run the same way: "
+                            f"max_abs_diff {result.max_abs_diff:.3g} (must be 0)")
     for timestep in timesteps:
         for backend in backends:
             run = _timed(backend, x, timestep, progress_factory(backend.name, timestep))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from pmsm.exporter.graph import add_node, constant_value, producer, replace_uses, scalar_value, split_constant_operand
+from pmsm.exporter.graph import add_node, constant_value, fresh_name, producer, replace_uses, scalar_value, split_constant_operand
 from pmsm.runtime.qonnx import QONNX_DOMAINS
 
 
@@ -287,7 +287,7 @@ def make_reshapes_batch_agnostic(graph: gs.Graph) -> gs.Graph:
                 node.attrs["allowzero"] = 0
         else:
             continue
-        node.inputs[1] = gs.Constant(node.inputs[1].name + "_batch_agnostic", new_shape)
+        node.inputs[1] = gs.Constant(fresh_name(node.inputs[1].name + "_batch_agnostic"), new_shape)
     return graph
 
 

@@ -6,7 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pmsm.runtime.energy import ANALOG_INPUT, MAC_PJ, SOP_PJ, energy_report, synaptic_layers
+from pmsm.energy import ANALOG_INPUT, MAC_PJ, SOP_PJ, energy_report, synaptic_layers
+from pmsm.exporter.convert import spiking_from_network
 from pmsm.runtime.execute import SpikingModel
 
 NEURON = dict(domain="ai.pmsm", lo=-2, hi=2, v_init=0.5, rounding="floor")
@@ -16,22 +17,11 @@ def _const(name, value, dtype=np.float32):
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
 
-def _fold_and_readout(body_nodes, last, features, input_shape, inits):
-    """Wrap ``body_nodes`` (reading ``xt``, writing ``last``) in the spiking ONNX time folding."""
-    rank = len(input_shape)
-    nodes = [
-        helper.make_node("Reshape", ["timesteps", "one"], ["t1"], name="pmsm_fold/timesteps_vector"),
-        helper.make_node("Concat", ["t1", "ones"], ["reps"], name="pmsm_fold/repeats", axis=0),
-        helper.make_node("Tile", ["x", "reps"], ["xt"], name="pmsm_fold/tile"),
-        *body_nodes,
-        helper.make_node("Concat", ["t1", "tail"], ["rshape"], name="pmsm_readout/0/target", axis=0),
-        helper.make_node("Reshape", [last, "rshape"], ["per_step"], name="pmsm_readout/0/split_time"),
-        helper.make_node("ReduceMean", ["per_step", "axis0"], ["y"], name="pmsm_readout/0/mean", keepdims=0),
-    ]
-    inits = inits + [
-        _const("one", [1], np.int64), _const("ones", [1] * (rank - 1), np.int64),
-        _const("tail", [-1, features], np.int64), _const("axis0", [0], np.int64),
-    ]
+def _untimed(body_nodes, last, features, input_shape, inits):
+    """The untimed network of ``body_nodes`` (reading ``xt``, writing ``last``): what the energy
+    estimate reads."""
+    nodes = [helper.make_node("Identity", ["x"], ["xt"], name="input"), *body_nodes,
+             helper.make_node("Identity", [last], ["y"], name="output")]
     graph = helper.make_graph(
         nodes, "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape[1:]]),
@@ -39,10 +29,13 @@ def _fold_and_readout(body_nodes, last, features, input_shape, inits):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", features])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.pmsm", 1)],
-                              ir_version=10)
-    onnx.checker.check_model(model)
-    return model
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.pmsm", 2)],
+                             ir_version=10)
+
+
+def spiking(network) -> SpikingModel:
+    """The spiking model of an untimed network, on the reference backend."""
+    return SpikingModel(spiking_from_network(network).model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,13 +61,13 @@ def tiny_mlp():
         helper.make_node("Mul", ["s", "scale"], ["a"], name="dequant"),
         helper.make_node("Gemm", ["a", "w2"], ["o"], name="fc2"),
     ]
-    return _fold_and_readout(body, "o", 2, [1, 4], [_const("w1", W1), _const("w2", W2), _const("scale", 0.5)])
+    return _untimed(body, "o", 2, [1, 4], [_const("w1", W1), _const("w2", W2), _const("scale", 0.5)])
 
 
 @pytest.fixture(scope="module")
 def tiny_report():
     model = tiny_mlp()
-    runner = SpikingModel(model)
+    runner = spiking(model)
     spikes = {t: runner.run(X, t, collect_spikes=True).spikes for t in (1, 2)}
     for t in (1, 2):
         np.testing.assert_array_equal(spikes[t]["neuron"], SPIKES[t])
@@ -161,7 +154,7 @@ def test_cap_fractions_are_none_for_a_zero_bound_and_bits_follow_the_observed_ma
                     a.i = 0
                 if a.name == "hi":
                     a.i = 7
-    spikes = SpikingModel(model).run(np.abs(X) * 0.25, 1, collect_spikes=True).spikes  # z <= 0.5: s in {0, 1}
+    spikes = spiking(model).run(np.abs(X) * 0.25, 1, collect_spikes=True).spikes  # z <= 0.5: s in {0, 1}
     (layer,) = energy_report(model, {1: spikes}, 2)["neuron_layers"]
     stats = layer["per_T"]["1"]
     assert stats["cap_hit_fraction_lo"] is None and stats["cap_hit_fraction_hi"] == 0.0
@@ -205,14 +198,14 @@ def conv_residual():
         _const("k2", rng.normal(size=(2, 1, 3, 3)) * 0.5), _const("k3", rng.normal(size=(3, 2, 2, 2))),
         _const("w4", rng.normal(size=(4, 12))), _const("scale", 0.25),
     ]
-    return _fold_and_readout(nodes, "o", 4, [1, 1, 6, 6], inits)
+    return _untimed(nodes, "o", 4, [1, 1, 6, 6], inits)
 
 
 @pytest.fixture(scope="module")
 def conv_case():
     model = conv_residual()
     x = np.random.default_rng(2).normal(size=(3, 1, 6, 6)).astype(np.float32)
-    spikes = {t: SpikingModel(model).run(x, t, collect_spikes=True).spikes for t in (1, 3)}
+    spikes = {t: spiking(model).run(x, t, collect_spikes=True).spikes for t in (1, 3)}
     return model, spikes, energy_report(model, spikes, 3)
 
 

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from pmsm.plots import write_pictures
-from pmsm.runtime.energy import energy_report
-from pmsm.runtime.execute import SpikingModel
-from test_energy import X, tiny_mlp
+from pmsm.energy import energy_report
+from test_energy import X, spiking, tiny_mlp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -15,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def report():
     model = tiny_mlp()
-    runner = SpikingModel(model)
+    runner = spiking(model)
     x = np.concatenate([X, X * 0.5, -X], axis=0)
     spikes = {t: runner.run(x, t, collect_spikes=True).spikes for t in (1, 2, 4)}
     return {

@@ -611,3 +611,34 @@ def energy_report(spiking: onnx.ModelProto, spikes_by_t: dict, samples: int) -> 
         "totals": {"ann_pj": float(total_ann), "snn": snn},
         "warnings": list(dict.fromkeys(warnings)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the multiply-accumulates run: spiking synapses or non-spiking ops
+# ---------------------------------------------------------------------------------------------
+
+
+def mac_share(model: onnx.ModelProto) -> dict:
+    """MACs per sample of the untimed network by where they run: synapses fed by neurons only
+    (``spiking``), weight layers reading analog values (the input, or a non-spiking op such as a
+    layer norm: ``analog``), and products of two activations (attention: ``activation_products``)."""
+    layers = synaptic_layers(model)
+    spiking = sum(layer.macs or 0 for layer in layers if layer.sources and all(s.kind == "neuron" for s in layer.sources))
+    analog = sum(layer.macs or 0 for layer in layers) - spiking
+    constant = _constant_tensors(model)
+    products = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Einsum")
+                and sum(1 for name in n.input[:2] if name and name not in constant) == 2]
+    shapes = static_shapes(model, {o for n in products for o in list(n.input[:2]) + list(n.output)})
+    product_macs = 0
+    for node in products:
+        a, y = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if a is not None and y is not None and len(a):
+            product_macs += _elements(y) * int(a[-1] if not _attr(node, "transA", 0) else a[-2])
+    total = spiking + analog + product_macs
+    return {
+        "macs_per_sample": total,
+        "spiking_synapses": spiking,
+        "analog_synapses": analog,
+        "activation_products": product_macs,
+        "spiking_share": spiking / total if total else None,
+    }
