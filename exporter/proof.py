@@ -31,9 +31,11 @@ MAX_PROBE_ELEMENTS = 1 << 22
 def prove(source: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[NeuronRecord]) -> list[Problem]:
     """Every record whose source quantizer and replacement disagree on a probe, as a problem."""
     source_view, rewritten_view = _View(source), _View(rewritten)
+    # a quantizer's input may be the de-quantized output of the one before: renamed by its rewrite
+    to_source = {new: old for record in records for old, new in record.exits}
     problems, cases = [], []
     for record in records:
-        found = _cases(source_view, rewritten_view, record)
+        found = _cases(source_view, rewritten_view, record, to_source.get(record.entry, record.entry))
         if isinstance(found, str):
             problems.append((record.name, record.producer, found))
         else:
@@ -53,7 +55,7 @@ def prove(source: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[Neu
         except _EvaluationError as error:
             failed[case.record.name] = str(error)
     live = [c for c in cases if c.record.name not in failed]
-    wanted = [_Job(c.before, c.record.entry, c.source_exit, c.probes, c.record.name) for c in live]
+    wanted = [_Job(c.before, c.source_entry, c.source_exit, c.probes, c.record.name) for c in live]
     got = [_Job(_one_step(c.after), c.record.entry, c.new_exit, c.probes, c.record.name) for c in live]
     want_values = _evaluate_many(source_view, wanted, failed)
     got_values = _evaluate_many(rewritten_view, got, failed)
@@ -77,8 +79,8 @@ def prove(source: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[Neu
 class _Case:
     """One (quantizer, exit) to prove: both regions, the pre-scaling, the probe layout."""
 
-    def __init__(self, record, source_exit, new_exit, before, after, pre, z, tail):
-        self.record, self.source_exit, self.new_exit = record, source_exit, new_exit
+    def __init__(self, record, source_entry, source_exit, new_exit, before, after, pre, z, tail):
+        self.record, self.source_entry, self.source_exit, self.new_exit = record, source_entry, source_exit, new_exit
         self.before, self.after, self.pre, self.z, self.tail = before, after, pre, z, tail
         self.probes: np.ndarray | None = None
 
@@ -90,12 +92,12 @@ class _Job:
         self.nodes, self.entry, self.exit, self.x, self.owner = nodes, entry, exit, x, owner
 
 
-def _cases(source: "_View", rewritten: "_View", record: NeuronRecord):
+def _cases(source: "_View", rewritten: "_View", record: NeuronRecord, source_entry: str):
     if not record.entry or not record.exits:
         return []  # nothing leaves the quantizer: no value to compare
     cases = []
     for source_exit, new_exit in record.exits:
-        before = source.region(record.entry, source_exit)
+        before = source.region(source_entry, source_exit)
         after = rewritten.region(record.entry, new_exit)
         if before is None or after is None:
             return ("the quantizer reads tensors other than its input, so it cannot be proven; "
@@ -103,11 +105,11 @@ def _cases(source: "_View", rewritten: "_View", record: NeuronRecord):
         neuron = next((n for n in after if n.domain == NEURON_DOMAIN and n.op_type == NEURON_OP), None)
         if neuron is None:
             continue
-        tail = _tail_shape(source, before, record.entry)
+        tail = _tail_shape(source, before, source_entry)
         if tail is None:
             return "per-channel parameters whose layout against the input is unknown (run shape inference)"
         pre = rewritten.region(record.entry, neuron.input[0]) or []
-        cases.append(_Case(record, source_exit, new_exit, before, after, pre, neuron.input[0], tail))
+        cases.append(_Case(record, source_entry, source_exit, new_exit, before, after, pre, neuron.input[0], tail))
     return cases
 
 

@@ -51,7 +51,7 @@ class NeuronRecord:
     producer: str  # which quantizer pattern it was: "floor-chain", "qdq", "qcdq", "qonnx", "bipolar"
     params: NeuronParams
     source_nodes: tuple[str, ...] = field(default=())
-    entry: str = ""  # the tensor entering the quantizer, in the source and in the rewritten graph
+    entry: str = ""  # the tensor entering the quantizer in the rewritten graph
     exits: tuple[tuple[str, str], ...] = ()  # (tensor leaving it in the source, the one taking its place)
 
 
@@ -507,13 +507,17 @@ def absorb_clamps(graph: gs.Graph, records: list[NeuronRecord]) -> list[NeuronRe
                 high = params.hi if bounds[1] is None else min(params.hi, _level_of(bounds[1], scalings, params))
                 if not low <= 0 <= high:
                     break
-                replace_uses(graph, node.outputs[0], node.inputs[0])
+                clamped = node.inputs[0]
+                replace_uses(graph, node.outputs[0], clamped)
                 node.outputs.clear()
+                node.inputs.clear()
                 neuron.attrs["lo"], neuron.attrs["hi"] = low, high
-                updated[neuron.name] = replace(
+                record = replace(
                     record, params=NeuronParams(lo=low, hi=high, v_init=params.v_init, rounding=params.rounding),
-                    source_nodes=record.source_nodes + (node.name,), entry=node.inputs[0].name)
-                break
+                    source_nodes=record.source_nodes + (node.name,), entry=clamped.name)
+                updated[neuron.name] = record
+                tensor = clamped  # a clamp may follow another (Min of a Max)
+                continue
             split = split_constant_operand(node) if node.op in ("Mul", "Div") else None
             if split is None or np.asarray(split[1]).size != 1 or not float(np.asarray(split[1]).reshape(())) > 0:
                 break

@@ -60,7 +60,7 @@ QDQ_PRODUCERS = ("qdq-u8", "qdq-s8")
 BREVITAS_PRODUCERS = ("brevitas-qonnx", "brevitas-qcdq", "brevitas-qonnx-legacy", "brevitas-qcdq-legacy")
 PRODUCERS = TORCH_PRODUCERS + QDQ_PRODUCERS + BREVITAS_PRODUCERS
 
-LEVELS = {"pmsm": 4, "floor": 7, "ste": 7, "qcfs": 4, "minmax": 7, "fakequant": 127}  # L of the torch quantizers
+LEVELS = {"pmsm": 4, "floor": 7, "ste": 7, "qcfs": 4, "minmax": 15, "fakequant": 127}  # L of the torch quantizers
 BREVITAS_BITS = 4  # activation and weight bit width of the Brevitas network
 CALIBRATION_IMAGES = 256
 SEED = 0

@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from pmsm.cli import main
+from pmsm.runtime.execute import SpikingModel
 
 PMSM_EXPORT = os.path.join(os.path.dirname(sys.executable), "pmsm-export")
 
@@ -30,8 +31,8 @@ def test_help_documents_targets_flags_and_exit_codes():
 def test_onnx_target_writes_spiking_model_next_to_the_input(qdq_mlp_path):
     assert main([qdq_mlp_path]) == 0
     spiking = onnx.load(qdq_mlp_path.replace(".onnx", ".spiking.onnx"))
-    assert any(n.op_type == "MultiSpikeNeuron" and n.domain == "ai.pmsm" for n in spiking.graph.node)
-    assert {p.key: p.value for p in spiking.metadata_props}["pmsm.format"] == "spiking-onnx/1"
+    assert len(SpikingModel(spiking).neurons) == 2
+    assert {p.key: p.value for p in spiking.metadata_props}["pmsm.format"] == "spiking-onnx/2"
 
 
 def test_verify_is_exact_at_t1_and_writes_the_report(qdq_mlp_path, digits_npz, tmp_path):
@@ -162,11 +163,10 @@ def test_verification_mismatch_exits_1(qdq_mlp_path, tmp_path, monkeypatch):
 
     def convert_with_a_wrong_bound(*args, **kwargs):
         export = real_convert(*args, **kwargs)
-        for node in export.spiking.graph.node:
-            if node.op_type == "MultiSpikeNeuron":
-                for attribute in node.attribute:
-                    if attribute.name == "hi":
-                        attribute.i = 3  # clips the hidden layer far below the source's 255
+        for node in SpikingModel(export.spiking).neurons.values():  # the nodes inside the time loop
+            for attribute in node.attribute:
+                if attribute.name == "hi":
+                    attribute.i = 3  # clips the hidden layer far below the source's 255
         return export
 
     monkeypatch.setattr(pipeline, "convert", convert_with_a_wrong_bound)

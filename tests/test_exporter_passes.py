@@ -414,16 +414,6 @@ def test_quantize_feeding_an_integer_operator_is_refused_naming_that_node():
         quantizers.rewrite_qdq(gs.import_onnx(m))
 
 
-def test_per_channel_activation_quantizer_is_refused():
-    m = model([
-        node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="quant", axis=1),
-        node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dequant", axis=1),
-    ], [const("s", np.full(6, 0.1)), const("zp", np.zeros(6), np.uint8)])
-    problems = []
-    quantizers.rewrite_qdq(gs.import_onnx(m), problems)
-    assert problems and problems[0][0] == "quant" and "per-channel" in problems[0][2]
-
-
 def test_quantized_graph_output_keeps_its_name():
     """onnxruntime's quantize_static puts a QDQ pair on the logits: the spiking model's output must
     still be called what the source called it."""
@@ -763,3 +753,105 @@ def test_preflight_refuses_a_float_model_with_no_quantizer():
 def test_preflight_accepts_a_supported_model_and_returns_its_neurons():
     conversion = check(_qdq_model(0, np.uint8))
     assert [r.name for r in conversion.neurons] == ["quant"]
+
+
+# ------------------------------------------------------------------ more producer idioms
+
+
+def test_relu6_written_as_clip_in_front_of_an_int8_quantizer_becomes_the_neuron_bounds():
+    """MobileNetV2 quantized with int8 activations keeps ReLU6 as Clip(0, 6) before each quantizer."""
+    m = model([
+        node("Clip", ["x", "zero", "six"], ["r"], name="relu6"),
+        node("QuantizeLinear", ["r", "s", "zp"], ["q"], name="quant"),
+        node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dequant"),
+    ], [const("zero", 0.0), const("six", 6.0), const("s", 0.05), const("zp", 0, np.int8)])
+    graph = gs.import_onnx(m)
+    quantizers.absorb_clamps(graph, quantizers.rewrite_qdq(graph))
+    assert "Clip" not in ops(graph)
+    assert neuron_bounds(graph) == [(0, 120, 0.0, "half_even")]  # rint(6 / 0.05) = 120
+    assert_t1_bit_exact(m, RNG.normal(0, 4, (256, 6)).astype(np.float32))
+
+
+def test_a_clip_off_the_level_grid_in_front_of_a_quantizer_is_absorbed_exactly():
+    m = model([
+        node("Max", ["x", "low"], ["a"], name="floor_clamp"),
+        node("Min", ["a", "high"], ["r"], name="ceiling_clamp"),
+        node("QuantizeLinear", ["r", "s", "zp"], ["q"], name="quant"),
+        node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dequant"),
+    ], [const("low", -0.33), const("high", 0.77), const("s", 0.1), const("zp", 0, np.int8)])
+    graph = gs.import_onnx(m)
+    quantizers.absorb_clamps(graph, quantizers.rewrite_qdq(graph))
+    assert not {"Min", "Max"} & set(ops(graph))
+    assert neuron_bounds(graph) == [(-3, 8, 0.0, "half_even")]
+    assert_t1_bit_exact(m, RNG.normal(0, 1, (512, 6)).astype(np.float32))
+
+
+def test_per_channel_activation_quantizer_gets_one_scale_per_channel_and_stays_exact():
+    scales = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.5], np.float32)
+    m = model([
+        node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="quant", axis=1),
+        node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dequant", axis=1),
+    ], [const("s", scales), const("zp", np.zeros(6), np.int8)])
+    conversion = check(m)
+    assert [r.params.lo for r in conversion.neurons] == [-128]
+    x = (RNG.normal(size=(256, 6)) * scales * 60).astype(np.float32)
+    x[0] = scales * np.float32(2.5)  # ties in every channel
+    assert_t1_bit_exact(m, x)
+
+
+def test_per_channel_zero_points_that_differ_are_refused_with_the_reason():
+    m = model([
+        node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="quant", axis=1),
+        node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dequant", axis=1),
+    ], [const("s", np.full(6, 0.1)), const("zp", np.arange(6), np.uint8)])
+    with pytest.raises(UnsupportedModelError, match="same for every channel"):
+        check(m)
+
+
+def test_qonnx_bipolar_activations_become_a_two_level_neuron_and_stay_exact():
+    m = model([node("BipolarQuant", ["x", "s"], ["y"], name="binary", domain=QONNX)], [const("s", 0.5)],
+              domains=[QONNX])
+    conversion = check(m)
+    assert [(r.params.lo, r.params.hi, r.producer) for r in conversion.neurons] == [(-1, 0, "bipolar")]
+    x = RNG.normal(size=(64, 6)).astype(np.float32)
+    x[0] = [0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38]  # zeros of both signs and the smallest floats
+    assert_t1_bit_exact(m, x)
+
+
+@pytest.mark.parametrize("order", ["a + (f - a)", "(f - a) + a", "a - (a - f)"])
+def test_straight_through_floor_with_a_shift_in_any_operand_order_becomes_a_neuron(order):
+    """The QCFS way: ``q = z + (floor(z + 0.5) - z).detach()`` then a clamp."""
+    nodes = [node("Div", ["x", "up"], ["v"]), node("Mul", ["v", "levels"], ["z"]),
+             node("Add", ["z", "half"], ["zs"]), node("Floor", ["zs"], ["f"], name="floor")]
+    if order == "a + (f - a)":
+        nodes += [node("Sub", ["f", "z"], ["d"]), node("Add", ["z", "d"], ["q"])]
+    elif order == "(f - a) + a":
+        nodes += [node("Sub", ["f", "z"], ["d"]), node("Add", ["d", "z"], ["q"])]
+    else:
+        nodes += [node("Sub", ["z", "f"], ["d"]), node("Sub", ["z", "d"], ["q"])]
+    nodes += [node("Clip", ["q", "lo", "levels"], ["c"]), node("Div", ["c", "levels"], ["l"]),
+              node("Mul", ["l", "up"], ["y"])]
+    m = model(nodes, [const("up", 1.5), const("levels", 4.0), const("half", 0.5), const("lo", 0.0)])
+    conversion = check(m)
+    assert [(r.params.lo, r.params.hi, r.params.rounding, r.params.v_init) for r in conversion.neurons] == \
+        [(0, 4, "floor", 0.5)]
+    assert_t1_bit_exact(m, RNG.normal(0, 1.5, (512, 6)).astype(np.float32))
+
+
+def test_a_derived_neuron_that_does_not_compute_the_source_quantizer_is_refused_by_the_proof():
+    from pmsm.exporter.proof import prove
+
+    m = _qdq_model(0, np.int8, scale=0.1)
+    conversion = check(m)
+    rewritten = gs.export_onnx(conversion.graph, do_type_check=False)
+    neuron = next(n for n in rewritten.graph.node if n.op_type == NEURON_OP)
+    next(a for a in neuron.attribute if a.name == "hi").i = 100  # the source saturates at 127
+    problems = prove(m, rewritten, conversion.neurons)
+    assert len(problems) == 1 and problems[0][0] == "quant"
+    assert "lo=-128, hi=127" in problems[0][2] and "differs from the source quantizer" in problems[0][2]
+    rounding = next(a for a in neuron.attribute if a.name == "rounding")
+    next(a for a in neuron.attribute if a.name == "hi").i = 127
+    rounding.s = b"floor"  # half-even is what QuantizeLinear does
+    assert prove(m, rewritten, conversion.neurons)
+    rounding.s = b"half_even"
+    assert prove(m, rewritten, conversion.neurons) == []
