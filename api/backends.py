@@ -62,6 +62,22 @@ class NirBackend:
         return BackendRun(output=result.output, spikes=result.spikes)
 
 
+class TorchBackend:
+    """The NIR graph run by the project's PyTorch runtime (``pmsm.targets.torch``, on nirtorch)."""
+
+    name = "torch"
+    reference = "onnx"
+
+    def __init__(self, graph, device: str = "cpu"):
+        from pmsm.targets.torch import to_torch
+
+        self.network = to_torch(graph, device=device)
+
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
+        result = self.network.run(x, timesteps, collect_spikes=True)
+        return BackendRun(output=result.output, spikes=result.spikes)
+
+
 class LavaBackend:
     """The NIR graph lowered to Lava processes, simulated in floating or fixed point."""
 
