@@ -105,7 +105,7 @@ def topological(graph: nir.NIRGraph, label: str) -> list[str]:
 
 class NirInterpreter:
     def __init__(self, graph: nir.NIRGraph, label: str = "<nir graph>") -> None:
-        dialect.check(graph, label)
+        self._validate(graph, label)
         self.graph = graph
         self.label = label
         self.order = topological(graph, label)
@@ -113,8 +113,7 @@ class NirInterpreter:
         self.input = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
         self.input_shape = tuple(int(d) for d in np.asarray(graph.nodes[self.input].input_type["input"]).reshape(-1))
         self.outputs = [n for n in self.order if isinstance(graph.nodes[n], nir.Output)]
-        self.neurons = {n: dialect.neuron_params(node, n, label)
-                        for n, node in graph.nodes.items() if isinstance(node, nir.IF)}
+        self.neurons = {n: self._neuron(node, n, label) for n, node in graph.nodes.items() if isinstance(node, nir.IF)}
         self.ops = {n: _linear_op(graph.nodes[n], n) for n in self.order
                     if n != self.input and n not in self.neurons}
         self._absolute_ops = None
@@ -125,6 +124,14 @@ class NirInterpreter:
                 dynamic.add(n)
         self.static = [n for n in self.order if n not in dynamic]
         self.dynamic = [n for n in self.order if n in dynamic]
+
+    @staticmethod
+    def _validate(graph: nir.NIRGraph, label: str) -> None:
+        dialect.check(graph, label)
+
+    @staticmethod
+    def _neuron(node: nir.IF, name: str, label: str):
+        return dialect.neuron_params(node, name, label)
 
     def key(self, name: str) -> str:
         """The name a neuron's spikes are reported under: its ONNX node, else its NIR node."""
