@@ -30,7 +30,8 @@ class BinaryIF:
 
 class LiteralInterpreter(NirInterpreter):
     """``run(x, timesteps, collect_spikes)``: spikes are reported per PMSM neuron (the standard
-    profile's units recombined, ``sum(sign * unit)``), keyed by its ONNX node, for comparison."""
+    profile's units of each level recombined: positive levels minus the others), keyed by its ONNX
+    node, for comparison."""
 
     @staticmethod
     def _validate(graph: nir.NIRGraph, label: str) -> None:
@@ -82,8 +83,7 @@ class LiteralInterpreter(NirInterpreter):
             meta = dialect.normalise(self.graph.nodes[name].metadata or {}).get(KEY)
             if not meta:
                 continue  # a max pool's threshold units: not a neuron of the network
-            units = np.stack(s)  # [T, N, K*C, ...]
-            sign = np.asarray(meta["sign"], np.float32)
-            grouped = units.reshape(units.shape[:2] + (len(sign), -1) + units.shape[3:])
-            out[str(meta["onnx_node"])] = np.tensordot(grouped, sign, axes=([2], [0])).astype(np.float32)
-        return out
+            sign = 1.0 if int(meta["level"]) >= 1 else -1.0
+            key = str(meta["onnx_node"])
+            out[key] = out.get(key, 0) + sign * np.stack(s)
+        return {k: v.astype(np.float32) for k, v in out.items()}

@@ -23,7 +23,7 @@ from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import dialect, ops
 
 FORMAT = "pmsm-nir-standard/1"
-KEY = "pmsm_standard"  # node metadata naming the PMSM neuron a unit group encodes (reports only)
+KEY = "pmsm_standard"  # node metadata naming the PMSM neuron and level a unit encodes (reports only)
 MAX_UNITS = 16  # K = hi - lo; above, the weights between two layers grow by more than 256x
 
 
@@ -82,197 +82,179 @@ def units(p: NeuronParams) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class _Coded:
-    """How a PMSM node's value lives in the standard graph: ``node``'s output, either the value
-    itself (``sign is None``) or unit-coded: ``value = sum_u sign[u] * unit_u`` over ``K`` stacked copies."""
-
-    node: str
-    shape: tuple
-    sign: np.ndarray | None = None
-
-    @property
-    def k(self) -> int:
-        return 1 if self.sign is None else len(self.sign)
+class _Part:
+    node: str  # a node of the standard graph
+    sign: float  # the PMSM value is the sum over parts of sign * the node's output
+    unit: bool  # the node emits binary units of one level (a max pool can take those)
 
 
-def _expand_columns(w: np.ndarray, code: _Coded) -> np.ndarray:
-    """Weights ``[O, C, ...]`` reading ``code``'s value, as weights reading its units."""
-    if code.sign is None:
-        return w
-    return np.concatenate([s * w for s in code.sign], axis=1)
-
-
-def _expand_rows(w: np.ndarray, b: np.ndarray | None, sign: np.ndarray | None):
-    if sign is None:
-        return w, b
-    return (np.concatenate([s * w for s in sign], axis=0),
-            None if b is None else np.concatenate([s * b for s in sign]))
-
-
-def _thresholds(sign_threshold, shape) -> np.ndarray:
-    _, th = sign_threshold
-    return np.concatenate([np.full(shape, t, np.float32) for t in th], axis=0)
-
-
-def _diag(scale: np.ndarray, shape, code: _Coded, out_sign: np.ndarray | None, label: str, name: str):
-    """A Scale (elementwise factor) from ``code`` to ``out_sign`` units, as an Affine or 1x1 Conv2d."""
+def _diag(scale, shape, label: str, name: str) -> np.ndarray:
+    """An elementwise factor as weights: [C, C, 1, 1] (one value per channel) or [F, F]."""
     c = np.broadcast_to(np.asarray(scale, np.float64), shape)
     if len(shape) == 3:
         per = c.reshape(shape[0], -1)
         if not np.all(per == per[:, :1]):
             raise UnsupportedModelError(label, "nir", [(name, "Scale", "a factor that varies within a channel "
                                                         "cannot become a 1x1 convolution of units")])
-        w = np.diag(per[:, 0])[:, :, None, None]
-    else:
-        w = np.diag(c.reshape(-1))
-    w = _expand_columns(w, code)
-    w, _ = _expand_rows(w, None, out_sign)
-    return w
+        return np.diag(per[:, 0])[:, :, None, None]
+    return np.diag(c.reshape(-1))
+
+
+def _ints(v) -> tuple[int, ...]:
+    return tuple(int(a) for a in np.asarray(v).reshape(-1))
 
 
 class _Rewrite:
+    """One IF node per unit level (NIR consumers such as snntorch want one threshold per node), and
+    one linear node per (input part, output unit): fan-in then sums them, as NIR defines."""
+
     def __init__(self, graph: nir.NIRGraph, label: str):
-        self.g = graph
-        self.label = label
         from pmsm.targets.nir.interpreter import topological
 
+        self.g = graph
+        self.label = label
         self.order = topological(graph, label)
         self.src = {n: [s for s, d in graph.edges if d == n] for n in graph.nodes}
         self.dst = {n: [d for s, d in graph.edges if s == n] for n in graph.nodes}
         self.nodes: dict[str, nir.NIRNode] = {}
         self.edges: list[tuple[str, str]] = []
-        self.codes: dict[str, _Coded] = {}
-        self.shapes: dict[str, tuple] = {}
+        self.parts: dict[str, list[_Part]] = {}
 
     def refuse(self, name: str, why: str):
         raise UnsupportedModelError(self.label, "nir", [(name, type(self.g.nodes[name]).__name__, why)])
 
     def shape_of(self, name: str) -> tuple:
-        node = self.g.nodes[name]
-        t = node.output_type.get("output") if node.output_type else None
-        return tuple(int(d) for d in np.asarray(t).reshape(-1))
+        return _ints(self.g.nodes[name].output_type["output"])
 
     def add(self, name: str, node: nir.NIRNode, inputs: list[str]) -> str:
+        base, k = name, 1
+        while name in self.nodes:
+            name, k = f"{base}_{k}", k + 1
         self.nodes[name] = node
         self.edges += [(i, name) for i in inputs]
         return name
 
-    def linear(self, name: str, out_sign: np.ndarray | None, suffix: str = "") -> str:
-        """Build the linear node ``name`` reading its input's code, with rows for ``out_sign`` units."""
+    def _weights(self, name: str, in_shape: tuple):
+        """``(weight, bias, build)`` of the linear node ``name``: ``build(w, b)`` makes a node."""
         node = self.g.nodes[name]
-        (src,) = self.src[name] if len(self.src[name]) == 1 else self.refuse(name, "a linear node with fan-in")
-        code = self.codes[src]
-        std = name + suffix if name + suffix not in self.nodes else f"{name}{suffix}_{len(self.nodes)}"
         if isinstance(node, nir.Conv2d):
-            w, b = _expand_rows(_expand_columns(np.asarray(node.weight, np.float32), code),
-                                np.asarray(node.bias, np.float32), out_sign)
-            new = nir.Conv2d(input_shape=tuple(int(v) for v in node.input_shape), weight=w.astype(np.float32),
-                             stride=node.stride, padding=node.padding, dilation=node.dilation, groups=1,
-                             bias=b.astype(np.float32))
-        elif isinstance(node, (nir.Affine, nir.Linear)):
-            bias = np.asarray(node.bias, np.float32) if isinstance(node, nir.Affine) else np.zeros(node.weight.shape[0], np.float32)
-            w, b = _expand_rows(_expand_columns(np.asarray(node.weight, np.float32), code), bias, out_sign)
-            new = nir.Affine(weight=w.astype(np.float32), bias=b.astype(np.float32))
-        elif isinstance(node, nir.Scale):
-            if code.sign is None and out_sign is None:
-                new = nir.Scale(scale=np.asarray(node.scale, np.float32))
-            else:
-                new = self._diag_node(_diag(node.scale, code.shape, code, out_sign, self.label, name), code)
-        else:
-            self.refuse(name, "only Conv2d, Affine, Linear and Scale can feed a neuron in the standard profile")
-        return self.add(std, new, [code.node])
+            def build(w, b):
+                return nir.Conv2d(input_shape=_ints(node.input_shape), weight=w.astype(np.float32),
+                                  stride=node.stride, padding=node.padding, dilation=node.dilation,
+                                  groups=int(node.groups), bias=b.astype(np.float32))
+            return np.asarray(node.weight, np.float64), np.asarray(node.bias, np.float64), build
+        conv_shaped = len(in_shape) == 3
 
-    def _diag_node(self, w: np.ndarray, code: _Coded) -> nir.NIRNode:
-        if w.ndim == 4:
-            return nir.Conv2d(input_shape=tuple(code.shape[1:]), weight=w.astype(np.float32), stride=(1, 1),
-                              padding=(0, 0), dilation=(1, 1), groups=1, bias=np.zeros(w.shape[0], np.float32))
-        return nir.Affine(weight=w.astype(np.float32), bias=np.zeros(w.shape[0], np.float32))
+        def build(w, b):
+            if w.ndim == 4:
+                return nir.Conv2d(input_shape=in_shape[1:], weight=w.astype(np.float32), stride=(1, 1),
+                                  padding=(0, 0), dilation=(1, 1), groups=1, bias=b.astype(np.float32))
+            return nir.Affine(weight=w.astype(np.float32), bias=b.astype(np.float32))
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            w = np.asarray(node.weight, np.float64)
+            b = np.asarray(node.bias, np.float64) if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
+            return w, b, build
+        if isinstance(node, nir.Scale):
+            w = _diag(node.scale, in_shape, self.label, name)
+            return w, np.zeros(w.shape[0]), build
+        if isinstance(node, (nir.IF, nir.Input)):  # straight into a neuron: a factor of one
+            w = _diag(np.ones(in_shape), in_shape, self.label, name)
+            return w, np.zeros(w.shape[0]), build
+        self.refuse(name, "only Conv2d, Affine, Linear and Scale can feed a neuron in the standard profile")
+        del conv_shaped
+
+    def linear(self, name: str, reads: str, out_sign: float, stem: str) -> list[str]:
+        """Nodes computing ``out_sign`` times linear node ``name`` applied to the parts of ``reads``."""
+        in_shape = self.shape_of(reads)
+        w, b, build = self._weights(name, in_shape)
+        made = []
+        for i, part in enumerate(self.parts[reads]):
+            bias = out_sign * b if i == 0 else np.zeros_like(b)  # the bias once, on the first part
+            made.append(self.add(stem, build(out_sign * part.sign * w, bias), [part.node]))
+        return made
 
     def run(self) -> nir.NIRGraph:
         for name in self.order:
             node = self.g.nodes[name]
-            consumers = [self.g.nodes[d] for d in self.dst[name]]
-            feeds_neuron = [isinstance(c, nir.IF) for c in consumers]
+            feeds_neuron = [isinstance(self.g.nodes[d], nir.IF) for d in self.dst[name]]
             if isinstance(node, nir.Input):
-                self.codes[name] = _Coded(self.add(name, nir.Input(input_type=node.input_type), []), self.shape_of(name))
+                self.parts[name] = [_Part(self.add(name, nir.Input(input_type=node.input_type), []), 1.0, False)]
             elif isinstance(node, nir.IF):
                 self.neuron(name, node)
-            elif isinstance(node, (nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)) and any(feeds_neuron):
-                if not all(feeds_neuron):
-                    self.refuse(name, "feeds a neuron and something else")
-                continue  # built with the neuron's rows, in neuron()
             elif isinstance(node, (nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)):
-                self.codes[name] = _Coded(self.linear(name, None), self.shape_of(name))
+                if any(feeds_neuron) and not all(feeds_neuron):
+                    self.refuse(name, "feeds a neuron and something else")
+                if not any(feeds_neuron):
+                    (src,) = self.src[name]
+                    self.parts[name] = [_Part(n, 1.0, False) for n in self.linear(name, src, 1.0, name)]
             elif isinstance(node, nir.Flatten):
-                self.flatten(name, node)
+                (src,) = self.src[name]
+                shape = self.shape_of(src)
+                self.parts[name] = [_Part(self.add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0,
+                                                                     end_dim=-1), [p.node]), p.sign, p.unit)
+                                    for p in self.parts[src]]
             elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
                 self.pool(name, node)
             elif isinstance(node, nir.Output):
-                self.output(name, node)
+                inputs = [p.node if p.sign == 1.0 else self.add(f"{p.node}_value", self._scaled(p, -1.0), [p.node])
+                          for s in self.src[name] for p in self.parts[s]]
+                if len(inputs) > 1:  # consumers such as nirtorch return an Output's inputs unsummed
+                    inputs = [self.add(f"{name}_sum", self._scaled(_Part(inputs[0], 1.0, False), 1.0), inputs)]
+                self.add(name, nir.Output(output_type=node.output_type), inputs)
             else:
                 self.refuse(name, f"{type(node).__name__} has no standard-profile form")
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, type_check=True)
 
+    def _scaled(self, part: _Part, factor: float) -> nir.NIRNode:
+        shape = _ints(self.nodes[part.node].output_type["output"])
+        w = factor * _diag(np.ones(shape), shape, self.label, part.node)
+        if w.ndim == 4:
+            return nir.Conv2d(input_shape=shape[1:], weight=w.astype(np.float32), stride=(1, 1), padding=(0, 0),
+                              dilation=(1, 1), groups=1, bias=np.zeros(w.shape[0], np.float32))
+        return nir.Affine(weight=w.astype(np.float32), bias=np.zeros(w.shape[0], np.float32))
+
     def neuron(self, name: str, node: nir.IF) -> None:
         p = dialect.neuron_params(node, name, self.label)
         shape = tuple(node.r.shape)
-        sign, threshold = units(p)
-        inputs = []
-        for src in self.src[name]:
-            s = self.g.nodes[src]
-            if isinstance(s, (nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)):
-                inputs.append(self.linear(src, sign))
-            else:  # a neuron or the input straight into a neuron: a factor of one
-                inputs.append(self.add(f"{src}_to_{name}", self._diag_node(
-                    _diag(np.ones(shape), shape, self.codes[src], sign, self.label, name), self.codes[src]), [self.codes[src].node]))
-        full = (len(sign) * shape[0],) + shape[1:]
         meta = node.metadata.get(dialect.KEY, {}) if node.metadata else {}
-        self.add(name, nir.IF(r=np.ones(full, np.float32), v_threshold=_thresholds((sign, threshold), shape),
-                              v_reset=np.zeros(full, np.float32),
-                              metadata={KEY: {"onnx_node": str(meta.get("onnx_node") or name),
-                                              "sign": [float(s) for s in sign]}}), inputs)
-        self.codes[name] = _Coded(name, shape, sign)
-
-    def flatten(self, name: str, node: nir.Flatten) -> None:
-        (src,) = self.src[name]
-        code = self.codes[src]
-        in_shape = (code.k * code.shape[0],) + tuple(code.shape[1:])
-        self.add(name, nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1), [code.node])
-        self.codes[name] = _Coded(name, (int(np.prod(code.shape)),), code.sign)
+        onnx_node = str(meta.get("onnx_node") or name)
+        parts = []
+        for level, (sign, threshold) in zip(range(p.lo + 1, p.hi + 1), zip(*units(p))):
+            stem = f"{name}_level{level:+d}".replace("+", "p").replace("-", "m")
+            inputs = []
+            for src in self.src[name]:
+                s = self.g.nodes[src]
+                reads = src if isinstance(s, (nir.IF, nir.Input)) else self.src[src][0]
+                if not isinstance(s, (nir.IF, nir.Input)) and len(self.src[src]) != 1:
+                    self.refuse(src, "a linear node with fan-in")
+                inputs += self.linear(src, reads, float(sign), f"{src}_to_{stem}")
+            unit = self.add(stem, nir.IF(r=np.ones(shape, np.float32), v_threshold=np.full(shape, threshold, np.float32),
+                                         v_reset=np.zeros(shape, np.float32),
+                                         metadata={KEY: {"onnx_node": onnx_node, "level": int(level)}}), inputs)
+            parts.append(_Part(unit, float(sign), True))
+        self.parts[name] = parts
 
     def pool(self, name: str, node) -> None:
         (src,) = self.src[name]
-        code = self.codes[src]
         geo = dict(kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)
         out_shape = self.shape_of(name)
         if not dialect.is_max_pool(node):
             cls = nir.AvgPool2d if isinstance(node, nir.AvgPool2d) else nir.SumPool2d
-            self.add(name, cls(**geo), [code.node])
-            self.codes[name] = _Coded(name, out_shape, code.sign)
+            self.parts[name] = [_Part(self.add(name, cls(**geo), [p.node]), p.sign, False) for p in self.parts[src]]
             return
-        if code.sign is None:
+        if not all(p.unit for p in self.parts[src]):
             self.refuse(name, "max pooling of real values has no binary form (only of neuron outputs)")
-        counted = self.add(f"{name}_count", nir.SumPool2d(**geo), [code.node])
-        k = ops.window_counts(tuple(code.shape[1:]), tuple(int(v) for v in np.asarray(node.kernel_size).reshape(-1)),
-                              tuple(int(v) for v in np.asarray(node.stride).reshape(-1)),
-                              tuple(int(v) for v in np.asarray(node.padding).reshape(-1)))
-        per_unit = [np.full(out_shape, 0.5, np.float32) if s > 0 else
-                    np.broadcast_to(k - 0.5, out_shape).astype(np.float32) for s in code.sign]
-        full = (code.k * out_shape[0],) + tuple(out_shape[1:])
-        self.add(name, nir.IF(r=np.ones(full, np.float32), v_threshold=np.concatenate(per_unit, axis=0),
-                              v_reset=np.zeros(full, np.float32)), [counted])
-        self.codes[name] = _Coded(name, out_shape, code.sign)
-
-    def output(self, name: str, node: nir.Output) -> None:
-        inputs = []
-        for src in self.src[name]:
-            code = self.codes[src]
-            if code.sign is not None:  # recombine the units: +1/-1 weights
-                w = _diag(np.ones(code.shape), code.shape, code, None, self.label, name)
-                inputs.append(self.add(f"{src}_value", self._diag_node(w, code), [code.node]))
-            else:
-                inputs.append(code.node)
-        self.add(name, nir.Output(output_type=node.output_type), inputs)
+        real = ops.window_counts(self.shape_of(src)[1:], _ints(node.kernel_size), _ints(node.stride), _ints(node.padding))
+        parts = []
+        for p in self.parts[src]:
+            counted = self.add(f"{name}_count", nir.SumPool2d(**geo), [p.node])
+            # a positive unit of the max fires when one unit of the window does, a negative one when all do
+            threshold = np.full(out_shape, 0.5, np.float32) if p.sign > 0 else np.broadcast_to(
+                real - 0.5, out_shape).astype(np.float32)
+            unit = self.add(name, nir.IF(r=np.ones(out_shape, np.float32), v_threshold=threshold,
+                                         v_reset=np.zeros(out_shape, np.float32)), [counted])
+            parts.append(_Part(unit, p.sign, True))
+        self.parts[name] = parts
 
 
 def weight_count(graph: nir.NIRGraph) -> int:
