@@ -30,6 +30,7 @@ class Export:
     neurons: list
     output_path: Optional[str] = None
     nir_graph: object = None
+    nir_growth: object = None  # standard profile: pmsm.targets.nir.standard.Growth
 
 
 def default_output(model_path: str, target: str) -> str:
@@ -47,10 +48,12 @@ def check_output_path(model_path: str, output: str) -> None:
         raise BadInputError(f"{output}: folder {folder} does not exist")
 
 
-def convert(model_path: str, target: str = "onnx", timesteps: int = 1) -> Export:
+def convert(model_path: str, target: str = "onnx", timesteps: int = 1, nir_profile: str = "pmsm") -> Export:
     """Load, pre-flight for ``target`` and convert; nothing is written."""
     if target not in TARGETS:
         raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if nir_profile not in ("pmsm", "standard") or (nir_profile == "standard" and target != "nir"):
+        raise BadInputError(f"--nir-profile {nir_profile} needs --target nir (the lava target reads the pmsm profile)")
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
     from pmsm.exporter.convert import to_spiking_onnx
@@ -68,6 +71,10 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1) -> Export
             raise UnsupportedModelError(model_path, target, problems)
         export.nir_graph = spiking_onnx_to_nir(spiking, source_sha256=source.sha256,
                                                source_name=os.path.basename(model_path), timesteps=timesteps)
+        if nir_profile == "standard":
+            from pmsm.targets.nir.standard import to_standard
+
+            export.nir_graph, export.nir_growth = to_standard(export.nir_graph, model_path)
     if target == "lava":
         from pmsm.targets.lava import unsupported_nir_nodes
 
@@ -195,7 +202,7 @@ def run_command(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model, args.target)
     if not args.check and os.path.exists(args.model):
         check_output_path(args.model, output)  # before the work, not after it
-    export = convert(args.model, args.target, timesteps=args.timesteps[0])
+    export = convert(args.model, args.target, timesteps=args.timesteps[0], nir_profile=args.nir_profile)
     if args.check:
         print(f"{args.model}: ok for target '{args.target}': {len(export.neurons)} neuron layer(s), "
               f"{len(export.spiking.graph.node)} nodes")
@@ -203,6 +210,10 @@ def run_command(args: argparse.Namespace) -> int:
     data = load_verification_data(export, args.data) if args.verify else None  # bad data: fail before writing
     write(export, output)
     print(f"wrote {output} ({len(export.neurons)} PMSM neuron layer(s))")
+    if export.nir_growth is not None:
+        g = export.nir_growth
+        print(f"standard profile: {g.neurons_pmsm} PMSM neurons -> {g.neurons_standard} binary units "
+              f"(K <= {g.max_units}), {g.weights_pmsm} -> {g.weights_standard} weights; exact at T=1 only")
     if not args.verify:
         return EXIT_OK
     report = run_verification(export, args.data, args.timesteps, data=data)

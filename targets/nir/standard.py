@@ -22,7 +22,7 @@ from pmsm.errors import UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import dialect, ops
 
-FORMAT = "pmsm-nir-standard/1"
+FORMAT = dialect.STANDARD_FORMAT
 KEY = "pmsm_standard"  # node metadata naming the PMSM neuron and level a unit encodes (reports only)
 MAX_UNITS = 16  # K = hi - lo; above, the weights between two layers grow by more than 256x
 
