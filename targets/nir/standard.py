@@ -9,7 +9,8 @@ unit's threshold is the float32 boundary of ``clip(R(v_init + z))`` itself, foun
 float32 with the runtime's own neuron, so floor and half-even rounding, ties and ``v_init`` are
 exact. The ``+1/-1`` recombination is folded into the weights of whatever reads the neuron; a max
 pool becomes a sum pool of each unit followed by a threshold unit (``>= 1`` for positive units, all of
-the window for negative ones). Units are stacked on the channel axis, unit-major.
+the window for negative ones). Each level is its own IF node (consumers such as snntorch accept one
+threshold per node).
 """
 from __future__ import annotations
 
@@ -143,8 +144,6 @@ class _Rewrite:
                                   stride=node.stride, padding=node.padding, dilation=node.dilation,
                                   groups=int(node.groups), bias=b.astype(np.float32))
             return np.asarray(node.weight, np.float64), np.asarray(node.bias, np.float64), build
-        conv_shaped = len(in_shape) == 3
-
         def build(w, b):
             if w.ndim == 4:
                 return nir.Conv2d(input_shape=in_shape[1:], weight=w.astype(np.float32), stride=(1, 1),
@@ -161,7 +160,6 @@ class _Rewrite:
             w = _diag(np.ones(in_shape), in_shape, self.label, name)
             return w, np.zeros(w.shape[0]), build
         self.refuse(name, "only Conv2d, Affine, Linear and Scale can feed a neuron in the standard profile")
-        del conv_shaped
 
     def linear(self, name: str, reads: str, out_sign: float, stem: str) -> list[str]:
         """Nodes computing ``out_sign`` times linear node ``name`` applied to the parts of ``reads``."""
