@@ -43,18 +43,37 @@ class OnnxBackend:
 
 
 class NirBackend:
-    """The NIR file read back from disk and executed by the project's NIR interpreter."""
+    """The NIR file read back from disk and executed by the project's NIR interpreter (a standard
+    profile file: by the literal-spec simulator, exact at T = 1 only)."""
 
     name = "nir"
     reference = "onnx"
 
     def __init__(self, graph):
         from pmsm.targets.nir import NirInterpreter
+        from pmsm.targets.nir.dialect import is_standard_profile
+        from pmsm.targets.nir.literal import LiteralInterpreter
 
-        self.interpreter = NirInterpreter(graph)
+        self.interpreter = (LiteralInterpreter if is_standard_profile(graph) else NirInterpreter)(graph)
 
     def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
         result = self.interpreter.run(x, timesteps, collect_spikes=True)
+        return BackendRun(output=result.output, spikes=result.spikes)
+
+
+class TorchBackend:
+    """The NIR graph run by the project's PyTorch runtime (``pmsm.targets.torch``, on nirtorch)."""
+
+    name = "torch"
+    reference = "onnx"
+
+    def __init__(self, graph, device: str = "cpu"):
+        from pmsm.targets.torch import to_torch
+
+        self.network = to_torch(graph, device=device)
+
+    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
+        result = self.network.run(x, timesteps, collect_spikes=True)
         return BackendRun(output=result.output, spikes=result.spikes)
 
 

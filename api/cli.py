@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timesteps", type=parse_timesteps, default=[1, 2, 4], metavar="T[,T...]",
         help="timesteps to verify and report (default: 1,2,4); the first is the NIR default",
     )
+    parser.add_argument(
+        "--nir-profile", choices=("pmsm", "standard"), default="pmsm",
+        help="nir target: 'pmsm' (multi-spike IF + metadata, the default) or 'standard' (binary IF units only, "
+        "exact at T=1 in any NIR consumer; neurons grow hi-lo times)",
+    )
     parser.add_argument("--verify", action="store_true", help="run the target's backends against the reference")
     parser.add_argument(
         "--data", metavar="X.npz",

@@ -34,6 +34,7 @@ class Export:
     compensation: bool = True
     output_path: Optional[str] = None
     nir_graph: object = None
+    nir_growth: object = None  # standard profile: pmsm.targets.nir.standard.Growth
 
 
 def default_output(model_path: str, target: str) -> str:
@@ -51,10 +52,13 @@ def check_output_path(model_path: str, output: str) -> None:
         raise BadInputError(f"{output}: folder {folder} does not exist")
 
 
-def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensation: bool = True) -> Export:
+def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensation: bool = True,
+            nir_profile: str = "pmsm") -> Export:
     """Load, pre-flight for ``target`` and convert; nothing is written."""
     if target not in TARGETS:
         raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if nir_profile not in ("pmsm", "standard") or (nir_profile == "standard" and target != "nir"):
+        raise BadInputError(f"--nir-profile {nir_profile} needs --target nir (the lava target reads the pmsm profile)")
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
     from pmsm.exporter.convert import convert as convert_model
@@ -78,6 +82,10 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensat
             raise UnsupportedModelError(model_path, target, problems, note=_hybrid_note(network, problems))
         export.nir_graph = spiking_onnx_to_nir(network, source_sha256=source.sha256,
                                                source_name=os.path.basename(model_path), timesteps=timesteps)
+        if nir_profile == "standard":
+            from pmsm.targets.nir.standard import to_standard
+
+            export.nir_graph, export.nir_growth = to_standard(export.nir_graph, model_path)
     if target == "lava":
         from pmsm.targets.lava import unsupported_nir_nodes
 
@@ -162,7 +170,7 @@ def input_shape(model: onnx.ModelProto):
 
 
 def backends_for(export: Export) -> list:
-    from pmsm.backends import LavaBackend, NirBackend, OnnxBackend
+    from pmsm.backends import LavaBackend, NirBackend, OnnxBackend, TorchBackend
 
     backends = [OnnxBackend(export.spiking)]
     if export.target in ("nir", "lava"):
@@ -170,9 +178,17 @@ def backends_for(export: Export) -> list:
 
         graph = read_nir(export.output_path) if export.output_path else export.nir_graph
         backends.append(NirBackend(graph))
+        if export.target == "nir" and export.nir_growth is None and _importable("nirtorch"):
+            backends.append(TorchBackend(graph))
         if export.target == "lava":
             backends += [LavaBackend(graph), LavaBackend(graph, fixed_point=True)]
     return backends
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def load_verification_data(export: Export, data_path: Optional[str]):
@@ -193,8 +209,29 @@ def run_verification(export: Export, data_path: Optional[str], timesteps: list[i
         progress_factory=terminal_progress if progress else (lambda name, t: None),
         ann_optimized=AnnBackend(export.source_path, optimized=True),
     )
+    explained = _explain_mismatches(export, verification, x)
     report = build_report(export, verification, backends, data_path)
+    for (name, timestep), rows in explained.items():
+        report["verification"]["backends"][name][str(timestep)]["mismatch_by_layer"] = [r.to_json() for r in rows]
     return report
+
+
+def _explain_mismatches(export: Export, verification, x) -> dict:
+    """Per layer, why the spikes of each NIR-reading backend differ from the spiking ONNX; a
+    difference float rounding cannot explain fails verification (pmsm.targets.nir.mismatch)."""
+    if export.nir_graph is None or export.nir_growth is not None:
+        return {}
+    from pmsm.targets.nir import mismatch
+
+    explained = {}
+    reference = verification.runs.get("onnx", {})
+    for name in ("nir", "torch", "lava"):
+        for timestep, run in verification.runs.get(name, {}).items():
+            if timestep in reference and run.spikes:
+                rows = mismatch.explain(export.nir_graph, x, reference[timestep].spikes, run.spikes)
+                explained[(name, timestep)] = rows
+                verification.failures += mismatch.failures(rows, name, timestep)
+    return explained
 
 
 def finish_report(report: dict, path: Optional[str], pictures: bool = True) -> list[str]:
@@ -219,7 +256,8 @@ def run_command(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model, args.target)
     if not args.check and os.path.exists(args.model):
         check_output_path(args.model, output)  # before the work, not after it
-    export = convert(args.model, args.target, timesteps=args.timesteps[0], compensation=args.compensation)
+    export = convert(args.model, args.target, timesteps=args.timesteps[0], compensation=args.compensation,
+                     nir_profile=args.nir_profile)
     if args.check:
         print(f"{args.model}: ok for target '{args.target}': {len(export.neurons)} neuron layer(s), "
               f"{len(export.spiking.graph.node)} nodes")
@@ -227,6 +265,10 @@ def run_command(args: argparse.Namespace) -> int:
     data = load_verification_data(export, args.data) if args.verify else None  # bad data: fail before writing
     write(export, output)
     print(f"wrote {output} ({len(export.neurons)} PMSM neuron layer(s))")
+    if export.nir_growth is not None:
+        g = export.nir_growth
+        print(f"standard profile: {g.neurons_pmsm} PMSM neurons -> {g.neurons_standard} binary units "
+              f"(K <= {g.max_units}), {g.weights_pmsm} -> {g.weights_standard} weights; exact at T=1 only")
     if not args.verify:
         return EXIT_OK
     report = run_verification(export, args.data, args.timesteps, data=data)

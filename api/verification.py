@@ -69,7 +69,7 @@ class Verification:
 
 BATCH_ONE_SAMPLES = 32  # samples also compared one at a time (batch 1), whatever batch the model takes
 # Backends whose disagreement with the reference fails verification; the others are information.
-STRICT_BACKENDS = ("onnx", "nir", "lava")
+STRICT_BACKENDS = ("onnx", "nir", "torch", "lava")
 
 
 def accuracy(output: np.ndarray, labels: Optional[np.ndarray]) -> Optional[float]:

@@ -13,7 +13,9 @@ Semantics (DESIGN §4), in level units, per element and per sample::
 source graph performs (``Add(x, 0.5)``): that is what makes T = 1 bit-exact.
 
 The custom ONNX Runtime op (one timestep), the NIR interpreter and the Lava process models call
-``initial_membrane``/``step`` or ``run``; none of them re-derives the rule.
+``initial_membrane``/``step`` or ``run``; none of them re-derives the rule. ``step`` and
+``initial_membrane`` also take torch tensors (the torch runtime of NIR files, on CPU or GPU): the
+same rule, written once, runs on either library's float32 arithmetic, which rounds identically.
 """
 from __future__ import annotations
 
@@ -58,20 +60,69 @@ class NeuronParams:
         return max(-self.lo, self.hi)
 
 
-def _round(u: np.ndarray, rounding: str) -> np.ndarray:
-    # np.rint rounds half to even, as ONNX QuantizeLinear does.
-    return np.floor(u) if rounding == "floor" else np.rint(u)
+class _Numpy:
+    float32 = np.float32
+    floor = staticmethod(np.floor)
+    rint = staticmethod(np.rint)  # half to even, as ONNX QuantizeLinear
+    clip = staticmethod(np.clip)
+
+    @staticmethod
+    def as_float32(a, like=None):
+        return np.asarray(a, dtype=np.float32)
+
+    @staticmethod
+    def full(shape, value, like=None):
+        return np.full(shape, value, dtype=np.float32)
 
 
-def initial_membrane(shape: tuple[int, ...], params: NeuronParams) -> np.ndarray:
-    return np.full(shape, np.float32(params.v_init), dtype=np.float32)
+class _Torch:
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.float32 = torch.float32
+        self.floor = torch.floor
+        self.rint = torch.round  # half to even, like np.rint
+        self.clip = torch.clamp
+
+    def as_float32(self, a, like=None):
+        device = like.device if like is not None else None
+        return self.torch.as_tensor(a, dtype=self.torch.float32, device=device)
+
+    def full(self, shape, value, like=None):
+        return self.torch.full(shape, value, dtype=self.torch.float32,
+                               device=like.device if like is not None else None)
 
 
-def step(u: np.ndarray, z: np.ndarray, params: NeuronParams) -> tuple[np.ndarray, np.ndarray]:
-    """Advance one timestep: returns (new membrane, spikes), both float32."""
-    u = (u + np.asarray(z, dtype=np.float32)).astype(np.float32, copy=False)
-    s = np.clip(_round(u, params.rounding), params.lo, params.hi).astype(np.float32, copy=False)
-    return (u - s).astype(np.float32, copy=False), s
+_TORCH = None
+
+
+def _library(a):
+    """numpy, or torch for a torch tensor (imported only then)."""
+    global _TORCH
+    if isinstance(a, np.ndarray) or not type(a).__module__.startswith("torch"):
+        return _Numpy
+    if _TORCH is None:
+        _TORCH = _Torch()
+    return _TORCH
+
+
+def initial_membrane(shape: tuple[int, ...], params: NeuronParams, like=None):
+    """``v_init`` everywhere, float32; a torch tensor on ``like``'s device when ``like`` is one."""
+    return _library(like).full(tuple(shape), float(np.float32(params.v_init)), like)
+
+
+def step(u, z, params: NeuronParams):
+    """Advance one timestep: returns (new membrane, spikes), both float32.
+
+    ``z`` is rounded to float32 first (round to nearest even): an input computed in higher precision
+    enters the membrane exactly as a float32 input would.
+    """
+    lib = _library(u)
+    u = lib.as_float32(u, like=u) + lib.as_float32(z, like=u)
+    rounded = lib.floor(u) if params.rounding == "floor" else lib.rint(u)
+    s = lib.clip(rounded, params.lo, params.hi)
+    return u - s, s
 
 
 def run(z: np.ndarray, params: NeuronParams) -> np.ndarray:

@@ -222,8 +222,9 @@ def test_cnn_residual_pools_match_spiking_onnx(variant, timesteps):
 def test_offsets_relu_grouped_conv_reduce_mean_reshape_match_spiking_onnx(timesteps):
     graph = _compare(misc_model(), RNG.normal(size=(8, 2, 5, 5)).astype(np.float32), timesteps)
     kinds = sorted(type(n).__name__ for n in graph.nodes.values())
-    # The input offset went into the first Conv's bias, theta into the grouped Conv: no Scale node.
-    assert kinds == ["Affine", "AvgPool2d", "Conv2d", "Conv2d", "Flatten", "IF", "IF", "Input", "Output"]
+    # The input offset went into the first Conv's bias, theta into the grouped Conv: no Scale node;
+    # the mean over H and W is a sum pool whose 1/(H*W) went into the Affine's weights.
+    assert kinds == ["Affine", "Conv2d", "Conv2d", "Flatten", "IF", "IF", "Input", "Output", "SumPool2d"]
 
 
 def test_if_metadata_and_graph_metadata():

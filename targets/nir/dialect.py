@@ -10,6 +10,7 @@ from pmsm.runtime.neuron import NeuronParams
 KEY = "pmsm"
 VERSION = 1
 FORMAT = "pmsm-nir/1"
+STANDARD_FORMAT = "pmsm-nir-standard/1"
 READOUT = "mean"
 RESET = "subtract"
 MAX_POOL = {"op": "max_pool2d", "version": VERSION}
@@ -65,6 +66,12 @@ def neuron_params(node: nir.IF, name: str, label: str) -> NeuronParams:
         return NeuronParams(meta["lo"], meta["hi"], float(meta["v_init"]), meta["rounding"])
     except (TypeError, ValueError) as exc:
         raise BadInputError(f"{label}: IF node '{name}': {exc}") from None
+
+
+def is_standard_profile(graph: nir.NIRGraph) -> bool:
+    """A standard-profile file (binary IF units only, pmsm.targets.nir.standard)."""
+    meta = normalise(graph.metadata or {}).get(KEY)
+    return isinstance(meta, dict) and meta.get("format") == STANDARD_FORMAT
 
 
 def is_max_pool(node: nir.NIRNode) -> bool:

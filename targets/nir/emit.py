@@ -4,7 +4,7 @@ from __future__ import annotations
 import nir
 import numpy as np
 
-from pmsm.targets.nir import dialect
+from pmsm.targets.nir import arithmetic, dialect
 from pmsm.targets.nir.ir import Node, WorkGraph
 
 
@@ -28,13 +28,15 @@ def _nir_node(n: Node) -> nir.NIRNode:
                       v_reset=np.zeros(shape, np.float32),
                       metadata={dialect.KEY: dialect.neuron_metadata(p["neuron"], n.onnx_node)})
     if n.kind == "conv":
+        weight, bias = arithmetic.on_grid(p["weight"], p["bias"])
         # input_shape given explicitly: nir's own inference is wrong for 'same' with stride 2.
-        return nir.Conv2d(input_shape=(int(n.in_shape[1]), int(n.in_shape[2])), weight=_f32(p["weight"]),
+        return nir.Conv2d(input_shape=(int(n.in_shape[1]), int(n.in_shape[2])), weight=_f32(weight),
                           stride=tuple(int(s) for s in p["stride"]), padding=tuple(int(s) for s in p["padding"]),
                           dilation=tuple(int(s) for s in p["dilation"]), groups=int(p["groups"]),
-                          bias=_f32(p["bias"]))
+                          bias=_f32(bias))
     if n.kind == "affine":
-        return nir.Affine(weight=_f32(p["weight"]), bias=_f32(p["bias"]))
+        weight, bias = arithmetic.on_grid(p["weight"], p["bias"])
+        return nir.Affine(weight=_f32(weight), bias=_f32(bias))
     if n.kind == "scale":
         return nir.Scale(scale=_f32(p["scale"]))
     if n.kind == "flatten":

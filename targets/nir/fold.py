@@ -22,7 +22,7 @@ from pmsm.targets.nir.ir import Edge, Node, WorkGraph, per_channel
 
 Problem = tuple[str, str, str]
 
-_TRANSPARENT = ("flatten", "avgpool", "sumpool", "maxpool")
+_TRANSPARENT = ("flatten", "sumpool", "maxpool")
 
 
 def prune(work: WorkGraph) -> None:
@@ -154,10 +154,12 @@ def _push_bias(work: WorkGraph, edge: Edge, bias: np.ndarray, apply: bool) -> bo
         return True
     if src.kind == "flatten":
         back = bias.reshape(src.in_shape)
-    elif src.kind == "maxpool" or (src.kind == "avgpool" and src.params["padding"] == (0, 0)):
+    elif src.kind == "maxpool" or (src.kind == "sumpool" and src.params["padding"] == (0, 0)):
         v = per_channel(bias)
         if v is None:
             return False
+        if src.kind == "sumpool":  # each output sums kh*kw copies of the offset
+            v = v / float(src.params["kernel"][0] * src.params["kernel"][1])
         back = np.broadcast_to(v.reshape(-1, 1, 1), src.in_shape).copy()
     else:
         return False

@@ -55,6 +55,9 @@ def _max_pool(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 
 def _avg_like(t: Translator, node: onnx.NodeProto, in_shape, out_shape, kernel, stride, padding, include_pad) -> Expr:
+    """An average pool as a sum pool followed by a factor per output position (``1/(kh*kw)``, or
+    ``1/count`` of real elements with ``count_include_pad=0``), which folds into the next layer's
+    weights: a sum of spike counts is exact, a division is not (docs/nir.md §4)."""
     e = t.act(node.input[0])
     to_out = channels(out_shape)
 
@@ -62,13 +65,9 @@ def _avg_like(t: Translator, node: onnx.NodeProto, in_shape, out_shape, kernel, 
         v = per_channel(c)
         return None if v is None else to_out(v)
 
-    if include_pad or padding == (0, 0):
-        n = t.new("avgpool", node, in_shape, out_shape, kernel=kernel, stride=stride, padding=padding)
-        return t.pass_through(e, n, coef, lambda b: ops.pool2d(b[None], kernel, stride, padding, "avg")[0])
-    # count_include_pad=0 with padding: the divisor shrinks at the borders. A sum pool followed by
-    # a factor per output position (1/count) is exact and uses standard nodes only.
     n = t.new("sumpool", node, in_shape, out_shape, kernel=kernel, stride=stride, padding=padding)
-    counts = ops.window_counts(in_shape[1:], kernel, stride, padding)
+    counts = (np.full(out_shape[1:], float(kernel[0] * kernel[1])) if include_pad or padding == (0, 0)
+              else ops.window_counts(in_shape[1:], kernel, stride, padding))
     post = np.broadcast_to(1.0 / counts, out_shape).copy()
     return t.pass_through(e, n, coef, lambda b: ops.pool2d(b[None], kernel, stride, padding, "sum")[0], post)
 

@@ -1,9 +1,13 @@
-"""A discrete-time numpy interpreter for PMSM-dialect NIR graphs.
+"""A discrete-time numpy interpreter for PMSM-dialect NIR graphs, in the dialect's defined
+arithmetic (docs/nir.md §4).
 
 Each timestep evaluates every node once in topological order with no delay on edges; a node's input
-is the sum of its incoming edges (in edge order). The input is presented unchanged at every step,
-IF nodes run the PMSM neuron of :mod:`pmsm.runtime.neuron`, and the result is the mean over the
-timesteps of what reaches the Output node. Batched over samples, float32 throughout.
+is the sum of its incoming edges. The input is presented unchanged at every step. Linear and pooling
+nodes compute in float64, which the writer's weight grid makes exact (see :mod:`.arithmetic`), so the
+summation order of BLAS does not matter; a value is rounded to float32 only where it enters an IF
+node (which runs the PMSM neuron of :mod:`pmsm.runtime.neuron`) or the Output. The result is the mean
+over the timesteps of the Output's float32 values, summed in float64 in time order. Batched over
+samples.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class NirResult:
     output: np.ndarray  # [N, ...]: mean over T of the (first) Output node
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every Output node by name
     spikes: dict[str, np.ndarray] = field(default_factory=dict)  # [T, N, ...] by the neuron's ONNX node name
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # [T, N, ...] float32 z of each neuron, same keys
 
 
 def _pair(v) -> tuple[int, int]:
@@ -30,7 +35,7 @@ def _pair(v) -> tuple[int, int]:
     return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
 
 
-def _conv_padding(node: nir.Conv2d, name: str) -> tuple[int, int]:
+def conv_padding(node: nir.Conv2d, name: str) -> tuple[int, int]:
     pad = node.padding
     if isinstance(pad, str):
         if pad == "valid":
@@ -42,20 +47,25 @@ def _conv_padding(node: nir.Conv2d, name: str) -> tuple[int, int]:
     return _pair(pad)
 
 
-def _linear_op(node: nir.NIRNode, name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The function a stateless node applies to a batch ``[N, ...]``."""
+def _linear_op(node: nir.NIRNode, name: str, absolute: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """The function a stateless node applies to a float64 batch ``[N, ...]``; with ``absolute``, the
+    same node with every parameter replaced by its magnitude (a bound on the terms it sums)."""
+    def param(a) -> np.ndarray:
+        a = np.asarray(a, np.float64)
+        return np.abs(a) if absolute else a
+
     if isinstance(node, nir.Conv2d):
-        w, b = np.asarray(node.weight, np.float32), np.asarray(node.bias, np.float32)
-        args = (_pair(node.stride), _conv_padding(node, name), _pair(node.dilation), int(node.groups))
+        w, b = param(node.weight), param(node.bias)
+        args = (_pair(node.stride), conv_padding(node, name), _pair(node.dilation), int(node.groups))
         return lambda x: ops.conv2d(x, w, b, *args)
     if isinstance(node, nir.Affine):
-        w, b = np.asarray(node.weight, np.float32), np.asarray(node.bias, np.float32)
+        w, b = param(node.weight), param(node.bias)
         return lambda x: x @ w.T + b
     if isinstance(node, nir.Linear):
-        w = np.asarray(node.weight, np.float32)
+        w = param(node.weight)
         return lambda x: x @ w.T
     if isinstance(node, nir.Scale):
-        s = np.asarray(node.scale, np.float32)
+        s = param(node.scale)
         return lambda x: x * s
     if isinstance(node, nir.Flatten):
         start, end = int(node.start_dim), int(node.end_dim)
@@ -74,7 +84,7 @@ def _linear_op(node: nir.NIRNode, name: str) -> Callable[[np.ndarray], np.ndarra
     raise BadInputError(f"node '{name}': NIR type {type(node).__name__} is not part of the PMSM dialect")
 
 
-def _topological(graph: nir.NIRGraph, label: str) -> list[str]:
+def topological(graph: nir.NIRGraph, label: str) -> list[str]:
     indegree = {name: 0 for name in graph.nodes}
     for _, dst in graph.edges:
         indegree[dst] += 1
@@ -95,18 +105,18 @@ def _topological(graph: nir.NIRGraph, label: str) -> list[str]:
 
 class NirInterpreter:
     def __init__(self, graph: nir.NIRGraph, label: str = "<nir graph>") -> None:
-        dialect.check(graph, label)
+        self._validate(graph, label)
         self.graph = graph
         self.label = label
-        self.order = _topological(graph, label)
+        self.order = topological(graph, label)
         self.sources = {name: [src for src, dst in graph.edges if dst == name] for name in graph.nodes}
         self.input = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
         self.input_shape = tuple(int(d) for d in np.asarray(graph.nodes[self.input].input_type["input"]).reshape(-1))
         self.outputs = [n for n in self.order if isinstance(graph.nodes[n], nir.Output)]
-        self.neurons = {n: dialect.neuron_params(node, n, label)
-                        for n, node in graph.nodes.items() if isinstance(node, nir.IF)}
+        self.neurons = {n: self._neuron(node, n, label) for n, node in graph.nodes.items() if isinstance(node, nir.IF)}
         self.ops = {n: _linear_op(graph.nodes[n], n) for n in self.order
                     if n != self.input and n not in self.neurons}
+        self._absolute_ops = None
         # Nodes fed only by the input see the same value at every step: computed once per run.
         dynamic: set[str] = set()
         for n in self.order:
@@ -115,7 +125,16 @@ class NirInterpreter:
         self.static = [n for n in self.order if n not in dynamic]
         self.dynamic = [n for n in self.order if n in dynamic]
 
-    def _key(self, name: str) -> str:
+    @staticmethod
+    def _validate(graph: nir.NIRGraph, label: str) -> None:
+        dialect.check(graph, label)
+
+    @staticmethod
+    def _neuron(node: nir.IF, name: str, label: str):
+        return dialect.neuron_params(node, name, label)
+
+    def key(self, name: str) -> str:
+        """The name a neuron's spikes are reported under: its ONNX node, else its NIR node."""
         meta = self.graph.nodes[name].metadata.get(dialect.KEY, {})
         return str(meta.get("onnx_node") or name)
 
@@ -125,40 +144,80 @@ class NirInterpreter:
             raise BadInputError(f"{self.label}: node '{name}' has no input")
         total = values[srcs[0]]
         for s in srcs[1:]:
-            total = total + values[s]
+            total = total + values[s]  # exact in float64 (docs/nir.md §4): the order is immaterial
         return total
 
-    def run(self, x: np.ndarray, timesteps: int, collect_spikes: bool = False) -> NirResult:
+    def _check_input(self, x: np.ndarray, timesteps: int) -> np.ndarray:
         if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
             raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
         x = np.asarray(x, dtype=np.float32)
         if x.shape[1:] != self.input_shape:
             raise BadInputError(f"{self.label}: input of shape {x.shape} does not match the Input node "
                                 f"[N, {', '.join(map(str, self.input_shape))}]")
-        n = x.shape[0]
-        values: dict[str, np.ndarray] = {self.input: x}
+        return x
+
+    def _evaluate(self, x: np.ndarray, timesteps: int, ops: dict, fire, record) -> None:
+        """Step the graph; ``fire(name, z, t)`` gives a neuron's output for its float64 input ``z``,
+        ``record(name, value, t)`` sees every Output node's float64 value."""
+        values: dict[str, np.ndarray] = {self.input: x.astype(np.float64)}
         for name in self.static:
             if name != self.input:
-                values[name] = self.ops[name](self._input_of(name, values))
+                values[name] = ops[name](self._input_of(name, values))
+        for t in range(int(timesteps)):
+            for name in self.dynamic:
+                z = self._input_of(name, values)
+                values[name] = fire(name, z, t) if name in self.neurons else ops[name](z)
+            for name in self.outputs:
+                record(name, values[name], t)
+
+    def run(self, x: np.ndarray, timesteps: int, collect_spikes: bool = False,
+            collect_inputs: bool = False) -> NirResult:
+        x = self._check_input(x, timesteps)
+        n = x.shape[0]
         membranes = {name: neuron.initial_membrane((n,) + tuple(self.graph.nodes[name].r.shape), p)
                      for name, p in self.neurons.items()}
         spikes = {name: [] for name in self.neurons} if collect_spikes else {}
-        sums = {name: None for name in self.outputs}
-        for _ in range(int(timesteps)):
-            for name in self.dynamic:
-                z = self._input_of(name, values)
-                if name in self.neurons:
-                    membranes[name], values[name] = neuron.step(membranes[name], z, self.neurons[name])
-                    if collect_spikes:
-                        spikes[name].append(values[name])
-                else:
-                    values[name] = self.ops[name](z)
-            for name in self.outputs:
-                out = values[name]
-                sums[name] = out.astype(np.float32) if sums[name] is None else sums[name] + out
-        means = {name: (sums[name] / np.float32(timesteps)).astype(np.float32) for name in self.outputs}
+        inputs = {name: [] for name in self.neurons} if collect_inputs else {}
+        sums = {name: np.zeros((n,) + self._output_shape(name)) for name in self.outputs}
+
+        def fire(name, z, t):
+            membranes[name], s = neuron.step(membranes[name], z, self.neurons[name])
+            if collect_spikes:
+                spikes[name].append(s)
+            if collect_inputs:
+                inputs[name].append(z.astype(np.float32))
+            return s.astype(np.float64)
+
+        def record(name, value, t):
+            sums[name] += value.astype(np.float32)  # each step's output is rounded to float32 once
+
+        self._evaluate(x, timesteps, self.ops, fire, record)
+        means = {name: (sums[name] / timesteps).astype(np.float32) for name in self.outputs}
         return NirResult(
             output=means[self.outputs[0]],
             outputs=means,
-            spikes={self._key(name): np.stack(s) for name, s in spikes.items()},
+            spikes={self.key(name): np.stack(s) for name, s in spikes.items()},
+            inputs={self.key(name): np.stack(z) for name, z in inputs.items()},
         )
+
+    def _output_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in np.asarray(self.graph.nodes[name].output_type["output"]).reshape(-1))
+
+    def currents(self, x: np.ndarray, spikes: dict[str, np.ndarray], absolute: bool = False) -> dict[str, np.ndarray]:
+        """Every neuron's float64 input ``[T, N, ...]`` when the neurons emit the given ``spikes``
+        (keyed like :attr:`NirResult.spikes`) instead of running. With ``absolute``, every parameter,
+        input and spike is replaced by its magnitude: the sum of the magnitudes of the terms each
+        input adds up, which bounds how far any other summation order can round it."""
+        timesteps = len(next(iter(spikes.values())))
+        x = self._check_input(np.abs(x) if absolute else x, timesteps)
+        if absolute and self._absolute_ops is None:
+            self._absolute_ops = {n: _linear_op(self.graph.nodes[n], n, absolute=True) for n in self.ops}
+        out = {name: [] for name in self.neurons}
+
+        def fire(name, z, t):
+            out[name].append(z)
+            s = np.asarray(spikes[self.key(name)][t], np.float64)
+            return np.abs(s) if absolute else s
+
+        self._evaluate(x, timesteps, self._absolute_ops if absolute else self.ops, fire, lambda *a: None)
+        return {self.key(name): np.stack(z) for name, z in out.items()}

@@ -21,6 +21,7 @@ from pmsm.targets.lava.build import build
 from pmsm.targets.lava.fixed_point import quantize
 from pmsm.targets.lava.graph import analyse
 from pmsm.targets.lava.lowering import lower
+from pmsm.targets.lava.processes.conv_float64 import Conv, PyConvModelFloat64
 
 
 class Network(AbstractProcess):
@@ -58,7 +59,10 @@ class Network(AbstractProcess):
         return self.lowered.plan.depth
 
     def run_cfg(self) -> Loihi2SimCfg:
-        return Loihi2SimCfg(select_tag="fixed_pt" if self.fixed_point else "floating_pt")
+        if self.fixed_point:
+            return Loihi2SimCfg(select_tag="fixed_pt")
+        # float64 convolutions: the NIR dialect's arithmetic (lava-nc's own model sums in float32)
+        return Loihi2SimCfg(select_tag="floating_pt", exception_proc_model_map={Conv: PyConvModelFloat64})
 
     def recorded_spikes(self) -> dict:
         """Step index -> [record_steps, *Lava shape] spikes (a copy), for recording neurons."""

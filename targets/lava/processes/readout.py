@@ -56,7 +56,8 @@ class PyMeanReadoutFloat(_ReadoutModel):
     acc: np.ndarray = LavaPyType(np.ndarray, float)
 
     def run_spk(self) -> None:
-        self._accumulate(self.a_in.recv().astype(np.float64))
+        # each step's output rounded to float32 once, as the NIR dialect defines the readout
+        self._accumulate(self.a_in.recv().astype(np.float32).astype(np.float64))
 
 
 @implements(proc=MeanReadout, protocol=LoihiProtocol)
