@@ -10,6 +10,7 @@ The child shares the parent's loaded modules through ``fork``, so the cost is th
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import select
@@ -91,6 +92,7 @@ def _kill(pid: int) -> None:
 
 
 def _silence_output() -> None:
+    faulthandler.disable()  # a crash is reported by the parent; no traceback dump from the child
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)

@@ -50,7 +50,8 @@ def problems(model: onnx.ModelProto) -> list[str]:
             continue
         if tensor.data_type in _FLOAT_TYPES and value.size and not np.all(np.isfinite(value)):
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-            weights.append(f"{where}: tensor '{tensor.name}' holds {bad} NaN or infinite value(s); weights must be finite")
+            weights.append(f"{where}: tensor '{tensor.name}' holds {bad} NaN or infinite value(s); "
+                           "weights must be finite")
         if owner is None or owner.op_type == "Constant":
             constants[tensor.name if owner is None else owner.output[0]] = value
     _constant_scalars(model, constants)
@@ -93,7 +94,8 @@ def _interface_problems(model: onnx.ModelProto) -> list[str]:
     newest = onnx.defs.onnx_opset_version()
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx") and op.version > newest:
-            found.append(f"opset {op.version} of domain 'ai.onnx' is newer than any this onnx release defines ({newest})")
+            found.append(f"opset {op.version} of domain 'ai.onnx' is newer than any this onnx release defines "
+                         f"({newest})")
     initializers = {tensor.name for tensor in graph.initializer}
     for value in graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
@@ -194,7 +196,7 @@ def _bad_bit_width(bits: np.ndarray) -> Optional[str]:
     flat = np.asarray(bits, dtype=np.float64).reshape(-1)
     for value in flat:
         if not np.isfinite(value) or value != np.round(value) or not 1 <= value <= MAX_QONNX_BITS:
-            return f"is {value!r}; it must be a whole number from 1 to {MAX_QONNX_BITS}"
+            return f"is {value:g}; it must be a whole number from 1 to {MAX_QONNX_BITS}"
     return None
 
 
