@@ -229,7 +229,7 @@ def run_command(args: argparse.Namespace) -> int:
     if (args.report is not None or args.data is not None) and not args.verify:
         raise BadInputError("--report and --data need --verify")
     output = args.output if args.output is not None else default_output(args.model, args.target)
-    outputs = [] if args.check else [Role("-o", output)] + _report_roles(args.report)
+    outputs = [] if args.check else [Role("-o", output)] + report_roles(args.report)
     resolved = check_run_paths(args.model, outputs, args.data if args.verify else None)
     with run_limits.applied(limits):
         export = _convert(args.model, args.target, timesteps[0])
@@ -276,14 +276,15 @@ def run_command(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if failures else EXIT_OK
 
 
-def _report_roles(report: Optional[str]) -> list[Role]:
+def report_roles(report: Optional[str], pictures: bool = True, flag: str = "--report") -> list[Role]:
+    """The report and the pictures drawn next to it, as outputs to check."""
     if report is None:
         return []
     from pmsm.plots import picture_paths
 
     folder, name = os.path.split(report)
-    pictures = picture_paths(folder, os.path.splitext(name)[0])
-    return [Role("--report", report)] + [Role("picture of --report", p) for p in pictures]
+    drawn = picture_paths(folder, os.path.splitext(name)[0]) if pictures else []
+    return [Role(flag, report)] + [Role(f"picture of {flag}", p) for p in drawn]
 
 
 def _stage_report(report: dict, path: str, resolved: dict[str, str], staging) -> None:

@@ -674,3 +674,13 @@ def test_the_real_command_answers_a_hostile_path_in_one_line(work):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert snapshot(folder) == before
+
+
+def test_the_python_api_refuses_a_report_on_the_model_before_writing(work):
+    import pmsm
+
+    folder, model, _ = work
+    before = snapshot(folder)
+    with pytest.raises(BadInputError, match="would overwrite the input MODEL"):
+        pmsm.verify(model, output=str(folder / "o.onnx"), report=model, timesteps=[1])
+    assert snapshot(folder) == before
