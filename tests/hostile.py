@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import io
 import os
 import stat
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,3 +142,14 @@ def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
 
 def set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     initializer(model, name).CopyFrom(numpy_helper.from_array(np.asarray(value), name))
+
+
+def zip_bomb(path, declared_rows: int, zeros: int = 4 << 20):
+    """An .npz whose 'x' header declares [declared_rows, 1, 8, 8] float32 over a few MB of zeros."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": (declared_rows, 1, 8, 8)}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as member:
+            member.write(buffer.getvalue())
+            member.write(bytes(zeros))

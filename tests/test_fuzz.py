@@ -4,8 +4,8 @@ a QONNX model), broken data files, hostile paths and odd arguments.
 Every mutation is built to be invalid for certain (a model cut inside its graph field, a node
 reading a tensor nothing makes, a scale of NaN, ...), so every case must end the same way: exit
 2, one line on stderr, no traceback, nothing written, every input unchanged. The quick subset
-(the first variant of each category on one seed) runs in ``make test``; all cases (several
-hundred) run in ``make test-all``. Each case draws its random choices from a generator seeded by
+(the first case of each category) runs in ``make test``; all cases (several hundred) run in
+``make test-all``. Each case draws its random choices from a generator seeded by
 its own name, so a failure reproduces alone (``pytest -m '' tests/test_fuzz.py -k <name>``).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SAMPLES, build_qdq_mlp
-from hostile import DeviceGuard, assert_refused, build_qonnx_mlp, run_command, snapshot
+from hostile import DeviceGuard, assert_refused, build_qonnx_mlp, run_command, snapshot, zip_bomb
 
 SAMPLE_SEEDS = sorted(name[:-5] for name in os.listdir(SAMPLES) if name.endswith(".onnx"))
 SEEDS = SAMPLE_SEEDS + ["qdq_mlp", "qonnx_mlp"]
@@ -248,11 +248,22 @@ EXTRA_VARIANTS = {"bad-scale": 6, "zero-point-range": 6, "bit-width": 8}
 # ---------------------------------------------------------------------------------------------
 
 
-def with_external_data(folder, seed, rng):
+EXTERNAL_DATA_KINDS = ("parent", "absolute", "symlink", "fifo", "missing", "offset", "length", "folder")
+DATA_FILE_KINDS = ("nan", "inf", "rank", "features", "no-x", "labels-length", "labels-float", "object", "strings",
+                   "complex", "truncated", "garbage", "empty", "bomb")
+PATH_KINDS = ("model", "data", "report-model", "report-data", "report-output", "hard-link", "symlink",
+              "dangling-symlink", "dev-null", "dev-full", "report-dev-null", "fifo", "folder", "slash",
+              "missing-folder", "proc", "long-name", "picture-on-output", "empty-output", "empty-data",
+              "empty-report", "empty-model", "nul")
+ARGUMENT_KINDS = ("t-zero", "t-negative", "t-huge", "t-above-max", "t-many", "t-words", "t-empty", "target",
+                  "report-without-verify", "data-without-verify", "limit-zero", "limit-words", "seconds-nan",
+                  "unknown-flag", "nodes-limit", "weights-limit", "memory")
+
+
+def with_external_data(folder, seed, rng, how):
     path = folder / "model.onnx"
     onnx.save(seed_model(seed), str(path), save_as_external_data=True, location="model.data", size_threshold=0)
     model = onnx.load(str(path), load_external_data=False)
-    how = _pick(rng, ["parent", "absolute", "symlink", "fifo", "missing", "offset", "length", "folder"])
     if how == "symlink":
         os.symlink("/etc/hostname" if os.path.exists("/etc/hostname") else "/etc/passwd", folder / "link.data")
     elif how == "fifo":
@@ -273,13 +284,11 @@ def with_external_data(folder, seed, rng):
     return [path, "-o", folder / "out.onnx"]
 
 
-def bad_data_file(folder, seed, rng):
+def bad_data_file(folder, seed, rng, how):
     model = folder / "model.onnx"
     onnx.save(seed_model(seed), str(model))
     data = folder / "data.npz"
     good = rng.uniform(0, 1, (6, 1, 8, 8)).astype(np.float32)
-    how = _pick(rng, ["nan", "inf", "rank", "features", "no-x", "labels-length", "labels-float", "object",
-                      "strings", "complex", "truncated", "garbage", "empty", "bomb"])
     if how in ("nan", "inf"):
         good.reshape(-1)[int(rng.integers(good.size))] = np.nan if how == "nan" else np.inf
         np.savez(data, x=good)
@@ -307,22 +316,16 @@ def bad_data_file(folder, seed, rng):
     elif how == "empty":
         np.savez(data, x=np.zeros((0, 1, 8, 8), np.float32))
     else:
-        from test_hostile import zip_bomb
-
         zip_bomb(data, declared_rows=int(10 ** rng.integers(8, 12)), zeros=1 << 20)
     return [model, "--verify", "--data", data, "-o", folder / "out.onnx"]
 
 
-def hostile_path(folder, seed, rng):
+def hostile_path(folder, seed, rng, how):
     model = folder / "model.onnx"
     onnx.save(seed_model(seed), str(model))
     data = folder / "data.npz"
     np.savez(data, x=rng.uniform(0, 1, (4, 1, 8, 8)).astype(np.float32))
     out = folder / "out.onnx"
-    how = _pick(rng, ["model", "data", "report-model", "report-data", "report-output", "hard-link", "symlink",
-                      "dangling-symlink", "dev-null", "dev-full", "report-dev-null", "fifo", "folder", "slash",
-                      "missing-folder", "proc", "long-name", "picture-on-output", "empty-output", "empty-data",
-                      "empty-report", "empty-model", "nul"])
     verify = ["--verify", "--data", data]
     if how == "hard-link":
         os.link(model, folder / "alias.onnx")
@@ -350,12 +353,9 @@ def hostile_path(folder, seed, rng):
     }[how]
 
 
-def odd_arguments(folder, seed, rng):
+def odd_arguments(folder, seed, rng, how):
     model = folder / "model.onnx"
     onnx.save(seed_model(seed), str(model))
-    how = _pick(rng, ["t-zero", "t-negative", "t-huge", "t-above-max", "t-many", "t-words", "t-empty",
-                      "target", "report-without-verify", "data-without-verify", "limit-zero", "limit-words",
-                      "seconds-nan", "unknown-flag", "nodes-limit", "weights-limit", "memory"])
     return {
         "t-zero": [model, "--timesteps", "0"], "t-negative": [model, "--timesteps", "2,-1"],
         "t-huge": [model, "--timesteps", str(1 << 63)], "t-above-max": [model, "--timesteps", "1025"],
@@ -371,11 +371,12 @@ def odd_arguments(folder, seed, rng):
     }[how]
 
 
-INPUT_MUTATIONS = {
-    "external-data": (with_external_data, tuple(SEEDS), 4),
-    "data-file": (bad_data_file, tuple(SAMPLE_SEEDS[:2] + ["qdq_mlp"]), 10),
-    "path": (hostile_path, tuple(SAMPLE_SEEDS[:2] + ["qdq_mlp"]), 12),
-    "arguments": (odd_arguments, tuple(SAMPLE_SEEDS[:2] + ["qdq_mlp"]), 10),
+SOME_SEEDS = (SAMPLE_SEEDS[0], SAMPLE_SEEDS[-1], "qdq_mlp")
+INPUT_MUTATIONS = {  # name -> (builder, its kinds, seeds it applies to); every kind on every seed
+    "external-data": (with_external_data, EXTERNAL_DATA_KINDS, tuple(SEEDS)),
+    "data-file": (bad_data_file, DATA_FILE_KINDS, SOME_SEEDS),
+    "path": (hostile_path, PATH_KINDS, SOME_SEEDS),
+    "arguments": (odd_arguments, ARGUMENT_KINDS, SOME_SEEDS),
 }
 
 
@@ -388,11 +389,11 @@ INPUT_MUTATIONS = {
 class Case:
     category: str
     seed: str
-    variant: int
+    variant: str  # a number (the random draw) for model mutations, the kind for the others
 
     @property
     def name(self) -> str:
-        return f"{self.category}-{self.seed}-{self.variant}"
+        return f"{self.category}-{self.variant}-{self.seed}"
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(zlib.crc32(self.name.encode()))
@@ -403,23 +404,21 @@ class Case:
             path = folder / "model.onnx"
             path.write_bytes(mutated if isinstance(mutated, bytes) else mutated.SerializeToString())
             return [path, "-o", folder / "out.onnx"]
-        return INPUT_MUTATIONS[self.category][0](folder, self.seed, self.rng())
+        return INPUT_MUTATIONS[self.category][0](folder, self.seed, self.rng(), self.variant)
 
 
 def all_cases() -> list[Case]:
     cases = []
     for category, (_, seeds) in MODEL_MUTATIONS.items():
         for seed in seeds:
-            cases += [Case(category, seed, v) for v in range(EXTRA_VARIANTS.get(category, VARIANTS))]
-    for category, (_, seeds, variants) in INPUT_MUTATIONS.items():
-        for seed in seeds:
-            cases += [Case(category, seed, v) for v in range(variants)]
+            cases += [Case(category, seed, str(v)) for v in range(EXTRA_VARIANTS.get(category, VARIANTS))]
+    for category, (_, kinds, seeds) in INPUT_MUTATIONS.items():
+        cases += [Case(category, seed, kind) for kind in kinds for seed in seeds]
     return cases
 
 
 CASES = all_cases()
-QUICK = [next(c for c in CASES if c.category == category and c.variant == 0)
-         for category in dict.fromkeys(c.category for c in CASES)]
+QUICK = [next(c for c in CASES if c.category == category) for category in dict.fromkeys(c.category for c in CASES)]
 
 
 def test_the_fuzz_corpus_is_several_hundred_cases_over_every_category():

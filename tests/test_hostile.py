@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SAMPLES, build_qdq_mlp
 from hostile import (DeviceGuard, assert_refused, build_qonnx_mlp, initializer, run_command, set_initializer,
-                     snapshot)
+                     snapshot, zip_bomb)
 from pmsm.errors import BadInputError
 
 SAMPLE = os.path.join(SAMPLES, "digits_mlp_pmsm_L2.onnx")
@@ -595,20 +595,6 @@ def test_a_file_far_larger_than_the_weight_limit_is_refused_before_it_is_parsed(
     check_file_size("m.onnx", 100 << 20, Limits(max_weight_bytes=64 << 20))
     with pytest.raises(BadInputError, match="the file is 3 GiB, more than the 64 MiB of weights allowed"):
         check_file_size("m.onnx", 3 << 30, Limits(max_weight_bytes=64 << 20))
-
-
-def zip_bomb(path, declared_rows: int, zeros: int = 4 << 20):
-    """An .npz whose 'x' header declares [declared_rows, 1, 8, 8] float32 over a few MB of zeros."""
-    import io
-    import zipfile
-
-    header = {"descr": "<f4", "fortran_order": False, "shape": (declared_rows, 1, 8, 8)}
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, header)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("x.npy", "w", force_zip64=True) as member:
-            member.write(buffer.getvalue())
-            member.write(bytes(zeros))
 
 
 def test_a_zip_bomb_as_data_is_refused_from_its_header_before_decompressing(work, capfd):
