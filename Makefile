@@ -27,6 +27,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/lava_speed.py
+	$(BIN)/python benchmarks/input_checks.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -32,8 +32,11 @@ def verify(model: str, target: str = "onnx", data: str | None = None, timesteps=
 
     ``report["verification"]["passed"]`` tells whether the equivalence criteria held.
     """
-    from pmsm.pipeline import finish_report, run_verification
+    from pmsm.paths import Role
+    from pmsm.pipeline import check_run_paths, default_output, finish_report, report_roles, run_verification
 
+    outputs = [Role("output", output or default_output(model, target))] + report_roles(report, pictures, "report")
+    check_run_paths(model, outputs, data)  # the report must not land on the model, the data or the output
     result = export(model, target, output, timesteps=sorted(timesteps)[0], compensation=compensation)
     document = run_verification(result, data, sorted(set(timesteps)), progress=False)
     finish_report(document, report, pictures=pictures)

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from pmsm.errors import EXIT_BAD_INPUT, PmsmError
+from pmsm.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
 
 DESCRIPTION = """\
@@ -24,7 +25,8 @@ exit codes:
   0  success
   1  --verify found a mismatch beyond the criteria (T=1 spiking ONNX must equal
      the source model exactly; every backend must agree on predictions)
-  2  bad input: unreadable or unsupported model, bad arguments, bad data file
+  2  bad input: unreadable or unsupported model, bad arguments, bad data file;
+     nothing is written (on exit 1 the outputs are kept: they are the evidence)
 
 examples:
   pmsm-export model.onnx --check
@@ -34,9 +36,8 @@ examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 already; keep it one line
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"pmsm-export: error: {message}\n")
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep it one line, no usage block
+        self.exit(EXIT_BAD_INPUT, f"pmsm-export: error: {message} (see pmsm-export --help)\n")
 
 
 def parse_timesteps(text: str) -> list[int]:
@@ -47,6 +48,32 @@ def parse_timesteps(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return sorted(set(values))
+
+
+def parse_count(text: str) -> int:
+    """A positive whole number, with an optional K/M/G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    body, scale = text.strip(), 1
+    if body[-1:].lower() in units:
+        body, scale = body[:-1], units[body[-1].lower()]
+    try:
+        value = int(body) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number (K, M, G suffixes allowed), got {text!r}") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true",
         help="pre-flight only: list every node the target cannot take and exit (0 if none, 2 otherwise)",
     )
+    defaults = Limits()
+    limits = parser.add_argument_group(
+        "limits", "bounds on the work of one run; a run beyond one stops at once with a message naming its flag")
+    limits.add_argument("--max-nodes", type=parse_count, metavar="N",
+                        help=f"nodes in the source graph, subgraphs included (default {defaults.max_nodes})")
+    limits.add_argument("--max-weight-bytes", type=parse_count, metavar="BYTES",
+                        help=f"declared size of all initializers, external data included (default "
+                             f"{defaults.max_weight_bytes >> 30}G)")
+    limits.add_argument("--max-data-elements", type=parse_count, metavar="N",
+                        help=f"values declared by --data's 'x' and 'y', read before decompressing (default "
+                             f"{defaults.max_data_elements})")
+    limits.add_argument("--max-timesteps", type=parse_count, metavar="T",
+                        help=f"largest T in --timesteps (default {defaults.max_timesteps}; at most "
+                             f"{MAX_TIMESTEP_VALUES} values); --verify also checks its memory estimate "
+                             "against free memory")
+    limits.add_argument("--max-load-seconds", type=parse_seconds, metavar="S",
+                        help=f"time ONNX Runtime may take to load and run one sample of the source and of "
+                             f"the spiking model (default {defaults.max_load_seconds:g})")
     parser.add_argument("--version", action="version", version="%(prog)s " + __import__("pmsm").__version__)
     return parser
 
@@ -100,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     except PmsmError as error:
         print(f"pmsm-export: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a disk that fills up, a file that vanished: outputs are discarded already
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"pmsm-export: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print("pmsm-export: error: out of memory; use a smaller model, less data or fewer timesteps", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("pmsm-export: interrupted", file=sys.stderr)
         return 130

@@ -1,6 +1,8 @@
 """Errors a user can act on. The CLI prints them as one line and exits with their code."""
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_BAD_INPUT = 2
@@ -30,3 +32,19 @@ class UnsupportedModelError(BadInputError):
         lines += [f"  node '{name}' ({op}): {reason}" for name, op, reason in self.problems]
         lines += [f"  {line}" for line in note.splitlines()]
         super().__init__("\n".join(lines))
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's text (libraries put their detail on later lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ONNX Runtime prefixes messages with the C++ source location and signature that raised them.
+_ORT_SOURCE_LOCATION = re.compile(r"/\S*onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])")
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A library's possibly multi-line message as one line of at most ``limit`` characters."""
+    text = _ORT_SOURCE_LOCATION.sub("", " ".join(str(text).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

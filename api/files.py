@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 
@@ -15,6 +16,7 @@ def atomic_path(path: str, suffix: str = ""):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise BadInputError(f"{path}: folder {folder} does not exist")
+    _refuse_to_replace_special(path)
     handle, temporary = tempfile.mkstemp(prefix=".pmsm-", suffix=suffix or ".tmp", dir=folder)
     os.close(handle)
     os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
@@ -25,6 +27,17 @@ def atomic_path(path: str, suffix: str = ""):
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _refuse_to_replace_special(path: str) -> None:
+    """The last line of defence of DESIGN §10: a rename over a device node, a FIFO, a folder or a
+    link replaces it by a plain file (as root, ``-o /dev/null`` would break the machine)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise BadInputError(f"{path}: exists and is not a regular file; refusing to replace it")
 
 
 def _umask() -> int:

@@ -10,8 +10,12 @@ from typing import Optional
 import numpy as np
 import onnx
 
+from pmsm import limits as run_limits
 from pmsm.errors import EXIT_MISMATCH, EXIT_OK, BadInputError, UnsupportedModelError
 from pmsm.files import atomic_write_bytes, atomic_write_json
+from pmsm.memory import check_fits, verification_bytes
+from pmsm.npz import check_declared_data
+from pmsm.paths import Role, check_paths
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 
 PROBE_SAMPLES = 64
@@ -42,14 +46,27 @@ def default_output(model_path: str, target: str) -> str:
     return stem + (".spiking.onnx" if target == "onnx" else ".nir")
 
 
-def check_output_path(model_path: str, output: str) -> None:
-    if os.path.exists(output) and os.path.samefile(model_path, output):
-        raise BadInputError(f"{output}: output would overwrite the input model; choose another -o")
-    if os.path.realpath(output) == os.path.realpath(model_path):
-        raise BadInputError(f"{output}: output would overwrite the input model; choose another -o")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise BadInputError(f"{output}: folder {folder} does not exist")
+def check_output_path(model_path: str, output: str) -> str:
+    """The path ``output`` will be written to, checked against the model (pmsm.paths)."""
+    return check_run_paths(model_path, [Role("-o", output)])[output]
+
+
+def check_run_paths(model_path: str, outputs: list[Role], data_path: Optional[str] = None) -> dict[str, str]:
+    """Every path of a run checked before anything is written; the resolved path of each output.
+
+    The model's external data files count as inputs too; finding them means reading the model,
+    which is only needed when an output already exists in the model's folder (a new file cannot
+    be one of them)."""
+    inputs = [Role("MODEL", model_path)] + ([Role("--data", data_path)] if data_path is not None else [])
+    resolved = check_paths(inputs, outputs)
+    model_folder = os.path.realpath(os.path.dirname(os.path.abspath(model_path)))
+    if any(os.path.lexists(real) and real.startswith(model_folder + os.sep) for real in resolved.values()):
+        from pmsm.exporter.loading import external_data_files, read_model
+
+        external = external_data_files(read_model(model_path), model_path)
+        if external:
+            check_paths(inputs + [Role("external data of MODEL", f) for f in external], outputs)
+    return resolved
 
 
 def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensation: bool = True,
@@ -110,15 +127,24 @@ def _hybrid_note(network, problems) -> str:
 
 
 def write(export: Export, output: str) -> str:
-    check_output_path(export.source_path, output)
+    """Check ``output``, post-flight the spiking model (it must load in ONNX Runtime), then write."""
+    from pmsm.postflight import check_spiking_model
+
+    target = check_output_path(export.source_path, output)
+    check_spiking_model(export.spiking, export.source_path)
+    save(export, target)
+    export.output_path = output
+    return output
+
+
+def save(export: Export, path: str) -> None:
+    """Write the export's output file (spiking ONNX or NIR) to ``path`` atomically; no checks."""
     if export.target == "onnx":
-        atomic_write_bytes(output, export.spiking.SerializeToString())
+        atomic_write_bytes(path, export.spiking.SerializeToString())
     else:
         from pmsm.targets.nir import write_nir
 
-        write_nir(export.nir_graph, output)
-    export.output_path = output
-    return output
+        write_nir(export.nir_graph, path)
 
 
 def load_data(path: Optional[str], input_shape) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -131,6 +157,7 @@ def load_data(path: Optional[str], input_shape) -> tuple[np.ndarray, Optional[np
         return rng.uniform(0.0, 1.0, size=[PROBE_SAMPLES] + dims).astype(np.float32), None
     if not os.path.isfile(path):
         raise BadInputError(f"{path}: no such data file")
+    check_declared_data(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data.files:
@@ -249,32 +276,93 @@ def finish_report(report: dict, path: Optional[str], pictures: bool = True) -> l
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """The command: every argument checked first, outputs staged and moved into place at the end
+    (exit 0 or 1, when they are the evidence of the mismatch), nothing left behind on exit 2."""
+    from pmsm.outputs import Staging
+    from pmsm.postflight import check_spiking_model
     from pmsm.report import print_summary
 
-    if (args.report or args.data) and not args.verify:
+    limits = run_limits.from_arguments(args)
+    timesteps = run_limits.check_timesteps(args.timesteps, limits)
+    for flag, value in (("MODEL", args.model), ("-o", args.output), ("--data", args.data), ("--report", args.report)):
+        if value is not None and not value:
+            raise BadInputError(f"{flag}: empty path; give a file name")
+    if (args.report is not None or args.data is not None) and not args.verify:
         raise BadInputError("--report and --data need --verify")
-    output = args.output or default_output(args.model, args.target)
-    if not args.check and os.path.exists(args.model):
-        check_output_path(args.model, output)  # before the work, not after it
-    export = convert(args.model, args.target, timesteps=args.timesteps[0], compensation=args.compensation,
-                     nir_profile=args.nir_profile)
-    if args.check:
-        print(f"{args.model}: ok for target '{args.target}': {len(export.neurons)} neuron layer(s), "
-              f"{len(export.spiking.graph.node)} nodes")
-        return EXIT_OK
-    data = load_verification_data(export, args.data) if args.verify else None  # bad data: fail before writing
-    write(export, output)
-    print(f"wrote {output} ({len(export.neurons)} PMSM neuron layer(s))")
+    output = args.output if args.output is not None else default_output(args.model, args.target)
+    outputs = [] if args.check else [Role("-o", output)] + report_roles(args.report)
+    resolved = check_run_paths(args.model, outputs, args.data if args.verify else None)
+    with run_limits.applied(limits):
+        export = _convert(args.model, args.target, timesteps[0], args.compensation, args.nir_profile)
+        if args.check:
+            print(f"{args.model}: ok for target '{args.target}': {len(export.neurons)} neuron layer(s), "
+                  f"{len(export.spiking.graph.node)} nodes")
+            return EXIT_OK
+        data = load_verification_data(export, args.data) if args.verify else None
+        spike_values = check_spiking_model(export.spiking, args.model, probe=data[0] if data else None)
+        if data is not None and spike_values is not None:
+            x = data[0]
+            needed = verification_bytes(len(x), int(np.prod(x.shape[1:])), spike_values, timesteps, args.target)
+            check_fits(needed, f"--verify of {len(x)} samples at T={','.join(map(str, timesteps))}",
+                       "verify fewer or smaller timesteps, or fewer samples")
+        report = None
+        with Staging(list(resolved.values())) as staging:
+            staged = staging.path(resolved[output])
+            save(export, staged)
+            if args.target in ("nir", "lava"):
+                from pmsm.targets.nir import read_nir
+
+                read_nir(staged)  # post-flight of the NIR file: what was written reads back
+            if args.verify:
+                export.output_path = staged  # the NIR backend verifies the file that will be committed
+                report = run_verification(export, args.data, timesteps, data=data)
+                report["output"] = output
+                if args.report:
+                    _stage_report(report, args.report, resolved, staging)
+            written = staging.commit()
+        export.output_path = output
+    given = {real: path for path, real in resolved.items()}
     if export.nir_growth is not None:
         g = export.nir_growth
         print(f"standard profile: {g.neurons_pmsm} PMSM neurons -> {g.neurons_standard} binary units "
               f"(K <= {g.max_units}), {g.weights_pmsm} -> {g.weights_standard} weights; exact at T=1 only")
-    if not args.verify:
+    if report is None:
+        print(f"wrote {output} ({len(export.neurons)} PMSM neuron layer(s))")
         return EXIT_OK
-    report = run_verification(export, args.data, args.timesteps, data=data)
-    for path in finish_report(report, args.report, pictures=bool(args.report)):
-        print(f"wrote {path}")
+    for path in written:
+        print(f"wrote {given.get(path, path)}")
     print_summary(report, sys.stdout)
-    for failure in report["verification"]["failures"]:
+    failures = report["verification"]["failures"]
+    for failure in failures:
         print(f"pmsm-export: verification failed: {failure}", file=sys.stderr)
-    return EXIT_MISMATCH if report["verification"]["failures"] else EXIT_OK
+    if failures:
+        kept = ", ".join(given.get(path, path) for path in written)
+        print(f"pmsm-export: the outputs are kept as the evidence of the mismatch: {kept}", file=sys.stderr)
+    return EXIT_MISMATCH if failures else EXIT_OK
+
+
+def report_roles(report: Optional[str], pictures: bool = True, flag: str = "--report") -> list[Role]:
+    """The report and the pictures drawn next to it, as outputs to check."""
+    if report is None:
+        return []
+    from pmsm.plots import picture_paths
+
+    folder, name = os.path.split(report)
+    drawn = picture_paths(folder, os.path.splitext(name)[0]) if pictures else []
+    return [Role(flag, report)] + [Role(f"picture of {flag}", p) for p in drawn]
+
+
+def _stage_report(report: dict, path: str, resolved: dict[str, str], staging) -> None:
+    from pmsm.plots import write_pictures
+
+    target = resolved[path]
+    atomic_write_json(staging.path(target), report)
+    write_pictures(report, staging.folder_for(target), os.path.splitext(os.path.basename(target))[0])
+
+
+def _convert(model_path: str, target: str, timesteps: int, compensation: bool, nir_profile: str) -> Export:
+    try:
+        return convert(model_path, target, timesteps=timesteps, compensation=compensation, nir_profile=nir_profile)
+    except RecursionError:  # onnx-graphsurgeon walks the graph recursively (measured: ~500 nodes deep)
+        raise BadInputError(f"{model_path}: the graph is too deep for the converter (Python's recursion limit "
+                            f"of {sys.getrecursionlimit()} was reached)") from None

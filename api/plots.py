@@ -20,20 +20,27 @@ from typing import Optional
 
 from pmsm.files import atomic_path
 
-__all__ = ["write_pictures"]
+__all__ = ["write_pictures", "picture_paths"]
+
+PICTURE_KINDS = ("accuracy", "energy", "spikes")
 
 MAX_PANELS = 48  # spike histograms beyond this many neuron layers are left out (and said so)
 COLORS = {"ann": "#4d4d4d", "binary": "#d95f02", "graded": "#1b9e77", "snn": "#1b9e77"}
 
 
+def picture_paths(folder: str, stem: str) -> list[str]:
+    """Every path :func:`write_pictures` may write for ``folder`` and ``stem``."""
+    return [os.path.join(folder, f"{stem}-{kind}.png") for kind in PICTURE_KINDS]
+
+
 def write_pictures(report: dict, folder: str, stem: str) -> list[str]:
     """Write the report's pictures into ``folder`` as ``<stem>-*.png``; returns the paths written."""
     written = []
-    for suffix, draw in (("accuracy", _accuracy_figure), ("energy", _energy_figure), ("spikes", _spikes_figure)):
-        figure = draw(report)
+    drawers = {"accuracy": _accuracy_figure, "energy": _energy_figure, "spikes": _spikes_figure}
+    for kind, path in zip(PICTURE_KINDS, picture_paths(folder, stem)):
+        figure = drawers[kind](report)
         if figure is None:
             continue
-        path = os.path.join(folder, f"{stem}-{suffix}.png")
         _save(figure, path)
         written.append(path)
     return written

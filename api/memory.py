@@ -1,0 +1,94 @@
+"""How much memory this process may still take, and whether a planned piece of work fits in it.
+
+A run that needs more than is free is refused before it starts, with the estimate and what is
+free, instead of being killed by the kernel or a memory cap half way (DESIGN §10: exit 2).
+"""
+from __future__ import annotations
+
+import os
+import resource
+from typing import Optional
+
+from pmsm.errors import BadInputError
+from pmsm.limits import describe_bytes
+
+USABLE_FRACTION = 0.8  # leave room for what the estimate does not count (interpreter, libraries)
+
+
+def available_bytes() -> Optional[int]:
+    """The least of: the system's available memory, the room left under this process's cgroup
+    limit and under its address-space limit. None when none of them can be read."""
+    candidates = [_meminfo_available(), _cgroup_room(), _address_space_room()]
+    known = [c for c in candidates if c is not None]
+    return max(min(known), 0) if known else None
+
+
+def check_fits(needed: int, what: str, advice: str) -> None:
+    """BadInputError when ``needed`` bytes do not fit in the usable part of the free memory."""
+    free = available_bytes()
+    if free is None or needed <= USABLE_FRACTION * free:
+        return
+    raise BadInputError(f"{what} needs about {describe_bytes(needed)} of memory but {describe_bytes(free)} is free; "
+                        f"{advice}")
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cgroup_room() -> Optional[int]:
+    pairs = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+             ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+    for limit_file, usage_file in pairs:
+        try:
+            with open(limit_file) as handle:
+                limit = handle.read().strip()
+            with open(usage_file) as handle:
+                usage = int(handle.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:
+            return None
+        return int(limit) - usage
+    return None
+
+
+def _address_space_room() -> Optional[int]:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmSize:"):
+                    return soft - int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+CHUNK_ROWS = 4096  # rows (samples x timesteps) the spiking model runs per session.run by default
+SPIKING_BACKENDS = {"onnx": 1, "nir": 3, "lava": 4}  # at most, the backends that keep spikes (pipeline.backends_for)
+
+
+def verification_bytes(samples: int, sample_values: int, spike_values: int, timesteps: list[int],
+                       target: str) -> int:
+    """Peak memory of ``--verify``, estimated (float32 throughout): each spiking backend keeps every
+    neuron's spikes ``[T, N, ...]`` for every T, plus one more copy of the largest T's while it is
+    assembled; the data; and the working set of one chunk of ``CHUNK_ROWS`` rows (about four
+    tensors the size of the spikes and the input per row)."""
+    backends = SPIKING_BACKENDS.get(target, max(SPIKING_BACKENDS.values()))
+    kept = spike_values * samples * (backends * sum(timesteps) + max(timesteps))
+    data = sample_values * samples
+    chunk = 4 * (spike_values + sample_values) * CHUNK_ROWS
+    return 4 * (kept + data + chunk)

@@ -1,0 +1,58 @@
+"""Post-flight: the spiking model must load in ONNX Runtime, within a time bound, before it is written.
+
+The session is built the way the reference backend builds it (:class:`pmsm.runtime.execute.SpikingModel`:
+the ``ai.pmsm`` custom op library registered, graph optimizations off), in a child process
+(:mod:`pmsm.isolation`), so a model ONNX Runtime cannot load in ``--max-load-seconds`` or that
+crashes it is refused with one line instead of hanging or killing the command. Nothing about the
+model's structure is assumed: whatever ``SpikingModel`` runs, this checks.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx
+
+from pmsm import limits as run_limits
+from pmsm.isolation import call_isolated
+
+
+def check_spiking_model(spiking: onnx.ModelProto, label: str, probe: Optional[np.ndarray] = None,
+                        seconds: Optional[float] = None) -> Optional[int]:
+    """Load ``spiking`` in ONNX Runtime and run one sample at T = 1 (``probe``, or zeros when the
+    input shape is fixed); returns the spike values that sample makes in one timestep over all
+    neurons, or None when there was nothing to run (an input of unknown shape and no probe)."""
+    from pmsm.runtime.execute import SpikingModel  # imported here, not once per child
+
+    seconds = run_limits.current().max_load_seconds if seconds is None else seconds
+
+    def load_and_run() -> Optional[int]:
+        model = SpikingModel(spiking)
+        sample = probe[:1] if probe is not None else _zeros_like_input(model)
+        if sample is None:
+            _bare_session(spiking)
+            return None
+        result = model.run(sample, 1, collect_spikes=True)
+        return int(sum(s.size for s in result.spikes.values()))
+
+    return call_isolated(load_and_run, seconds, label, "ONNX Runtime loading and running the spiking model",
+                         f"raise the limit with {run_limits.flag('max_load_seconds')}")
+
+
+def _zeros_like_input(model) -> Optional[np.ndarray]:
+    dims = model.input.dims
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        return None
+    return np.zeros([1] + list(dims[1:]), dtype=model.input.dtype)
+
+
+def _bare_session(spiking: onnx.ModelProto) -> None:
+    import onnxruntime as ort
+
+    from pmsm.runtime import ortop
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    options.register_custom_ops_library(ortop.get_library_path())
+    ort.InferenceSession(spiking.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,73 @@
+"""Walking an ONNX ModelProto: every graph, every constant tensor, and who reads a tensor."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import onnx
+
+
+def all_graphs(model: onnx.ModelProto):
+    """The main graph and every subgraph in node attributes (If, Loop and Scan bodies)."""
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    stack.append(attribute.g)
+                stack.extend(attribute.graphs)
+
+
+def all_nodes(model: onnx.ModelProto):
+    """Every node: those of all graphs and those of model-local function bodies."""
+    for graph in all_graphs(model):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def all_tensors(model: onnx.ModelProto):
+    """``(tensor, owner)`` for every constant: initializers (owner None), sparse initializers and
+    tensor attributes (owner: the node holding it), in every graph."""
+    for graph in all_graphs(model):
+        for tensor in graph.initializer:
+            yield tensor, None
+        for sparse in graph.sparse_initializer:
+            yield sparse.values, None
+    for node in all_nodes(model):
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t, node
+            for tensor in attribute.tensors:
+                yield tensor, node
+
+
+def declared_elements(tensor: onnx.TensorProto) -> int:
+    elements = 1
+    for d in tensor.dims:
+        elements *= max(int(d), 0)
+    return elements
+
+
+def declared_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes the tensor's declared shape and element type take, whatever storage it claims."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1  # unknown or string element type: the checker speaks about it
+    return declared_elements(tensor) * itemsize
+
+
+def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> nodes of any graph reading it (names are model-wide in these walks)."""
+    found: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in all_nodes(model):
+        for name in node.input:
+            if name:
+                found[name].append(node)
+    return found
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type})"
