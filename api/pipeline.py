@@ -53,6 +53,8 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1) -> Export
         raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
+    if target == "lava":
+        import pmsm.targets.lava  # noqa: F401 - without lava-nc: MissingExtraError (exit 2) before any work
     from pmsm.exporter.convert import to_spiking_onnx
     from pmsm.exporter.loading import load_source
 

@@ -40,6 +40,8 @@ from producers import (
 from pmsm.exporter.convert import batch_agnostic_source, to_spiking_onnx
 from pmsm.runtime.execute import SourceModel, SpikingModel
 
+pytestmark = pytest.mark.torch  # every producer trains its network in torch
+
 TIMESTEPS = (1, 2, 4)
 ACCURACY_MARGIN = 0.05  # T = 2, 4 may lose at most this much accuracy against the ANN
 WEIGHTS_COMPUTED_AT_RUN_TIME = QDQ_PRODUCERS + BREVITAS_PRODUCERS
@@ -53,9 +55,16 @@ DEFAULT_CASES = {
     ("brevitas-qonnx", "cnn"), ("brevitas-qcdq", "mlp"),
     ("brevitas-qonnx-legacy", "mlp"), ("brevitas-qcdq-legacy", "cnn"),
 }
+
+
+def _extras(producer: str) -> list:
+    """Brevitas comes with the ``producers`` extra; the other producers need torch alone."""
+    return [pytest.mark.producers] if producer in BREVITAS_PRODUCERS else []
+
+
 CASES = [
     pytest.param(producer, arch, id=f"{producer}-{arch}",
-                 marks=() if (producer, arch) in DEFAULT_CASES else pytest.mark.slow)
+                 marks=_extras(producer) + ([] if (producer, arch) in DEFAULT_CASES else [pytest.mark.slow]))
     for producer in PRODUCERS for arch in ARCHITECTURES
 ]
 
@@ -206,7 +215,7 @@ def test_ort_optimized_source_is_reported_not_required_equal(verified, producer,
     assert v.ann_ort_opt.shape == v.ann.shape and np.all(np.isfinite(v.ann_ort_opt))
 
 
-@pytest.mark.parametrize("producer", ["qdq-u8", "brevitas-qcdq"])
+@pytest.mark.parametrize("producer", [pytest.param(p, marks=_extras(p)) for p in ("qdq-u8", "brevitas-qcdq")])
 def test_spiking_model_keeps_the_source_interface(zoo, producer):
     """Same input and output names; QDQ on the logits and initializers listed as inputs included."""
     source = zoo.build(producer, "cnn" if producer == "qdq-u8" else "mlp").model
