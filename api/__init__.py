@@ -30,8 +30,11 @@ def verify(model: str, target: str = "onnx", data: str | None = None, timesteps=
 
     ``report["verification"]["passed"]`` tells whether the equivalence criteria held.
     """
+    from pmsm.nir_source import is_nir_file, verify_nir_file
     from pmsm.pipeline import finish_report, run_verification
 
+    if is_nir_file(model):  # a NIR file (target lava): Lava against the NIR interpreter, nothing written
+        return verify_nir_file(model, target, data, sorted(set(timesteps)), output, report, pictures)
     result = export(model, target, output, timesteps=sorted(timesteps)[0])
     document = run_verification(result, data, sorted(set(timesteps)), progress=False)
     finish_report(document, report, pictures=pictures)

@@ -194,6 +194,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     if (args.report or args.data) and not args.verify:
         raise BadInputError("--report and --data need --verify")
+    from pmsm.nir_source import is_nir_file, run_nir_source
+
+    if is_nir_file(args.model):
+        return run_nir_source(args)
     output = args.output or default_output(args.model, args.target)
     if not args.check and os.path.exists(args.model):
         check_output_path(args.model, output)  # before the work, not after it

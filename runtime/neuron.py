@@ -71,6 +71,11 @@ def step(u: np.ndarray, z: np.ndarray, params: NeuronParams) -> tuple[np.ndarray
     """Advance one timestep: returns (new membrane, spikes), both float32."""
     u = (u + np.asarray(z, dtype=np.float32)).astype(np.float32, copy=False)
     s = np.clip(_round(u, params.rounding), params.lo, params.hi).astype(np.float32, copy=False)
+    if params.lo == 0 or params.hi == 0:
+        # A -0.0 at a bound of 0 leaves numpy 1's clip as +0.0 and numpy 2's as -0.0; adding +0.0
+        # makes it +0.0 on both, as the portable body computes it (its zero_sign) and changes
+        # nothing else.
+        s = s + np.float32(0.0)
     return (u - s).astype(np.float32, copy=False), s
 
 

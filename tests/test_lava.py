@@ -10,7 +10,7 @@ import nir
 import numpy as np
 import pytest
 
-pytest.importorskip("pmsm.targets.lava")  # its ImportError says how to get lava-nc
+pytest.importorskip("pmsm.targets.lava", exc_type=ImportError)  # the reason says how to get lava-nc
 pytestmark = pytest.mark.lava
 
 from pmsm.errors import UnsupportedModelError  # noqa: E402

@@ -4,7 +4,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-pytest.importorskip("pmsm.exporter.quant")  # its ImportError names the extra: pmsm-export[torch]
+pytest.importorskip("pmsm.exporter.quant", exc_type=ImportError)  # the reason names pmsm-export[torch]
 pytestmark = pytest.mark.torch
 
 import torch  # noqa: E402
