@@ -17,6 +17,8 @@ from importlib import metadata
 import pytest
 from conftest import SAMPLES
 
+import pmsm
+
 OPTIONAL_TOP_LEVEL = ("torch", "lava", "onnxscript", "brevitas")
 
 # Runs the pmsm-export command with some top-level packages unimportable (None in sys.modules makes
@@ -78,15 +80,20 @@ def test_without_torch_and_lava_a_sample_converts_and_verifies_bit_exact_at_t1(t
     assert report["verification"]["passed"]
 
 
-def test_lava_target_without_lava_nc_exits_2_with_one_line_saying_how_to_get_it(tmp_path):
-    shutil.copy(os.path.join(SAMPLES, "digits_mlp_pmsm_L2.onnx"), tmp_path / "m.onnx")
-    result = pmsm_export_without(["lava"], "m.onnx", "--target", "lava", "--verify", cwd=tmp_path)
+@pytest.mark.parametrize("source", ["m.onnx", "m.nir"])
+def test_lava_target_without_lava_nc_exits_2_with_one_line_saying_how_to_get_it(source, tmp_path):
+    sample = os.path.join(SAMPLES, "digits_mlp_pmsm_L2.onnx")
+    if source.endswith(".nir"):
+        pmsm.export(sample, target="nir", output=str(tmp_path / source))
+    else:
+        shutil.copy(sample, tmp_path / source)
+    result = pmsm_export_without(["lava"], source, "--target", "lava", "--verify", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert "pip install 'pmsm-export[lava]'" in lines[0] and "lava-nc" in lines[0]
-    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+    assert sorted(os.listdir(tmp_path)) == [source]
 
 
 def test_lava_is_refused_on_python_311_and_later_naming_python_310():
