@@ -32,9 +32,12 @@ def verify(model: str, target: str = "onnx", data: str | None = None, timesteps=
 
     ``report["verification"]["passed"]`` tells whether the equivalence criteria held.
     """
+    from pmsm.nir_source import is_nir_file, verify_nir_file
     from pmsm.paths import Role
     from pmsm.pipeline import check_run_paths, default_output, finish_report, report_roles, run_verification
 
+    if is_nir_file(model):  # a NIR file (target lava): Lava against the NIR interpreter, nothing written
+        return verify_nir_file(model, target, data, sorted(set(timesteps)), output, report, pictures)
     outputs = [Role("output", output or default_output(model, target))] + report_roles(report, pictures, "report")
     check_run_paths(model, outputs, data)  # the report must not land on the model, the data or the output
     result = export(model, target, output, timesteps=sorted(timesteps)[0], compensation=compensation)

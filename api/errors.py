@@ -18,6 +18,13 @@ class BadInputError(PmsmError):
     """Unreadable or unsupported model, bad arguments, bad data file (exit 2)."""
 
 
+class MissingExtraError(BadInputError, ImportError):
+    """An optional part of the package is not installed here; the message says how to get it.
+
+    It is an ImportError too, so importing a module that needs the extra fails the usual way.
+    """
+
+
 class UnsupportedModelError(BadInputError):
     """The pre-flight check found nodes the chosen target cannot take.
 

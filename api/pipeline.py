@@ -78,6 +78,8 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensat
         raise BadInputError(f"--nir-profile {nir_profile} needs --target nir (the lava target reads the pmsm profile)")
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
+    if target == "lava":
+        import pmsm.targets.lava  # noqa: F401 - without lava-nc: MissingExtraError (exit 2) before any work
     from pmsm.exporter.convert import convert as convert_model
     from pmsm.exporter.convert import network_for_targets
     from pmsm.exporter.loading import load_source
@@ -289,6 +291,10 @@ def run_command(args: argparse.Namespace) -> int:
             raise BadInputError(f"{flag}: empty path; give a file name")
     if (args.report is not None or args.data is not None) and not args.verify:
         raise BadInputError("--report and --data need --verify")
+    from pmsm.nir_source import is_nir_file, run_nir_source
+
+    if is_nir_file(args.model):
+        return run_nir_source(args)
     output = args.output if args.output is not None else default_output(args.model, args.target)
     outputs = [] if args.check else [Role("-o", output)] + report_roles(args.report)
     resolved = check_run_paths(args.model, outputs, args.data if args.verify else None)

@@ -29,7 +29,7 @@ def build_report(export, verification, backends, data_path) -> dict:
                 name: {str(t): c.to_json() for t, c in by_t.items()}
                 for name, by_t in verification.comparisons.items()
             },
-            "criteria": [
+            "criteria": getattr(export, "criteria", None) or [
                 "onnx vs ann at T=1: max_abs_diff == 0",
                 "nir and lava (floating point) vs onnx at every T: argmax_agreement == 1",
             ],
@@ -38,11 +38,15 @@ def build_report(export, verification, backends, data_path) -> dict:
         },
         "accuracy": {
             "ann": verification.ann_accuracy,
-            "snn": {str(t): c.accuracy for t, c in verification.comparisons.get("onnx", {}).items()},
+            "snn": {str(t): c.accuracy for t, c in verification.comparisons.get("onnx", {}).items()}
+            or {str(t): a for t, a in verification.root_accuracy.items()},
         },
-        "energy": _energy(export, verification),
-        "network": _network(export),
+        "energy": _energy(export, verification) if export.spiking is not None else {},
+        "network": _network(export) if export.network is not None else {},
     }
+    root = getattr(export, "root", None)  # a NIR source: the backend the others are compared with
+    if root:
+        report["verification"]["root"] = root
     fixed = _fixed_point(backends)
     if fixed:
         report["lava_fixed_point"] = fixed
@@ -139,6 +143,9 @@ def print_summary(report: dict, out: TextIO) -> None:
     accuracy = report["accuracy"]
     if accuracy["ann"] is not None:
         print(f"  {'ann':<12}{'-':>3}  {'':<5}{'':>11}{'':>10}{'':>10}{'':>8}{_percent(accuracy['ann']):>10}", file=out)
+    root = verification.get("root")
+    for t, value in (accuracy["snn"] if root else {}).items():
+        print(f"  {root:<12}{t:>3}  {'':<5}{'':>11}{'':>10}{'':>10}{'':>8}{_percent(value):>10}", file=out)
     for name, by_t in verification["backends"].items():
         for t, c in by_t.items():
             spikes = _count(c["spike_total"]) if c["spike_total"] else "-"

@@ -1,7 +1,8 @@
 """Run several backends on the same inputs and compare them (DESIGN §9).
 
 The source ANN (``ann``, ONNX Runtime with optimizations disabled) is the reference of the spiking
-ONNX (``onnx``) at T = 1; every other backend is compared with ``onnx`` at each T.
+ONNX (``onnx``) at T = 1; every other backend is compared with ``onnx`` at each T. When the source
+is a NIR file there is no ANN: the NIR interpreter is the root that the others are compared with.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class BackendRun:
 
 class Backend(Protocol):
     name: str
-    reference: str  # the backend it is compared with
+    reference: str  # the backend it is compared with; "" for a root, compared with nothing
 
     def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun: ...
 
@@ -61,6 +62,7 @@ class Verification:
     ann_accuracy: Optional[float]
     runs: dict[str, dict[int, BackendRun]]  # kept for the energy and spike statistics
     failures: list[str]
+    root_accuracy: dict[int, Optional[float]] = field(default_factory=dict)  # a root backend's, per T
 
     @property
     def passed(self) -> bool:
@@ -102,14 +104,16 @@ def compare(run: BackendRun, reference: BackendRun, reference_name: str, labels)
     )
 
 
-def verify(ann: Backend, backends: list[Backend], x: np.ndarray, labels: Optional[np.ndarray],
+def verify(ann: Optional[Backend], backends: list[Backend], x: np.ndarray, labels: Optional[np.ndarray],
            timesteps: list[int], progress_factory: Callable[[str, int], ProgressFn] = lambda name, t: None,
            ann_optimized: Optional[Backend] = None) -> Verification:
-    """Run ``ann`` once and every backend at every T; ``backends`` must start with ``onnx``."""
+    """Run ``ann`` once and every backend at every T; ``backends`` start with ``onnx``, or, without
+    an ``ann``, with the root (a backend whose ``reference`` is empty)."""
     runs: dict[str, dict[int, BackendRun]] = {}
-    ann_run = _timed(ann, x, 1, None)
+    ann_run = _timed(ann, x, 1, None) if ann is not None else None
     comparisons: dict[str, dict[int, Comparison]] = {}
     failures: list[str] = []
+    root_accuracy: dict[int, Optional[float]] = {}
     if ann_optimized is not None:
         optimized = _timed(ann_optimized, x, 1, None)
         comparisons[ann_optimized.name] = {1: compare(optimized, ann_run, ann.name, labels)}
@@ -126,12 +130,17 @@ def verify(ann: Backend, backends: list[Backend], x: np.ndarray, labels: Optiona
         for backend in backends:
             run = _timed(backend, x, timestep, progress_factory(backend.name, timestep))
             runs.setdefault(backend.name, {})[timestep] = run
-            reference = ann_run if backend.reference == ann.name else runs[backend.reference][timestep]
+            if not backend.reference:
+                root_accuracy[timestep] = accuracy(run.output, labels)
+                continue
+            reference = ann_run if ann is not None and backend.reference == ann.name \
+                else runs[backend.reference][timestep]
             result = compare(run, reference, backend.reference, labels)
             comparisons.setdefault(backend.name, {})[timestep] = result
             failures += _criteria(backend.name, timestep, result)
     return Verification(samples=len(x), timesteps=list(timesteps), comparisons=comparisons,
-                        ann_accuracy=accuracy(ann_run.output, labels), runs=runs, failures=failures)
+                        ann_accuracy=accuracy(ann_run.output, labels) if ann_run is not None else None, runs=runs,
+                        failures=failures, root_accuracy=root_accuracy)
 
 
 def _criteria(name: str, timestep: int, result: Comparison) -> list[str]:

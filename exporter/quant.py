@@ -1,7 +1,8 @@
 """The PyTorch PMSM quantization layer: the producer side of the patterns the exporter recognises.
 
-Importing this module imports torch; ``pmsm.exporter`` never imports it implicitly, so the
-converter itself runs without torch being loaded.
+Importing this module imports torch (the ``[torch]`` extra; without it the import fails with an
+ImportError saying so); ``pmsm.exporter`` never imports it implicitly, so the converter itself
+runs without torch installed.
 
 Forward (DESIGN §4), with levels ``L``, trainable ``lambda`` (the parameter ``up``) and shift
 ``phi = 0.5``::
@@ -39,8 +40,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-import torch
-from torch import nn
+try:
+    import torch
+    from torch import nn
+except ImportError as error:
+    raise ImportError(f"pmsm.exporter.quant needs torch ({error}): pip install 'pmsm-export[torch]'",
+                      name="torch") from error
 
 PHI = 0.5  # the shift that turns floor into round-half-up (DESIGN §4)
 

@@ -122,6 +122,11 @@ def step(u, z, params: NeuronParams):
     u = lib.as_float32(u, like=u) + lib.as_float32(z, like=u)
     rounded = lib.floor(u) if params.rounding == "floor" else lib.rint(u)
     s = lib.clip(rounded, params.lo, params.hi)
+    if params.lo == 0 or params.hi == 0:
+        # A -0.0 at a bound of 0 leaves numpy 1's clip as +0.0 and numpy 2's as -0.0; adding +0.0
+        # makes it +0.0 on both, as the portable body computes it (its zero_sign), and changes
+        # nothing else.
+        s = s + 0.0
     return u - s, s
 
 

@@ -1,6 +1,17 @@
-"""Shared fixtures: small quantized models built directly in ONNX (fast, no training)."""
+"""Shared fixtures: small quantized models built directly in ONNX (fast, no training).
+
+Tests that need an optional part of the package carry the marker of its extra:
+``@pytest.mark.torch`` (``pmsm-export[torch]``: torch and its ONNX exporter), ``@pytest.mark.lava``
+(``pmsm-export[lava]``, Python 3.10 only) or ``@pytest.mark.producers`` (``pmsm-export[producers]``:
+Brevitas and the onnxoptimizer its export needs). They are skipped, with the reason, where the extra is not installed.
+``PMSM_TEST_EXTRAS=torch,lava,producers`` names the extras a run must have: then a missing one
+fails the run at once instead of skipping its tests silently (``make test`` sets it per
+environment).
+"""
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 
 import numpy as np
@@ -10,6 +21,47 @@ from onnx import TensorProto, helper, numpy_helper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "samples")
+REQUIRED_EXTRAS_VARIABLE = "PMSM_TEST_EXTRAS"
+# extra -> the modules its tests import; their ImportError says how to install the extra
+EXTRA_MODULES = {
+    "torch": ("pmsm.exporter.quant", "onnxscript"),
+    "lava": ("pmsm.targets.lava",),
+    "producers": ("brevitas", "onnxoptimizer"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def missing_extra(extra: str) -> str | None:
+    """Why ``extra`` cannot be used here, or None when it can."""
+    for module in EXTRA_MODULES[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            return f"needs pmsm-export[{extra}]: {error}"
+    return None
+
+
+def pytest_configure(config):
+    for extra in EXTRA_MODULES:
+        config.addinivalue_line("markers", f"{extra}: needs pmsm-export[{extra}]; skipped where it is not installed")
+    required = [e.strip() for e in os.environ.get(REQUIRED_EXTRAS_VARIABLE, "").split(",") if e.strip()]
+    unknown = sorted(set(required) - set(EXTRA_MODULES))
+    if unknown:
+        raise pytest.UsageError(f"{REQUIRED_EXTRAS_VARIABLE}: unknown extra(s) {', '.join(unknown)}; "
+                                f"known: {', '.join(EXTRA_MODULES)}")
+    for extra in required:
+        reason = missing_extra(extra)
+        if reason:
+            raise pytest.UsageError(f"{REQUIRED_EXTRAS_VARIABLE} requires {extra!r} but it {reason}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for extra in EXTRA_MODULES:
+            if item.get_closest_marker(extra):
+                reason = missing_extra(extra)
+                if reason:
+                    item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def build_qdq_mlp(seed: int = 0, hidden: int = 16, batch=1) -> onnx.ModelProto:

@@ -29,6 +29,7 @@ def test_every_sample_is_exact_at_t1_and_nir_agrees_on_every_prediction(model, t
     assert report["verification"]["passed"]
 
 
+@pytest.mark.lava
 def test_lava_float_agrees_with_the_reference_on_every_digits_test_image_at_t1_and_t2(tmp_path):
     """The headline run: residual CNN with max and average pooling, PMSM L=2, through Lava."""
     report_path = tmp_path / "report.json"

@@ -10,11 +10,14 @@ import nir
 import numpy as np
 import pytest
 
-from pmsm.errors import UnsupportedModelError
-from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
-from pmsm.targets.lava import Network, NeuronQuantization, SynapseQuantization, check_graph, run_lava
-from pmsm.targets.lava.lowering import lower
-from pmsm.targets.nir import NirInterpreter
+pytest.importorskip("pmsm.targets.lava", exc_type=ImportError)  # the reason says how to get lava-nc
+pytestmark = pytest.mark.lava
+
+from pmsm.errors import UnsupportedModelError  # noqa: E402
+from pmsm.runtime.neuron import NeuronParams, initial_membrane, step  # noqa: E402
+from pmsm.targets.lava import Network, NeuronQuantization, SynapseQuantization, check_graph, run_lava  # noqa: E402
+from pmsm.targets.lava.lowering import lower  # noqa: E402
+from pmsm.targets.nir import NirInterpreter  # noqa: E402
 
 RNG = np.random.default_rng(7)
 

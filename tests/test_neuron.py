@@ -80,3 +80,13 @@ def test_invalid_parameters_are_refused(kwargs):
     base = dict(lo=-1, hi=1, v_init=0.5, rounding="floor")
     with pytest.raises(ValueError):
         NeuronParams(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("lo, hi, negative", [(0, 3, False), (-3, 0, False), (-2, 2, True)])
+@pytest.mark.parametrize("rounding", ["floor", "half_even"])
+def test_the_sign_of_a_zero_spike_is_the_same_on_every_numpy(lo, hi, negative, rounding):
+    """A -0.0 spike at a bound of 0 is +0.0 (numpy 1's clip gives +0.0 there, numpy 2's -0.0);
+    elsewhere -0.0 stays, as in the portable body."""
+    params = NeuronParams(lo=lo, hi=hi, v_init=-0.0, rounding=rounding)
+    membrane, spikes = step(np.array([-0.0], np.float32), np.array([-0.0], np.float32), params)
+    assert spikes[0] == 0 and bool(np.signbit(spikes[0])) is negative

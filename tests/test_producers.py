@@ -37,6 +37,8 @@ from pmsm.runtime import ortop
 from pmsm.runtime.execute import SourceModel, SpikingModel
 from pmsm.runtime.schema import TIME_LOOP
 
+pytestmark = pytest.mark.torch  # every producer trains its network in torch
+
 TIMESTEPS = (1, 2, 4)
 THREADS = (1, 2)
 BATCH = 40  # the fixed batch of the second export of each network: 9 runs over the test split
@@ -55,9 +57,16 @@ DEFAULT_CASES = {
     ("brevitas-qonnx", "cnn"), ("brevitas-qcdq", "mlp"),
     ("brevitas-qonnx-legacy", "mlp"), ("brevitas-qcdq-legacy", "cnn"),
 }
+
+
+def _extras(producer: str) -> list:
+    """Brevitas comes with the ``producers`` extra; the other producers need torch alone."""
+    return [pytest.mark.producers] if producer in BREVITAS_PRODUCERS else []
+
+
 CASES = [
     pytest.param(producer, arch, id=f"{producer}-{arch}",
-                 marks=() if (producer, arch) in DEFAULT_CASES else pytest.mark.slow)
+                 marks=_extras(producer) + ([] if (producer, arch) in DEFAULT_CASES else [pytest.mark.slow]))
     for producer in PRODUCERS for arch in ARCHITECTURES
 ]
 
@@ -248,7 +257,7 @@ def test_ort_optimized_source_is_reported_not_required_equal(verified, producer,
     assert v.ann_ort_opt.shape == v.ann[1].shape and np.all(np.isfinite(v.ann_ort_opt))
 
 
-@pytest.mark.parametrize("producer", ["qdq-u8", "brevitas-qcdq"])
+@pytest.mark.parametrize("producer", [pytest.param(p, marks=_extras(p)) for p in ("qdq-u8", "brevitas-qcdq")])
 def test_spiking_model_keeps_the_source_interface(zoo, producer):
     """Same input and output names and shapes; QDQ on the logits and initializers listed as inputs included."""
     source = zoo.build(producer, "cnn" if producer == "qdq-u8" else "mlp").model

@@ -5,7 +5,14 @@
 - ``run_lava(graph, x, timesteps, ...) -> LavaResult``: stream many samples in one run.
 - ``check_graph(graph)``: the pre-flight check alone (raises ``UnsupportedModelError``
   listing every node Lava cannot take); ``unsupported_nir_nodes(graph)`` returns that list.
+
+Importing this package without lava-nc (or on Python >= 3.11) raises
+``pmsm.errors.MissingExtraError`` saying how to get it.
 """
+from pmsm.targets.lava.availability import require_lava
+
+require_lava()
+
 from pmsm.targets.lava.fixed_point import InputQuantization, NeuronQuantization, SynapseQuantization
 from pmsm.targets.lava.graph import GraphView
 from pmsm.targets.lava.graph import analyse as check_graph
