@@ -179,3 +179,39 @@ def network_as_source(network):
     del source.graph.input[1:]
     del source.opset_import[1:]
     return source
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_with_int8_activations_passes_the_nir_and_lava_preflight_and_is_exact(tmp_path):
+    """Quantized with symmetric int8 activations, MobileNetV2 keeps ReLU6 as Clip(0, 6) next to its
+    35 quantizers: absorbed into the neuron bounds, so NIR and Lava can take every node."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from pmsm.pipeline import convert as convert_for_target
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    float_path, path = tmp_path / "float.onnx", tmp_path / "mobilenet_v2_s8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(float_path), dynamo=False, opset_version=17,
+                          input_names=["x"])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter({"x": RNG.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(4))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        extra_options={"ActivationSymmetric": True})
+    source = onnx.load(str(path))
+    assert sum(n.op_type == "Clip" for n in source.graph.node) == 35
+    for target in ("nir", "lava"):
+        export = convert_for_target(str(path), target)
+        assert export.nir_graph is not None and len(export.neurons) > 35
+    assert_t1_exact_at_its_batch(source, samples=4, threads=(1,))
