@@ -26,6 +26,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/vit.py
 	$(BIN)/python benchmarks/lava_speed.py
 
 clean:

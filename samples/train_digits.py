@@ -1,23 +1,32 @@
 """Train the bundled digits samples, export them to ONNX and write samples/README.md.
 
-    .venv/bin/python samples/train_digits.py            # all models, 5 seeds each
-    .venv/bin/python samples/train_digits.py --seeds 1  # only the exported seed
+    .venv/bin/python samples/train_digits.py              # all models, 5 seeds each
+    .venv/bin/python samples/train_digits.py --seeds 1    # only the exported seed
+    .venv/bin/python samples/train_digits.py --archs vit  # only the ViT; the other files stay
 
 Data: scikit-learn's UCI handwritten digits (1797 images, 8x8, shipped inside the package),
 pixels scaled to [0, 1] by /16, a fixed stratified 80/20 split (random_state=0): 1437 training,
 360 test images. The test split is written to samples/digits_test.npz (``x`` float32
 [360, 1, 8, 8], ``y`` int64 [360]).
 
-Models: every hidden nonlinearity is a quantizer (``pmsm.exporter.quant.PMSMQuant``) behind a
-batch norm; the readout is a plain Linear; the analog image goes straight into the first layer.
-The float baselines use ReLU in place of each quantizer. Quantizer lambdas are initialised by
-maximising the entropy of the output levels on a calibration batch, then trained with Adam.
+Models: in the MLP and the CNN every hidden nonlinearity is a quantizer
+(``pmsm.exporter.quant.PMSMQuant``) behind a batch norm, and the float baselines use ReLU in its
+place; the ViT keeps its LayerNorms, GELUs and softmax and has quantizers where a quantized
+transformer quantizes activations (see :class:`DigitsViT`), and its float baseline has none. The
+readout is a plain Linear; the analog image goes straight into the first layer. Quantizer lambdas
+are initialised by maximising the entropy of the output levels on a calibration batch, then
+trained with Adam: from scratch with the weights (MLP, CNN), or as a fine-tuning of the trained
+float ViT.
 
 For export, each batch norm is folded into the Conv/Linear before it (so no
 BatchNormalization node is left), and the model is exported with torch's default (dynamo)
 exporter at batch 1. Reported accuracies are those of the exported files, run by ONNX Runtime
 with graph optimizations disabled (the reference semantics, DESIGN §9). Extra seeds (not
-exported) measure the run-to-run spread, evaluated in torch on the BN-folded model.
+exported) measure the run-to-run spread, evaluated in torch on the BN-folded model. The ViT's
+spiking ONNX model is measured too (T = 1, 2, 4, with and without temporal compensation).
+
+Every figure goes to samples/results.json, which the README is written from: ``--archs``
+retrains some architectures and keeps the figures (and files) of the others.
 """
 from __future__ import annotations
 
@@ -235,11 +244,16 @@ class Variant:
 
     @property
     def fine_tuned(self) -> bool:
-        """Quantization-aware fine-tuning of the float baseline (the ViT) rather than training from scratch."""
-        return self.arch == "vit" and self.kind != "float"
+        """Quantization-aware fine-tuning of its float baseline rather than training from scratch."""
+        return self.arch in FINE_TUNED_ARCHS and self.kind != "float"
 
 
 ARCHS = {"mlp": DigitsMLP, "cnn": DigitsCNN, "vit": DigitsViT}
+# The ViT trains in float first; its quantizers are then calibrated on the trained activations and
+# fine-tuned: a quantized transformer's usual recipe. Measured against 40 epochs with quantizers
+# from the start (seeds 0-2: 96.67 % mean test accuracy in torch, within the spread of the
+# fine-tuned seeds): the same accuracy for two thirds of the CPU time (20 s against 29 s, 1 thread).
+FINE_TUNED_ARCHS = {"vit"}
 
 
 VARIANTS = [
@@ -270,8 +284,8 @@ def train(variant: Variant, x: torch.Tensor, y: torch.Tensor, seed: int, start: 
     model = variant.build()
     if start is not None:
         missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
-        lambdas = {name for name, p in model.named_parameters() if any(p is q for q in quantizer_parameters(model))}
-        assert set(missing) == lambdas and not unexpected, (missing, unexpected)
+        lambda_names = {name for name, p in model.named_parameters() if any(p is q for q in quantizer_parameters(model))}
+        assert set(missing) == lambda_names and not unexpected, (missing, unexpected)
     model.train()
     if variant.kind != "float":
         # Entropy initialisation of lambda on the BN-normalised activations of a training batch.
