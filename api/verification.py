@@ -61,6 +61,7 @@ class Verification:
     ann_accuracy: Optional[float]
     runs: dict[str, dict[int, BackendRun]]  # kept for the energy and spike statistics
     failures: list[str]
+    ann_seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -121,7 +122,8 @@ def verify(ann: Backend, backends: list[Backend], x: np.ndarray, labels: Optiona
             comparisons.setdefault(backend.name, {})[timestep] = result
             failures += _criteria(backend.name, timestep, result)
     return Verification(samples=len(x), timesteps=list(timesteps), comparisons=comparisons,
-                        ann_accuracy=accuracy(ann_run.output, labels), runs=runs, failures=failures)
+                        ann_accuracy=accuracy(ann_run.output, labels), runs=runs, failures=failures,
+                        ann_seconds=ann_run.seconds)
 
 
 def _criteria(name: str, timestep: int, result: Comparison) -> list[str]:
@@ -143,12 +145,7 @@ def _timed(backend: Backend, x, timestep, progress) -> BackendRun:
 
 
 def terminal_progress(name: str, timestep: int) -> ProgressFn:
-    """A progress line on stderr when it is a terminal; nothing in pipes and CI logs."""
-    if not sys.stderr.isatty():
-        return None
+    """A progress bar on stderr when it is a terminal; nothing in pipes and CI logs."""
+    from pmsm.progress import bar_for
 
-    def show(done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        print(f"\r  {name} T={timestep}: {done}/{total} samples", end=end, file=sys.stderr, flush=True)
-
-    return show
+    return bar_for(sys.stderr, f"{name} T={timestep}")
