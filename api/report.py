@@ -103,14 +103,18 @@ def _print_fixed_point(fixed: dict | None, out: TextIO) -> None:
     weights = [r["max_rel_error"] for r in records if "max_rel_error" in r]
     state = [r["state_bits"] for r in records if "state_bits" in r]
     payload = [r["payload_bits"] for r in records if "payload_bits" in r]
-    overflow = any(r.get("overflow") for r in records)
+    overflowing = sorted({r["node"] for r in records if r.get("overflow") or r.get("overflow_count")})
     print(f"  lava_fixed: weights off by up to {100 * max(weights, default=0):.2g}% of a layer's largest weight;\n"
           f"    needs {max(state, default=0)}-bit state, {max(payload, default=0)}-bit payloads"
-          f"{', OVERFLOW' if overflow else ''} (per layer: report key lava_fixed_point)", file=out)
+          f" (per layer: report key lava_fixed_point)", file=out)
+    if overflowing:
+        print(f"    OVERFLOW beyond 24 bits in {len(overflowing)} layer(s): {', '.join(overflowing)}", file=out)
 
 
 def _seconds(value) -> str:
-    return "-" if value is None else f"{value:.3g} s" if value < 100 else f"{value:.0f} s"
+    if value is None:
+        return "-"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s" if value < 100 else f"{value:.0f} s"
 
 
 def _micro(picojoules) -> str:

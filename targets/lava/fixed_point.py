@@ -151,8 +151,9 @@ class _Quantizer:
     def _port_unit(self, terms, node, neuron=None) -> float:
         """Scale of the port fed by ``terms``; ``neuron``: its Step when the port is a neuron's."""
         power_of_two = neuron is not None
-        # a neuron's state also holds its residue: up to a spike's worth beyond the input
-        margin = float(max(-neuron.params["lo"], neuron.params["hi"]) + 1) if neuron else 0.0
+        # a neuron's state also holds its residue (up to a spike's worth beyond the input) and its bias
+        margin = float(max(-neuron.params["lo"], neuron.params["hi"]) + 1
+                       + np.max(np.abs(neuron.params["bias"]), initial=0)) if neuron else 0.0
         origins = [t.src for t in terms]
         fixed = [o for o in origins if not self._is_converter(o)]
         free = [o for o in origins if self._is_converter(o)]

@@ -134,14 +134,15 @@ class FloatRunner(_Runner):
         if op.kind == "elementwise":
             return x * p["scale"] + p["bias"]
         z = x + p["bias"]
-        if not np.all(np.isfinite(z)):
-            raise BadInputError(f"layer {op.node}: the input drives its neurons to a non-finite "
-                                f"current (sample {self._sample()}); check the data's range")
         params = self.neurons[op.step]
         u = self.membranes.get(op.step)
         if window_starts or u is None:
             u = initial_membrane(op.out_shape, params)
-        self.membranes[op.step], s = step(u, z, params)
+        u, s = step(u, z, params)
+        if not np.all(np.isfinite(u)):
+            raise BadInputError(f"layer {op.node}: the input drives its membrane beyond float32 "
+                                f"(sample {self._sample()}); check the data's range")
+        self.membranes[op.step] = u
         s = s.astype(np.float64)
         self._record(op, s)
         return s

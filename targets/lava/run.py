@@ -30,7 +30,7 @@ from pmsm.targets.lava.processes.neuron import PEAK_INPUT, PEAK_STATE
 from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
 from pmsm.targets.lava.program import INPUT_PEAK, OVERFLOWS, PEAK, STATE_OVERFLOWS, STATE_PEAK, WORD_BITS
-from pmsm.targets.lava.shutdown import WorkerGuard, forget_runtime
+from pmsm.targets.lava.shutdown import WorkerGuard, abort_runtime
 
 INPUT_BITS = 8
 CHUNK_SECONDS = 1.0         # simulated time between progress reports and error checks
@@ -88,7 +88,7 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
             if between_runs[0]:
                 net.stop()
             else:
-                forget_runtime(net)
+                abort_runtime(net)
         means = np.array(np.load(means_path, mmap_mode="r"))
         spikes = _spikes(net, n, t_steps) if collect_spikes else {}
     output = to_nir(means, plan.output_shape, plan.output_perm).astype(np.float32)
