@@ -114,6 +114,8 @@ def _print_fixed_point(fixed: dict | None, out: TextIO) -> None:
 def _seconds(value) -> str:
     if value is None:
         return "-"
+    if value < 1:
+        return f"{1e3 * value:.3g} ms"
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s" if value < 100 else f"{value:.0f} s"
 
 

@@ -410,3 +410,35 @@ def test_trained_digits_cnn_agrees_with_the_nir_interpreter():
     fixed = run_lava(graph, x, 1, fixed_point=True)
     assert (fixed.output.argmax(1) == ref.output.argmax(1)).mean() >= 0.95
     assert not any(getattr(r, "overflow", False) for r in fixed.fixed_point_report)
+
+
+def test_fixed_point_reports_each_layer_whose_state_overflows_24_bits():
+    """A neuron driven beyond its clip range keeps the excess in its state, step after step: the
+    state outgrows the bound the state scale was chosen for (the input's, plus one spike)."""
+    graph = _graph({
+        "input": nir.Input(input_type={"input": np.array([64])}),
+        "fc1": nir.Affine(weight=np.full((5, 64), 1 / 64, np.float32), bias=np.zeros(5, np.float32)),
+        "q1": _if(5, lo=-2, hi=2),
+        "fc2": nir.Affine(weight=_dyadic((3, 5)), bias=_dyadic(3)),
+        "output": nir.Output(output_type={"output": np.array([3])}),
+    }, [("input", "fc1"), ("fc1", "q1"), ("q1", "fc2"), ("fc2", "output")])
+    x = np.full((2, 64), 4.0, np.float32)          # q1 receives 4 levels a step, sends 2
+    short = run_lava(graph, x, timesteps=2, fixed_point=True).fixed_point_report
+    assert not any(getattr(r, "overflow", False) or getattr(r, "overflow_count", 0) for r in short)
+    report = run_lava(graph, x, timesteps=48, fixed_point=True).fixed_point_report
+    q1 = next(r for r in report if r.node == "q1")
+    assert q1.overflow and q1.state_bits == 25 and q1.overflow_count > 0
+    assert not next(r for r in report if r.node == "fc1").overflow_count
+
+
+def test_the_compiler_is_told_every_model_and_discovers_none(monkeypatch):
+    from lava.magma.compiler.compiler_graphs import ProcGroupDiGraphs
+
+    def no_discovery(*args, **kwargs):
+        raise AssertionError("Lava searched for a process model")
+
+    monkeypatch.setattr(ProcGroupDiGraphs, "_find_proc_models", staticmethod(no_discovery))
+    x = (RNG.integers(-8, 9, size=(2, 2, 7, 9)) / 4).astype(np.float32)
+    for lowering in ("layer", "synapse"):
+        for fixed in (False, True):
+            run_lava(conv_graph(), x, timesteps=1, lowering=lowering, fixed_point=fixed)

@@ -13,9 +13,9 @@ def test_verify_prints_how_long_each_backend_took(qdq_mlp_path, tmp_path, capsys
                  "--timesteps", "1,2"]) == 0
     rows = {}
     for line in capsys.readouterr().out.splitlines():
-        match = re.match(r"\s+(ann|onnx|nir|lava|lava_fixed)\s+(\S+)\s.*?(\d[\d.e+-]*) s$", line)
+        match = re.match(r"\s+(ann|onnx|nir|lava|lava_fixed)\s+(\S+)\s.*?(\d[\d.e+-]*) (s|ms)$", line)
         if match:
-            rows[(match.group(1), match.group(2))] = float(match.group(3))
+            rows[(match.group(1), match.group(2))] = float(match.group(3)) * (1e-3 if match.group(4) == "ms" else 1)
     assert set(rows) == {("ann", "-")} | {(b, t) for b in ("onnx", "nir", "lava", "lava_fixed") for t in "12"}
     assert all(seconds > 0 for seconds in rows.values())
 

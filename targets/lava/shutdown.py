@@ -46,7 +46,7 @@ class WorkerGuard:
 
     def __enter__(self) -> "WorkerGuard":
         self._before = set(multiprocessing.active_children())
-        self._hook = _ForkHook(os.getpid())
+        self._hook = _ForkHook()
         util.register_after_fork(self._hook, _ForkHook.in_child)
         if threading.current_thread() is threading.main_thread() \
                 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -71,9 +71,6 @@ class WorkerGuard:
 class _ForkHook:
     """Registered with ``multiprocessing.util.register_after_fork``; runs in each new child."""
 
-    def __init__(self, host_pid: int) -> None:
-        self.host_pid = host_pid
-
     @staticmethod
     def in_child(hook: "_ForkHook") -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -83,7 +80,8 @@ class _ForkHook:
                 ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             except (OSError, AttributeError):
                 pass
-        if os.getppid() != hook.host_pid:     # the host died before the request took effect
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:     # it died before the request took effect
             os._exit(1)
 
 
