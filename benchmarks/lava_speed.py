@@ -129,7 +129,9 @@ def _synapse_estimate(graph, x, timesteps, steps) -> tuple:
 
 
 def _fixed_point_report(arch, export, x) -> None:
-    """Per layer: weight error, bits used, 24-bit overflows, spikes unlike floating point."""
+    """Per layer: weight error, bits used (a neuron's state, a synapse's output), bits of the
+    messages (sent by a neuron, received by a synapse), 24-bit overflows, spikes unlike floating
+    point."""
     from pmsm.targets.lava import NeuronQuantization, run_lava
 
     floating = run_lava(export.nir_graph, x, 1, collect_spikes=True, lowering="network")
@@ -137,20 +139,20 @@ def _fixed_point_report(arch, export, x) -> None:
     names = {step.node: step.params["onnx_node"] for step in _neuron_steps(export.nir_graph)}
     print(f"\nfixed point, {arch}, {len(x)} images, T=1: predictions agree with floating point on "
           f"{100 * np.mean(fixed.output.argmax(1) == floating.output.argmax(1)):.0f}%")
-    print(f"  {'layer':<38}{'kind':<9}{'w err max':>10}{'state bits':>11}{'payload':>8}{'overflow':>9}"
-          f"{'spikes unlike float':>20}")
+    print(f"  {'layer':<38}{'kind':<9}{'w err max':>10}{'bits used':>10}{'payload':>8}{'overflow':>9}"
+          f"{'spikes unlike float':>24}")
     for record in fixed.fixed_point_report:
         if record.kind == "input":
-            print(f"  {record.node:<38}{'input':<9}{'':>10}{'':>11}{record.bits:>8}{'':>9}"
+            print(f"  {record.node:<38}{'input':<9}{'':>10}{'':>10}{record.bits:>8}{'':>9}"
                   f"  max |x - x_q| {record.max_abs_error:.3g}")
             continue
         if isinstance(record, NeuronQuantization):
             spikes = floating.spikes[names[record.node]]
             unlike = int(np.count_nonzero(fixed.spikes[names[record.node]] != spikes))
-            print(f"  {record.node:<38}{'neuron':<9}{'':>10}{record.state_bits:>11}{record.payload_bits:>8}"
-                  f"{record.overflow_count or 0:>9}{f'{unlike} of {int(np.abs(spikes).sum())}':>20}")
+            print(f"  {record.node:<38}{'neuron':<9}{'':>10}{record.state_bits:>10}{record.payload_bits:>8}"
+                  f"{record.overflow_count or 0:>9}{f'{unlike} of {int(np.abs(spikes).sum())}':>24}")
         else:
-            print(f"  {record.node:<38}{record.kind:<9}{100 * record.max_rel_error:>9.2f}%{'':>11}"
+            print(f"  {record.node:<38}{record.kind:<9}{100 * record.max_rel_error:>9.2f}%{record.output_bits:>10}"
                   f"{record.payload_bits:>8}{record.overflow_count or 0:>9}")
 
 

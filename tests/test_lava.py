@@ -207,15 +207,15 @@ def test_signed_multi_spikes_survive_dense_synapses():
     _check_same(result, graph, x, 3)
 
 
-@pytest.mark.parametrize("conv_synapse", ["conv", "sparse"])
-def test_conv_layout_flip_pools_and_flatten_match_reference(conv_synapse):
+@pytest.mark.parametrize("lowering, conv_synapse", [("layer", "conv"), ("synapse", "conv"), ("synapse", "sparse")])
+def test_conv_layout_flip_pools_and_flatten_match_reference(lowering, conv_synapse):
     graph = conv_graph()
     x = (RNG.integers(-8, 9, size=(2, 2, 7, 9)) / 4).astype(np.float32)
     seen = []
-    result = run_lava(graph, x, timesteps=2, collect_spikes=True, conv_synapse=conv_synapse,
+    result = run_lava(graph, x, timesteps=2, collect_spikes=True, lowering=lowering, conv_synapse=conv_synapse,
                       progress=lambda done, total: seen.append((done, total)))
     _check_same(result, graph, x, 2)
-    assert seen[-1] == (2, 2)
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)       # started, then done
 
 
 @pytest.mark.parametrize("lowering", ["layer", "synapse"])
@@ -387,9 +387,10 @@ def test_every_unsupported_node_is_listed_before_any_process_is_built(monkeypatc
 
 
 @pytest.mark.slow
-def test_trained_digits_cnn_agrees_with_the_nir_interpreter():
-    """The bundled digits CNN, converted by the pipeline: float Lava agrees with the interpreter
-    up to float re-association (Lava sums in float64, the interpreter in float32)."""
+def test_trained_digits_cnn_agrees_with_the_nir_interpreter_in_every_lowering():
+    """The bundled digits CNN, converted by the pipeline: the three lowerings give the same spikes,
+    and float Lava agrees with the interpreter up to float re-association (Lava sums in float64,
+    the interpreter in float32)."""
     from pathlib import Path
 
     from pmsm.pipeline import convert
@@ -402,14 +403,18 @@ def test_trained_digits_cnn_agrees_with_the_nir_interpreter():
     x = np.load(data)["x"][:120]
     for timesteps in (1, 2):
         ref = NirInterpreter(graph).run(x, timesteps, collect_spikes=True)
-        lava = run_lava(graph, x, timesteps, collect_spikes=True, conv_synapse="sparse")
+        lava = run_lava(graph, x, timesteps, collect_spikes=True)
         mismatched = sum(int((lava.spikes[k] != s).sum()) for k, s in ref.spikes.items())
         total = sum(int(np.abs(s).sum()) for s in ref.spikes.values())
         assert mismatched <= 1e-4 * total
         assert (lava.output.argmax(1) == ref.output.argmax(1)).all()
-    fixed = run_lava(graph, x, 1, fixed_point=True)
+        _check_equal_runs(run_lava(graph, x, timesteps, collect_spikes=True, lowering="network"), lava)
+        _check_equal_runs(run_lava(graph, x, timesteps, collect_spikes=True, lowering="synapse",
+                                   conv_synapse="sparse"), lava)
+    fixed = run_lava(graph, x, 1, fixed_point=True, collect_spikes=True)
     assert (fixed.output.argmax(1) == ref.output.argmax(1)).mean() >= 0.95
     assert not any(getattr(r, "overflow", False) for r in fixed.fixed_point_report)
+    _check_equal_runs(run_lava(graph, x, 1, fixed_point=True, collect_spikes=True, lowering="synapse"), fixed)
 
 
 def test_fixed_point_reports_each_layer_whose_state_overflows_24_bits():
@@ -442,3 +447,20 @@ def test_the_compiler_is_told_every_model_and_discovers_none(monkeypatch):
     for lowering in ("layer", "synapse"):
         for fixed in (False, True):
             run_lava(conv_graph(), x, timesteps=1, lowering=lowering, fixed_point=fixed)
+
+
+def test_a_depthwise_convolution_beyond_lavas_group_limit_still_runs_in_lavas_conv():
+    channels = 130                  # Lava's Conv keeps its group count in 8 signed bits
+    weight = np.zeros((channels, channels, 3, 3), np.float32)
+    weight[np.arange(channels), np.arange(channels)] = _dyadic((channels, 3, 3))
+    graph = _graph({
+        "input": nir.Input(input_type={"input": np.array([channels, 2, 2])}),
+        "depthwise": nir.Conv2d(input_shape=(2, 2), weight=weight, stride=1, padding=1, dilation=1, groups=1,
+                                bias=np.zeros(channels, np.float32)),
+        "q": _if((channels, 2, 2)),
+        "output": nir.Output(output_type={"output": np.array([channels, 2, 2])}),
+    }, [("input", "depthwise"), ("depthwise", "q"), ("q", "output")])
+    assert lower(check_graph(graph)).steps[0].params["groups"] == channels
+    x = (RNG.integers(-8, 9, size=(2, channels, 2, 2)) / 4).astype(np.float32)
+    _check_equal_runs(run_lava(graph, x, timesteps=1, collect_spikes=True, lowering="synapse"),
+                      run_lava(graph, x, timesteps=1, collect_spikes=True))

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from pmsm.errors import BadInputError
-from pmsm.targets.lava import run_lava
-from pmsm.targets.lava.processes.failure import LavaProcessError
+from pmsm.targets.lava import LavaProcessError, run_lava
 from test_lava import RNG, residual_graph
 
 SURVIVOR_WAIT_SECONDS = 5.0
@@ -111,10 +110,6 @@ def test_workers_exit_within_seconds_after_the_host_is_killed(long_run, lowering
     assert wait_for_no_survivor(process.pid) == []
 
 
-def _children_of_this_process() -> list:
-    return [p for p in multiprocessing.active_children()]
-
-
 def test_an_error_inside_a_process_model_stops_the_run_and_its_workers(monkeypatch):
     import pmsm.targets.lava.program as program
 
@@ -129,20 +124,20 @@ def test_an_error_inside_a_process_model_stops_the_run_and_its_workers(monkeypat
 
     monkeypatch.setattr(program, "step", failing_step)     # the workers are forked: they inherit it
     x = (RNG.integers(-8, 9, size=(200, 1, 4, 4)) / 4).astype(np.float32)
-    before = set(_children_of_this_process())
+    before = set(multiprocessing.active_children())
     with pytest.raises(LavaProcessError, match=r"core:q\w+ failed: injected failure") as error:
         run_lava(residual_graph(), x, timesteps=2)
     assert "ZeroDivisionError" in str(error.value) and "failing_step" in str(error.value)
-    assert set(_children_of_this_process()) <= before
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_data_that_drives_a_layer_to_infinity_is_a_bad_input_found_mid_run():
     x = (RNG.integers(-8, 9, size=(6, 1, 4, 4)) / 4).astype(np.float32)
     x[3] = 3e38          # finite, but a convolution of it is not
-    before = set(_children_of_this_process())
+    before = set(multiprocessing.active_children())
     with pytest.raises(BadInputError, match=r"layer qa: .*beyond float32 \(sample 3\)"):
         run_lava(residual_graph(), x, timesteps=2)
-    assert set(_children_of_this_process()) <= before
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_the_command_killed_during_its_lava_run_leaves_no_process(tmp_path):

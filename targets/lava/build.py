@@ -29,6 +29,7 @@ from pmsm.targets.lava.processes.neuron import PmsmNeuron
 from pmsm.targets.lava.processes.pool import Pool
 
 CONV_SYNAPSES = ("conv", "sparse")
+LAVA_CONV_MAX_GROUPS = 127      # Lava's Conv keeps `groups` in an int8 Var: 144 groups read as -112
 
 
 @dataclass
@@ -113,8 +114,11 @@ def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: s
     if step.kind == "conv" and conv_synapse == "sparse":
         return Sparse(weights=conv_matrix(step, p), num_message_bits=_message_bits(p), name=name)
     if step.kind == "conv":
-        return Conv(weight=p["weight"], input_shape=tuple(step.in_shape), padding=p["padding"],
-                    stride=p["stride"], dilation=p["dilation"], groups=p["groups"],
+        weight, groups = p["weight"], p["groups"]
+        if groups > LAVA_CONV_MAX_GROUPS:
+            weight, groups = regroup(weight, groups, 1), 1
+        return Conv(weight=weight, input_shape=tuple(step.in_shape), padding=p["padding"],
+                    stride=p["stride"], dilation=p["dilation"], groups=groups,
                     num_message_bits=_message_bits(p), name=name)
     if step.kind == "pool":
         return Pool(in_shape=step.in_shape, out_shape=step.out_shape, mode=p["mode"],
@@ -128,6 +132,19 @@ def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: s
                           latency=step.latency, state_exponent=p.get("state_exponent", 0),
                           record_path=record_path, name=name)
     raise ValueError(f"unknown step kind {step.kind!r}")
+
+
+def regroup(weight: np.ndarray, groups: int, new_groups: int) -> np.ndarray:
+    """A Lava (O, W, H, I/groups) kernel as one of ``new_groups`` groups (a divisor of
+    ``groups``), zero across the old groups: the same convolution."""
+    out_channels, kw, kh, per_group = weight.shape
+    factor = groups // new_groups
+    wide = np.zeros((out_channels, kw, kh, per_group * factor), dtype=weight.dtype)
+    per_out = out_channels // groups
+    for o in range(out_channels):
+        slot = (o // per_out) % factor
+        wide[o, :, :, slot * per_group:(slot + 1) * per_group] = weight[o]
+    return wide
 
 
 def _message_bits(p: dict) -> int:

@@ -42,7 +42,7 @@ class LavaResult:
     spikes: dict                        # onnx node (or NIR node) -> [T, N, *shape] spike counts
     fixed_point_report: list | None     # per-layer quantization records (fixed point only)
     processes: int = 0                  # Lava processes of the run (input and readout included)
-    seconds_to_start: float = 0.0       # compiling and starting the Lava processes
+    seconds_to_start: float = 0.0       # lowering, compiling and starting the Lava processes
 
 
 def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = False,
@@ -57,11 +57,11 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
     n, t_steps = x.shape[0], int(timesteps)
     exponent = input_exponent_for(x, INPUT_BITS) if fixed_point else 0
     with tempfile.TemporaryDirectory(prefix="pmsm-lava-") as scratch, WorkerGuard():
+        started = time.perf_counter()
         net = Network(view, timesteps=t_steps, fixed_point=fixed_point, input_exponent=exponent,
                       record_dir=scratch if collect_spikes else None, record_steps=n * t_steps + _depth_bound(view),
                       conv_synapse=conv_synapse, lowering=lowering, work_dir=scratch)
         plan, depth = net.lowered.plan, net.depth
-        total_steps = n * t_steps + depth
         data = to_lava(x, plan.input_lava_shape, plan.input_perm)
         if fixed_point:
             data = quantize_input(data, exponent, INPUT_BITS)
@@ -73,21 +73,16 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
                               path=means_path, unit=unit, name="readout")
         source.s_out.connect(net.inp)
         net.out.connect(readout.a_in)
-        started = time.perf_counter()
         net.create_runtime(run_cfg=net.run_cfg(source, readout))
         seconds_to_start = time.perf_counter() - started
-        between_runs = [True]
+        stepper = _Stepper(net, n, t_steps, progress, samples_per_chunk, scratch)
         try:
-            if progress is not None:
-                progress(0, n)
-            _simulate(net, total_steps, t_steps, depth, n, progress, samples_per_chunk, scratch, between_runs)
+            stepper.run()
             report = _report(net, x) if fixed_point else None
         finally:
-            # Lava's stop() talks to the workers: only possible between two runs; an interrupted
-            # run leaves them to the guard
-            if between_runs[0]:
+            if stepper.idle:
                 net.stop()
-            else:
+            else:       # interrupted mid-run: Lava's stop() would wait forever
                 abort_runtime(net)
         means = np.array(np.load(means_path, mmap_mode="r"))
         spikes = _spikes(net, n, t_steps) if collect_spikes else {}
@@ -95,21 +90,34 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
     return LavaResult(output, spikes, report, net.process_count + 2, seconds_to_start)
 
 
-def _simulate(net, total_steps, t_steps, depth, n, progress, samples_per_chunk, scratch, between_runs) -> None:
-    done_steps, chunk = 0, samples_per_chunk * t_steps if samples_per_chunk else 1
-    while done_steps < total_steps:
-        steps = min(chunk, total_steps - done_steps)
-        started = time.perf_counter()
-        between_runs[0] = False
-        net.run(condition=RunSteps(num_steps=steps))
-        between_runs[0] = True
-        elapsed = time.perf_counter() - started
-        done_steps += steps
-        raise_recorded_failure(scratch)
-        if progress is not None:
-            progress(min(n, max(0, (done_steps - depth) // t_steps)), n)
-        if not samples_per_chunk:
-            chunk = max(1, min(4 * steps, int(steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
+class _Stepper:
+    """Runs the ``n * T + depth`` steps in chunks of about ``CHUNK_SECONDS``, reporting progress
+    and recorded process errors between chunks; ``idle`` tells whether Lava is between two runs,
+    the only time its ``stop()`` works."""
+
+    def __init__(self, net, n, t_steps, progress, samples_per_chunk, error_folder):
+        self.net, self.n, self.t_steps = net, n, t_steps
+        self.progress, self.error_folder = progress, error_folder
+        self.fixed_chunk = samples_per_chunk * t_steps if samples_per_chunk else None
+        self.idle = True
+
+    def run(self) -> None:
+        total, done, chunk = self.n * self.t_steps + self.net.depth, 0, self.fixed_chunk or 1
+        if self.progress is not None:
+            self.progress(0, self.n)
+        while done < total:
+            steps = min(chunk, total - done)
+            started = time.perf_counter()
+            self.idle = False
+            self.net.run(condition=RunSteps(num_steps=steps))
+            self.idle = True
+            elapsed = time.perf_counter() - started
+            done += steps
+            raise_recorded_failure(self.error_folder)
+            if self.progress is not None:
+                self.progress(min(self.n, max(0, (done - self.net.depth) // self.t_steps)), self.n)
+            if not self.fixed_chunk:
+                chunk = max(1, min(4 * steps, int(steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
 
 
 def _depth_bound(view) -> int:

@@ -117,11 +117,19 @@ def stop_workers(processes: list, wait: float = 0.0) -> None:
     for process in processes:
         _join(process, deadline - time.monotonic())
     for process in processes:
-        if process.is_alive():
+        if _alive(process):
             process.kill()
             _join(process, GRACE_SECONDS)
 
 
+def _alive(process) -> bool:
+    try:
+        return process.is_alive()
+    except ValueError:          # closed: Lava's own error path joined it already
+        return False
+
+
 def _join(process, timeout: float) -> None:
     # Lava's SystemProcess.join takes no timeout; the base class's does
-    multiprocessing.process.BaseProcess.join(process, max(0.0, timeout))
+    if _alive(process):
+        multiprocessing.process.BaseProcess.join(process, max(0.0, timeout))
