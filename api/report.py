@@ -25,6 +25,7 @@ def build_report(export, verification, backends, data_path) -> dict:
         ],
         "verification": {
             "samples": verification.samples,
+            "ann_seconds": round(verification.ann_seconds, 4),
             "backends": {
                 name: {str(t): c.to_json() for t, c in by_t.items()}
                 for name, by_t in verification.comparisons.items()
@@ -42,7 +43,7 @@ def build_report(export, verification, backends, data_path) -> dict:
             or {str(t): a for t, a in verification.root_accuracy.items()},
         },
         "energy": _energy(export, verification) if export.spiking is not None else {},
-        "network": _network(export) if export.network is not None else {},
+        "network": _network(export) if getattr(export, "network", None) is not None else {},
     }
     root = getattr(export, "root", None)  # a NIR source: the backend the others are compared with
     if root:
@@ -119,10 +120,20 @@ def _print_fixed_point(fixed: dict | None, out: TextIO) -> None:
     weights = [r["max_rel_error"] for r in records if "max_rel_error" in r]
     state = [r["state_bits"] for r in records if "state_bits" in r]
     payload = [r["payload_bits"] for r in records if "payload_bits" in r]
-    overflow = any(r.get("overflow") for r in records)
+    overflowing = sorted({r["node"] for r in records if r.get("overflow") or r.get("overflow_count")})
     print(f"  lava_fixed: weights off by up to {100 * max(weights, default=0):.2g}% of a layer's largest weight;\n"
           f"    needs {max(state, default=0)}-bit state, {max(payload, default=0)}-bit payloads"
-          f"{', OVERFLOW' if overflow else ''} (per layer: report key lava_fixed_point)", file=out)
+          f" (per layer: report key lava_fixed_point)", file=out)
+    if overflowing:
+        print(f"    OVERFLOW beyond 24 bits in {len(overflowing)} layer(s): {', '.join(overflowing)}", file=out)
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{1e3 * value:.3g} ms"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s" if value < 100 else f"{value:.0f} s"
 
 
 def _micro(picojoules) -> str:
@@ -138,20 +149,23 @@ def print_summary(report: dict, out: TextIO) -> None:
     verification = report["verification"]
     print(f"\nverification on {verification['samples']} samples of "
           f"{os.path.basename(report['model']['path'])}:", file=out)
-    print(f"  {'backend':<12}{'T':>3}  {'vs':<5}{'max|diff|':>11}{'spikes':>10}{'mismatch':>10}{'agree':>8}"
-          f"{'accuracy':>10}", file=out)
+    print(f"  {'backend':<12}{'T':>3}  {'vs':<5}{'max|diff|':>10}{'spikes':>9}{'mismatch':>9}{'agree':>8}"
+          f"{'accuracy':>9}{'time':>9}", file=out)
     accuracy = report["accuracy"]
-    if accuracy["ann"] is not None:
-        print(f"  {'ann':<12}{'-':>3}  {'':<5}{'':>11}{'':>10}{'':>10}{'':>8}{_percent(accuracy['ann']):>10}", file=out)
+    ann_seconds = verification.get("ann_seconds")
+    if accuracy["ann"] is not None or ann_seconds:
+        print(f"  {'ann':<12}{'-':>3}  {'':<5}{'':>10}{'':>9}{'':>9}{'':>8}{_percent(accuracy['ann']):>9}"
+              f"{_seconds(ann_seconds):>9}", file=out)
     root = verification.get("root")
     for t, value in (accuracy["snn"] if root else {}).items():
-        print(f"  {root:<12}{t:>3}  {'':<5}{'':>11}{'':>10}{'':>10}{'':>8}{_percent(value):>10}", file=out)
+        print(f"  {root:<12}{t:>3}  {'':<5}{'':>10}{'':>9}{'':>9}{'':>8}{_percent(value):>9}", file=out)
     for name, by_t in verification["backends"].items():
         for t, c in by_t.items():
             spikes = _count(c["spike_total"]) if c["spike_total"] else "-"
             mismatch = _count(c["spike_mismatch"]) if c["reference"] != "ann" and c["spike_total"] else "-"
-            print(f"  {name:<12}{t:>3}  {c['reference']:<5}{c['max_abs_diff']:>11.3g}{spikes:>10}{mismatch:>10}"
-                  f"{_percent(c['argmax_agreement']):>8}{_percent(c['accuracy']):>10}", file=out)
+            print(f"  {name:<12}{t:>3}  {c['reference']:<5}{c['max_abs_diff']:>10.3g}{spikes:>9}{mismatch:>9}"
+                  f"{_percent(c['argmax_agreement']):>8}{_percent(c['accuracy']):>9}{_seconds(c.get('seconds')):>9}",
+                  file=out)
     _print_fixed_point(report.get("lava_fixed_point"), out)
     energy = report.get("energy") or {}
     totals = energy.get("totals")

@@ -63,6 +63,7 @@ class Verification:
     runs: dict[str, dict[int, BackendRun]]  # kept for the energy and spike statistics
     failures: list[str]
     root_accuracy: dict[int, Optional[float]] = field(default_factory=dict)  # a root backend's, per T
+    ann_seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -117,7 +118,7 @@ def verify(ann: Optional[Backend], backends: list[Backend], x: np.ndarray, label
     if ann_optimized is not None:
         optimized = _timed(ann_optimized, x, 1, None)
         comparisons[ann_optimized.name] = {1: compare(optimized, ann_run, ann.name, labels)}
-    if 1 in timesteps:  # the source run one sample at a time, as a batch-1 user runs it
+    if ann is not None and 1 in timesteps:  # the source one sample at a time, as a batch-1 user runs it
         subset = x[:BATCH_ONE_SAMPLES]
         one_ann = ann.run(subset, 1, None, batch_size=1)
         one_onnx = backends[0].run(subset, 1, None, batch_size=1)
@@ -140,7 +141,8 @@ def verify(ann: Optional[Backend], backends: list[Backend], x: np.ndarray, label
             failures += _criteria(backend.name, timestep, result)
     return Verification(samples=len(x), timesteps=list(timesteps), comparisons=comparisons,
                         ann_accuracy=accuracy(ann_run.output, labels) if ann_run is not None else None, runs=runs,
-                        failures=failures, root_accuracy=root_accuracy)
+                        failures=failures, root_accuracy=root_accuracy,
+                        ann_seconds=ann_run.seconds if ann_run is not None else 0.0)
 
 
 def _criteria(name: str, timestep: int, result: Comparison) -> list[str]:
@@ -162,12 +164,7 @@ def _timed(backend: Backend, x, timestep, progress) -> BackendRun:
 
 
 def terminal_progress(name: str, timestep: int) -> ProgressFn:
-    """A progress line on stderr when it is a terminal; nothing in pipes and CI logs."""
-    if not sys.stderr.isatty():
-        return None
+    """A progress bar on stderr when it is a terminal; nothing in pipes and CI logs."""
+    from pmsm.progress import bar_for
 
-    def show(done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        print(f"\r  {name} T={timestep}: {done}/{total} samples", end=end, file=sys.stderr, flush=True)
-
-    return show
+    return bar_for(sys.stderr, f"{name} T={timestep}")

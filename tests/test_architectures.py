@@ -21,6 +21,7 @@ from pmsm.runtime.execute import SourceModel, SpikingModel
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
+pytestmark = pytest.mark.producers  # torchvision comes with the producers extra
 
 RNG = np.random.default_rng(0)
 OP_TYPES = {"default": None, "all": ["Conv", "MatMul", "Gemm", "Add", "Softmax", "Mul"]}
@@ -106,8 +107,9 @@ def assert_t1_exact_at_its_batch(source, samples=8, threads=(1, 2)):
     return conversion, x
 
 
-@pytest.mark.parametrize("op_types", list(OP_TYPES))
-@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("op_types, batch", [("default", 1), ("all", 4),
+                                             pytest.param("default", 4, marks=pytest.mark.slow),
+                                             pytest.param("all", 1, marks=pytest.mark.slow)])
 def test_t1_spiking_onnx_is_bit_exact_for_a_qdq_vision_transformer(op_types, batch, tmp_path):
     model, shape = vit()
     conversion, x = assert_t1_exact_at_its_batch(export_quantized(model, shape, batch, op_types, tmp_path))
@@ -118,12 +120,13 @@ def test_t1_spiking_onnx_is_bit_exact_for_a_qdq_vision_transformer(op_types, bat
     assert all(np.all(np.isfinite(o)) for o in outputs)
 
 
+@pytest.mark.slow
 def test_t1_spiking_onnx_is_bit_exact_for_a_vision_transformer_from_the_torchscript_exporter(tmp_path):
     model, shape = vit()
     assert_t1_exact_at_its_batch(export_quantized(model, shape, 1, "all", tmp_path, dynamo=False))
 
 
-@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("batch", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_t1_spiking_onnx_is_bit_exact_for_a_convnext_block_with_layernorm_and_gelu(batch, tmp_path):
     torch.manual_seed(0)
     conversion, _ = assert_t1_exact_at_its_batch(

@@ -14,8 +14,20 @@ DIGITS = os.path.join(SAMPLES, "digits_test.npz")
 SAMPLE_MODELS = sorted(glob.glob(os.path.join(SAMPLES, "digits_*.onnx")))
 
 
+CONVOLUTIONAL = [m for m in SAMPLE_MODELS if "_vit_" not in m]  # NIR takes no attention
+
+
 @pytest.mark.parametrize("model", SAMPLE_MODELS, ids=os.path.basename)
-def test_every_sample_is_exact_at_t1_and_nir_agrees_on_every_prediction(model, tmp_path):
+def test_every_sample_is_exact_at_t1_one_sample_at_a_time_and_batched(model, tmp_path):
+    report = pmsm.verify(model, target="onnx", data=DIGITS, timesteps=[1, 2], output=str(tmp_path / "m.onnx"))
+    backends = report["verification"]["backends"]
+    assert backends["onnx"]["1"]["max_abs_diff"] == 0 and backends["onnx_batch1"]["1"]["max_abs_diff"] == 0
+    assert report["accuracy"]["snn"]["1"] == report["accuracy"]["ann"]
+    assert report["verification"]["passed"]
+
+
+@pytest.mark.parametrize("model", CONVOLUTIONAL, ids=os.path.basename)
+def test_every_convolutional_sample_is_exact_at_t1_and_nir_agrees_on_every_prediction(model, tmp_path):
     report = pmsm.verify(model, target="nir", data=DIGITS, timesteps=[1, 2], output=str(tmp_path / "m.nir"))
     backends = report["verification"]["backends"]
     assert report["verification"]["samples"] == 360

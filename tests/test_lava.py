@@ -1,5 +1,5 @@
-"""Lava lowering of PMSM NIR graphs (DESIGN §8), checked against a direct numpy evaluation
-and against the project's NIR interpreter.
+"""Lava lowering of PMSM NIR graphs (DESIGN §8), checked against a direct numpy evaluation,
+against the project's NIR interpreter, and lowering against lowering.
 
 The graphs are built by hand in the PMSM dialect with dyadic weights and inputs (multiples of
 1/8, 1/4), so every sum is exact in float32 and in Lava's float64: the comparison is bit for
@@ -9,6 +9,7 @@ Lava process, so the graphs and batches are small.
 import nir
 import numpy as np
 import pytest
+from lava.proc.conv import utils as conv_utils
 
 pytest.importorskip("pmsm.targets.lava", exc_type=ImportError)  # the reason says how to get lava-nc
 pytestmark = pytest.mark.lava
@@ -16,7 +17,10 @@ pytestmark = pytest.mark.lava
 from pmsm.errors import UnsupportedModelError  # noqa: E402
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step  # noqa: E402
 from pmsm.targets.lava import Network, NeuronQuantization, SynapseQuantization, check_graph, run_lava  # noqa: E402
-from pmsm.targets.lava.lowering import lower  # noqa: E402
+from pmsm.targets.lava.kernels import Convolution  # noqa: E402
+from pmsm.targets.lava.lowering import lower, ungroup  # noqa: E402
+from pmsm.targets.lava.partition import partition  # noqa: E402
+from pmsm.targets.lava.plan import INPUT  # noqa: E402
 from pmsm.targets.nir import NirInterpreter  # noqa: E402
 
 RNG = np.random.default_rng(7)
@@ -177,6 +181,13 @@ def reference(graph, x, timesteps):
     return np.stack(outputs).astype(np.float32), spikes
 
 
+def _check_equal_runs(a, b):
+    assert set(a.spikes) == set(b.spikes)
+    for name, s in b.spikes.items():
+        np.testing.assert_array_equal(a.spikes[name], s, err_msg=name)
+    np.testing.assert_array_equal(a.output, b.output)
+
+
 def _check_same(result, graph, x, timesteps):
     """Lava equals the reference above and the project's NIR interpreter, bit for bit."""
     ref_out, ref_spikes = reference(graph, x, timesteps)
@@ -199,25 +210,116 @@ def test_signed_multi_spikes_survive_dense_synapses():
     _check_same(result, graph, x, 3)
 
 
-@pytest.mark.parametrize("conv_synapse", ["conv", "sparse"])
-def test_conv_layout_flip_pools_and_flatten_match_reference(conv_synapse):
+@pytest.mark.parametrize("lowering, conv_synapse", [("layer", "conv"), ("synapse", "conv"), ("synapse", "sparse")])
+def test_conv_layout_flip_pools_and_flatten_match_reference(lowering, conv_synapse):
     graph = conv_graph()
     x = (RNG.integers(-8, 9, size=(2, 2, 7, 9)) / 4).astype(np.float32)
     seen = []
-    result = run_lava(graph, x, timesteps=2, collect_spikes=True, conv_synapse=conv_synapse,
+    result = run_lava(graph, x, timesteps=2, collect_spikes=True, lowering=lowering, conv_synapse=conv_synapse,
                       progress=lambda done, total: seen.append((done, total)))
     _check_same(result, graph, x, 2)
-    assert seen[-1] == (2, 2)
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)       # started, then done
 
 
-def test_residual_branches_of_unequal_depth_are_aligned():
+@pytest.mark.parametrize("lowering", ["layer", "synapse"])
+def test_residual_branches_of_unequal_depth_are_aligned(lowering):
     graph = residual_graph()
     plan = lower(check_graph(graph))
     # the skip branch skips two convolutions: its Scale step also delays by two steps
     assert [(s.node, s.params["delay"]) for s in plan.steps if s.kind == "elementwise"] == [("skip", 2), ("output", 0)]
     x = (RNG.integers(-8, 9, size=(3, 1, 4, 4)) / 4).astype(np.float32)
-    result = run_lava(graph, x, timesteps=3, collect_spikes=True)
+    result = run_lava(graph, x, timesteps=3, collect_spikes=True, lowering=lowering)
     _check_same(result, graph, x, 3)
+
+
+def test_each_neuron_layer_gets_a_core_and_cores_align_branches_with_held_messages():
+    plan = lower(check_graph(residual_graph()), synapse_latency=0)
+    assert not any(s.params.get("delay") for s in plan.steps if s.kind == "elementwise")
+    cores = partition(plan, layers_per_core=1)
+    assert [c.name for c in cores.cores] == ["core:qa", "core:qb", "core:qc"]
+    qa, qb, qc = cores.cores
+    assert [(i.source, i.delay) for i in qa.inputs] == [(INPUT, 0)]
+    assert [(i.source, i.delay) for i in qb.inputs] == [(0, 0)]
+    # qc sums qb's branch (one hop later) and qa's skip: qa's spikes are held back one step
+    assert (qa.latency, qb.latency, qc.latency) == (0, 1, 2)
+    assert [(i.source, i.delay) for i in qc.inputs] == [(0, 1), (1, 0)]
+    # cores exchange spikes only: every synapse, scale and bias lives with the neuron it feeds
+    kinds = {plan.steps[i].node: plan.steps[i].kind for i in qc.steps}
+    assert kinds == {"conv2": "conv", "skip": "elementwise", "qc": "neuron", "fc": "dense", "output": "elementwise"}
+    assert qc.has_output and cores.depth == 3
+    whole = partition(plan, layers_per_core=10)
+    assert len(whole.cores) == 1 and whole.cores[0].inputs[0].source == INPUT and whole.depth == 1
+
+
+def test_a_tree_shared_by_two_cores_is_computed_in_both():
+    graph = _graph({
+        "input": nir.Input(input_type={"input": np.array([1, 4, 4])}),
+        "conv": nir.Conv2d(input_shape=(4, 4), weight=_dyadic((2, 1, 3, 3)), stride=1, padding=1,
+                           dilation=1, groups=1, bias=np.zeros(2, np.float32)),
+        "qa": _if((2, 4, 4)),
+        "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0]),
+                              metadata={"pmsm": {"op": "max_pool2d", "version": 1}}),
+        "conv_b": nir.Conv2d(input_shape=(2, 2), weight=_dyadic((2, 2, 1, 1)), stride=1, padding=0,
+                             dilation=1, groups=1, bias=_dyadic(2)),
+        "qb": _if((2, 2, 2)),
+        "qc": _if((2, 2, 2), lo=-4, hi=4),
+        "flat": nir.Flatten(input_type={"input": np.array([2, 2, 2])}, start_dim=0),
+        "fc": nir.Affine(weight=_dyadic((3, 8)), bias=_dyadic(3)),
+        "output": nir.Output(output_type={"output": np.array([3])}),
+    }, [("input", "conv"), ("conv", "qa"), ("qa", "pool"), ("pool", "conv_b"), ("conv_b", "qb"),
+        ("qb", "qc"), ("pool", "qc"), ("qc", "flat"), ("flat", "fc"), ("fc", "output")])
+    plan = lower(check_graph(graph), synapse_latency=0)
+    cores = partition(plan).cores
+    pool = next(i for i, s in enumerate(plan.steps) if s.kind == "pool")
+    assert [c.name for c in cores if pool in c.steps] == ["core:qb", "core:qc"]
+    x = (RNG.integers(-8, 9, size=(2, 1, 4, 4)) / 4).astype(np.float32)
+    _check_same(run_lava(graph, x, timesteps=2, collect_spikes=True), graph, x, 2)
+
+
+@pytest.mark.parametrize("make_graph, shape", [(mlp_graph, (3, 6)), (conv_graph, (2, 2, 7, 9)),
+                                               (residual_graph, (3, 1, 4, 4))])
+def test_layer_and_network_lowerings_are_spike_exact_with_the_synapse_lowering(make_graph, shape):
+    graph = make_graph()
+    x = (RNG.integers(-8, 9, size=shape) / 4).astype(np.float32)
+    per_synapse = run_lava(graph, x, timesteps=2, collect_spikes=True, lowering="synapse")
+    for lowering in ("layer", "network"):
+        _check_equal_runs(run_lava(graph, x, timesteps=2, collect_spikes=True, lowering=lowering), per_synapse)
+
+
+def test_fixed_point_cores_are_spike_exact_with_the_fixed_point_synapse_lowering():
+    graph = conv_graph()
+    graph.nodes["conv1"].weight = RNG.normal(size=(4, 2, 3, 2)).astype(np.float32)   # rounded to 8 bits
+    x = (RNG.integers(-8, 9, size=(2, 2, 7, 9)) / 4).astype(np.float32)
+    per_synapse = run_lava(graph, x, timesteps=2, collect_spikes=True, lowering="synapse", fixed_point=True)
+    per_layer = run_lava(graph, x, timesteps=2, collect_spikes=True, lowering="layer", fixed_point=True)
+    _check_equal_runs(per_layer, per_synapse)
+    assert per_layer.processes == 4 and per_synapse.processes == 11
+
+
+def test_lava_convolution_as_matrix_products_equals_lavas_own():
+    cases = [((9, 7, 2), (4, 3, 2, 2), (2, 1), (0, 1), (1, 1), 1), ((8, 8, 6), (6, 3, 3, 1), (1, 2), (1, 1), (1, 1), 6),
+             ((8, 8, 6), (12, 3, 3, 2), (2, 2), (1, 1), (1, 1), 3), ((10, 9, 4), (5, 3, 2, 4), (1, 2), (2, 1), (2, 1), 1),
+             ((5, 5, 8), (16, 1, 1, 8), (2, 2), (0, 0), (1, 1), 1), ((1, 1, 4), (4, 3, 3, 1), (1, 1), (1, 1), (1, 1), 4)]
+    for in_shape, w_shape, stride, padding, dilation, groups in cases:
+        x, w = RNG.integers(-3, 4, in_shape).astype(float), RNG.integers(-5, 6, w_shape).astype(float)
+        ours = Convolution(w, in_shape, stride, padding, dilation, groups)(x)
+        np.testing.assert_array_equal(ours, conv_utils.conv(x, w, w_shape[1:3], stride, padding, dilation, groups))
+        x, w = RNG.normal(size=in_shape), RNG.normal(size=w_shape)
+        ours = Convolution(w, in_shape, stride, padding, dilation, groups)(x)
+        np.testing.assert_allclose(ours, conv_utils.conv(x, w, w_shape[1:3], stride, padding, dilation, groups),
+                                   rtol=0, atol=1e-12)
+
+
+def test_a_grouped_convolution_written_dense_gets_its_groups_back():
+    depthwise = RNG.normal(size=(6, 1, 3, 3))
+    dense = np.zeros((6, 6, 3, 3))
+    dense[np.arange(6), np.arange(6)] = depthwise[:, 0]
+    kernel, groups = ungroup(dense, 1)
+    assert groups == 6 and np.array_equal(kernel, depthwise)
+    pairs = np.zeros((4, 4, 1, 1))
+    pairs[:2, :2], pairs[2:, 2:] = 1.0, 2.0
+    assert ungroup(pairs, 1)[1] == 2
+    assert ungroup(RNG.normal(size=(4, 4, 3, 3)), 1)[1] == 1
 
 
 def test_streaming_with_resets_equals_one_sample_at_a_time():
@@ -288,9 +390,10 @@ def test_every_unsupported_node_is_listed_before_any_process_is_built(monkeypatc
 
 
 @pytest.mark.slow
-def test_trained_digits_cnn_agrees_with_the_nir_interpreter():
-    """The bundled digits CNN, converted by the pipeline: float Lava agrees with the interpreter
-    up to float re-association (Lava sums in float64, the interpreter in float32)."""
+def test_trained_digits_cnn_agrees_with_the_nir_interpreter_in_every_lowering():
+    """The bundled digits CNN, converted by the pipeline: the three lowerings give the same spikes,
+    and float Lava agrees with the interpreter up to float re-association (Lava sums in float64,
+    the interpreter in float32)."""
     from pathlib import Path
 
     from pmsm.pipeline import convert
@@ -303,11 +406,64 @@ def test_trained_digits_cnn_agrees_with_the_nir_interpreter():
     x = np.load(data)["x"][:120]
     for timesteps in (1, 2):
         ref = NirInterpreter(graph).run(x, timesteps, collect_spikes=True)
-        lava = run_lava(graph, x, timesteps, collect_spikes=True, conv_synapse="sparse")
+        lava = run_lava(graph, x, timesteps, collect_spikes=True)
         mismatched = sum(int((lava.spikes[k] != s).sum()) for k, s in ref.spikes.items())
         total = sum(int(np.abs(s).sum()) for s in ref.spikes.values())
         assert mismatched <= 1e-4 * total
         assert (lava.output.argmax(1) == ref.output.argmax(1)).all()
-    fixed = run_lava(graph, x, 1, fixed_point=True)
+        _check_equal_runs(run_lava(graph, x, timesteps, collect_spikes=True, lowering="network"), lava)
+        _check_equal_runs(run_lava(graph, x, timesteps, collect_spikes=True, lowering="synapse",
+                                   conv_synapse="sparse"), lava)
+    fixed = run_lava(graph, x, 1, fixed_point=True, collect_spikes=True)
     assert (fixed.output.argmax(1) == ref.output.argmax(1)).mean() >= 0.95
     assert not any(getattr(r, "overflow", False) for r in fixed.fixed_point_report)
+    _check_equal_runs(run_lava(graph, x, 1, fixed_point=True, collect_spikes=True, lowering="synapse"), fixed)
+
+
+def test_fixed_point_reports_each_layer_whose_state_overflows_24_bits():
+    """A neuron driven beyond its clip range keeps the excess in its state, step after step: the
+    state outgrows the bound the state scale was chosen for (the input's, plus one spike)."""
+    graph = _graph({
+        "input": nir.Input(input_type={"input": np.array([64])}),
+        "fc1": nir.Affine(weight=np.full((5, 64), 1 / 64, np.float32), bias=np.zeros(5, np.float32)),
+        "q1": _if(5, lo=-2, hi=2),
+        "fc2": nir.Affine(weight=_dyadic((3, 5)), bias=_dyadic(3)),
+        "output": nir.Output(output_type={"output": np.array([3])}),
+    }, [("input", "fc1"), ("fc1", "q1"), ("q1", "fc2"), ("fc2", "output")])
+    x = np.full((2, 64), 4.0, np.float32)          # q1 receives 4 levels a step, sends 2
+    short = run_lava(graph, x, timesteps=2, fixed_point=True).fixed_point_report
+    assert not any(getattr(r, "overflow", False) or getattr(r, "overflow_count", 0) for r in short)
+    report = run_lava(graph, x, timesteps=48, fixed_point=True).fixed_point_report
+    q1 = next(r for r in report if r.node == "q1")
+    assert q1.overflow and q1.state_bits == 25 and q1.overflow_count > 0
+    assert not next(r for r in report if r.node == "fc1").overflow_count
+
+
+def test_the_compiler_is_told_every_model_and_discovers_none(monkeypatch):
+    from lava.magma.compiler.compiler_graphs import ProcGroupDiGraphs
+
+    def no_discovery(*args, **kwargs):
+        raise AssertionError("Lava searched for a process model")
+
+    monkeypatch.setattr(ProcGroupDiGraphs, "_find_proc_models", staticmethod(no_discovery))
+    x = (RNG.integers(-8, 9, size=(2, 2, 7, 9)) / 4).astype(np.float32)
+    for lowering in ("layer", "synapse"):
+        for fixed in (False, True):
+            run_lava(conv_graph(), x, timesteps=1, lowering=lowering, fixed_point=fixed)
+
+
+def test_a_depthwise_convolution_beyond_lavas_group_limit_still_runs_in_lavas_conv():
+    channels = 130                  # Lava's Conv keeps its group count in 8 signed bits
+    weight = np.zeros((channels, channels, 3, 3), np.float32)
+    weight[np.arange(channels), np.arange(channels)] = _dyadic((channels, 3, 3))
+    graph = _graph({
+        "input": nir.Input(input_type={"input": np.array([channels, 2, 2])}),
+        "depthwise": nir.Conv2d(input_shape=(2, 2), weight=weight, stride=1, padding=1, dilation=1, groups=1,
+                                bias=np.zeros(channels, np.float32)),
+        "q": _if((channels, 2, 2)),
+        "output": nir.Output(output_type={"output": np.array([channels, 2, 2])}),
+    }, [("input", "depthwise"), ("depthwise", "q"), ("q", "output")])
+    assert lower(check_graph(graph)).steps[0].params["groups"] == channels
+    x = (RNG.integers(-8, 9, size=(2, channels, 2, 2)) / 4).astype(np.float32)
+    _check_equal_runs(run_lava(graph, x, timesteps=1, collect_spikes=True, lowering="synapse"),
+                      run_lava(graph, x, timesteps=1, collect_spikes=True))

@@ -26,6 +26,7 @@ import pytest
 
 from producers import (
     ARCHITECTURES,
+    BREVITAS_PRODUCERS,
     PRODUCERS,
     ProducerZoo,
     accuracy,

@@ -1,8 +1,10 @@
 """Lava target: lower a PMSM NIR graph to Lava processes and simulate it.
 
-- ``Network(graph, timesteps=T, fixed_point=False)``: the network as one hierarchical Lava
-  process with ports ``inp`` and ``out``.
-- ``run_lava(graph, x, timesteps, ...) -> LavaResult``: stream many samples in one run.
+- ``Network(graph, timesteps=T, fixed_point=False, lowering="layer")``: the network as one
+  hierarchical Lava process with ports ``inp`` and ``out``; ``lowering`` is one of
+  ``LOWERINGS`` (one process per neuron layer, one for the network, one per synapse).
+- ``run_lava(graph, x, timesteps, ...) -> LavaResult``: stream many samples in one run; no
+  worker process survives it, however it ends.
 - ``check_graph(graph)``: the pre-flight check alone (raises ``UnsupportedModelError``
   listing every node Lava cannot take); ``unsupported_nir_nodes(graph)`` returns that list.
 
@@ -17,8 +19,9 @@ from pmsm.targets.lava.fixed_point import InputQuantization, NeuronQuantization,
 from pmsm.targets.lava.graph import GraphView
 from pmsm.targets.lava.graph import analyse as check_graph
 from pmsm.targets.lava.graph import unsupported_nir_nodes
-from pmsm.targets.lava.processes.network import Network
+from pmsm.targets.lava.processes.failure import LavaProcessError
+from pmsm.targets.lava.processes.network import LOWERINGS, Network
 from pmsm.targets.lava.run import LavaResult, run_lava
 
-__all__ = ["Network", "run_lava", "LavaResult", "check_graph", "unsupported_nir_nodes", "GraphView",
-           "InputQuantization", "SynapseQuantization", "NeuronQuantization"]
+__all__ = ["Network", "LOWERINGS", "run_lava", "LavaResult", "LavaProcessError", "check_graph",
+           "unsupported_nir_nodes", "GraphView", "InputQuantization", "SynapseQuantization", "NeuronQuantization"]

@@ -1,10 +1,14 @@
 """Instantiate the Lava processes of a Plan and wire them.
 
-Connections to the enclosing network's own ports are returned as callables: Lava wants them
-made inside the network's SubProcessModel.
+Two shapes of network: ``build`` makes one process per plan step (the ``synapse`` lowering:
+Lava's own Dense, Conv or Sparse for every synapse), ``build_cores`` one process per core of a
+Partition (the ``layer`` and ``network`` lowerings, processes/core.py). Connections to the
+enclosing network's own ports are returned as callables: Lava wants them made inside the
+network's SubProcessModel.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,12 +20,16 @@ from scipy.sparse import csr_matrix
 
 from pmsm.targets.lava.fixed_point import FixedPointPlan
 from pmsm.targets.lava.graph import GraphView
+from pmsm.targets.lava.partition import Partition
 from pmsm.targets.lava.plan import INPUT, Plan, Step
+from pmsm.targets.lava.program import STAT_COLUMNS, CoreProgram, Operation
+from pmsm.targets.lava.processes.core import CoreProcess
 from pmsm.targets.lava.processes.elementwise import Elementwise
 from pmsm.targets.lava.processes.neuron import PmsmNeuron
 from pmsm.targets.lava.processes.pool import Pool
 
 CONV_SYNAPSES = ("conv", "sparse")
+LAVA_CONV_MAX_GROUPS = 127      # Lava's Conv keeps `groups` in an int8 Var: 144 groups read as -112
 
 
 @dataclass
@@ -31,8 +39,12 @@ class Lowered:
     view: GraphView
     plan: Plan
     fixed: FixedPointPlan | None
-    processes: list          # aligned with plan.steps
+    processes: list          # aligned with plan.steps, or one per core
     parent_links: list       # callables taking the network process
+    neuron_latency: dict     # neuron step -> step at which it computes sample time 0
+    depth: int               # steps from presenting sample time t to its arrival at `out`
+    partition: Partition | None = None
+    stats_paths: list = None  # per core: .npy of its statistics (program.py)
 
 
 def build(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, timesteps: int,
@@ -52,7 +64,47 @@ def build(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, timesteps: 
     for term in plan.output_terms:
         src = out_port(processes[term.src])
         links.append(lambda net, src=src: _reshaped(src, net.out.shape).connect(net.out))
-    return Lowered(view, plan, fixed, processes, links)
+    latency = {i: step.latency for i, step in plan.neurons()}
+    return Lowered(view, plan, fixed, processes, links, latency, plan.depth)
+
+
+def build_cores(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, partition: Partition,
+                timesteps: int, work_dir: str, record_paths: dict | None = None) -> Lowered:
+    """One CoreProcess per core; ``work_dir`` receives their statistics and error files."""
+    processes, stats_paths = [], []
+    for c, core in enumerate(partition.cores):
+        operations = []
+        for i in core.steps:
+            step = plan.steps[i]
+            params = fixed.params[i] if fixed is not None else step.params
+            operations.append(Operation(i, step.kind, step.node, [(t.src, tuple(t.shape)) for t in step.inputs],
+                                        tuple(step.in_shape), tuple(step.out_shape), params))
+        reads = {}
+        for key, slot in core.reads.items():
+            shape = plan.input_lava_shape if key == INPUT else plan.steps[key].out_shape
+            reads[key] = (slot.port, slot.offset, slot.size, tuple(shape))
+        stats_path = os.path.join(work_dir, f"stats_{c:04d}.npy")
+        np.lib.format.open_memmap(stats_path, mode="w+", dtype=np.float64, shape=(max(1, len(operations)), STAT_COLUMNS))
+        stats_paths.append(stats_path)
+        program = CoreProgram(
+            core.name, operations, reads, [i.size for i in core.inputs], [i.delay for i in core.inputs],
+            list(core.sends), [(t.src, tuple(t.shape)) for t in plan.output_terms] if core.has_output else [],
+            int(timesteps), core.latency,
+            {i: p for i, p in (record_paths or {}).items() if i in core.neurons},
+            stats_path, os.path.join(work_dir, f"core_{c:04d}.error"))
+        processes.append(CoreProcess(program=program, name=core.name))
+    links = []
+    for core, proc in zip(partition.cores, processes):
+        for port, feed in enumerate(core.inputs):
+            dst = getattr(proc, f"in{port}")
+            if feed.source == INPUT:
+                links.append(lambda net, dst=dst: _reshaped(net.inp, dst.shape).connect(dst))
+            else:
+                processes[feed.source].s_out.connect(dst)
+    output = processes[partition.output_core]
+    links.append(lambda net: _reshaped(output.a_out, net.out.shape).connect(net.out))
+    latency = {n: partition.neuron_latency(n) for n, _ in plan.neurons()}
+    return Lowered(view, plan, fixed, processes, links, latency, partition.depth, partition, stats_paths)
 
 
 def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: str):
@@ -62,8 +114,11 @@ def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: s
     if step.kind == "conv" and conv_synapse == "sparse":
         return Sparse(weights=conv_matrix(step, p), num_message_bits=_message_bits(p), name=name)
     if step.kind == "conv":
-        return Conv(weight=p["weight"], input_shape=tuple(step.in_shape), padding=p["padding"],
-                    stride=p["stride"], dilation=p["dilation"], groups=p["groups"],
+        weight, groups = p["weight"], p["groups"]
+        if groups > LAVA_CONV_MAX_GROUPS:
+            weight, groups = regroup(weight, groups, 1), 1
+        return Conv(weight=weight, input_shape=tuple(step.in_shape), padding=p["padding"],
+                    stride=p["stride"], dilation=p["dilation"], groups=groups,
                     num_message_bits=_message_bits(p), name=name)
     if step.kind == "pool":
         return Pool(in_shape=step.in_shape, out_shape=step.out_shape, mode=p["mode"],
@@ -77,6 +132,19 @@ def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: s
                           latency=step.latency, state_exponent=p.get("state_exponent", 0),
                           record_path=record_path, name=name)
     raise ValueError(f"unknown step kind {step.kind!r}")
+
+
+def regroup(weight: np.ndarray, groups: int, new_groups: int) -> np.ndarray:
+    """A Lava (O, W, H, I/groups) kernel as one of ``new_groups`` groups (a divisor of
+    ``groups``), zero across the old groups: the same convolution."""
+    out_channels, kw, kh, per_group = weight.shape
+    factor = groups // new_groups
+    wide = np.zeros((out_channels, kw, kh, per_group * factor), dtype=weight.dtype)
+    per_out = out_channels // groups
+    for o in range(out_channels):
+        slot = (o // per_out) % factor
+        wide[o, :, :, slot * per_group:(slot + 1) * per_group] = weight[o]
+    return wide
 
 
 def _message_bits(p: dict) -> int:

@@ -49,6 +49,9 @@ class SynapseQuantization:
     mean_rel_error: float       # mean |w_q - w| / mean |w|
     bias_max_abs_error: float   # in units of the receiving port's levels
     payload_bits: int           # bits of the graded messages it receives
+    step: int | None = None     # index in the plan
+    output_bits: int | None = None      # after a run (fused lowerings): bits its largest |output| needed
+    overflow_count: int | None = None   # after a run: output values beyond 24 bits (a Conv wraps them)
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,11 @@ class NeuronQuantization:
     v_init_error: float         # levels
     bias_max_abs_error: float   # levels
     payload_bits: int           # bits of the graded spikes it sends, from lo/hi
+    step: int | None = None     # index in the plan
     state_bits: int | None = None       # after a run: bits the largest |state| needed (with sign)
     overflow: bool | None = None        # after a run: state went beyond 24 bits
+    input_bits: int | None = None       # after a run: bits the largest |input current| needed
+    overflow_count: int | None = None   # after a run (fused lowerings): state values beyond 24 bits
 
 
 @dataclass
@@ -145,8 +151,9 @@ class _Quantizer:
     def _port_unit(self, terms, node, neuron=None) -> float:
         """Scale of the port fed by ``terms``; ``neuron``: its Step when the port is a neuron's."""
         power_of_two = neuron is not None
-        # a neuron's state also holds its residue: up to a spike's worth beyond the input
-        margin = float(max(-neuron.params["lo"], neuron.params["hi"]) + 1) if neuron else 0.0
+        # a neuron's state also holds its residue (up to a spike's worth beyond the input) and its bias
+        margin = float(max(-neuron.params["lo"], neuron.params["hi"]) + 1
+                       + np.max(np.abs(neuron.params["bias"]), initial=0)) if neuron else 0.0
         origins = [t.src for t in terms]
         fixed = [o for o in origins if not self._is_converter(o)]
         free = [o for o in origins if self._is_converter(o)]
@@ -209,7 +216,7 @@ class _Quantizer:
             step.node, kind, grid_step * self.out[i] / self.port[i],
             float(err.max()) / ref_max if ref_max else 0.0,
             float(err.mean()) / ref_mean if ref_mean else 0.0,
-            float(bias_err), self._payload(step))
+            float(bias_err), self._payload(step), step=i)
 
     def _dense(self, i, step):
         w = step.params["weights"]
@@ -256,7 +263,7 @@ class _Quantizer:
         self.bound[i] = float(max(-p["lo"], p["hi"]))
         record = NeuronQuantization(
             step.node, "neuron", exponent, 2.0 ** exponent, abs(v_init_q - p["v_init"]),
-            float(np.max(np.abs(bias_q * unit - p["bias"]), initial=0)), spike_bits(p["lo"], p["hi"]))
+            float(np.max(np.abs(bias_q * unit - p["bias"]), initial=0)), spike_bits(p["lo"], p["hi"]), step=i)
         return dict(p, bias=bias_q.astype(np.int64), state_exponent=exponent), record
 
     def _in_bound(self, step) -> float:

@@ -3,14 +3,17 @@
 Samples stream through the network back to back: sample ``n`` is presented during steps
 ``[n*T, (n+1)*T)`` and every neuron restarts its membrane at its own offset (its latency), so
 no sample sees another's state and the whole batch takes ``N*T + depth`` steps, compiled once.
-The run proceeds in chunks so that progress can be reported; results and spikes come back
-through memory-mapped files (see processes/readout.py).
+The run proceeds in chunks of about a second, so that progress can be reported and an error a
+process recorded (processes/failure.py) stops it early; results and spikes come back through
+memory-mapped files (see processes/readout.py). However the run ends, no worker process
+survives it (shutdown.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,17 +21,19 @@ import numpy as np
 from lava.magma.core.run_conditions import RunSteps
 
 from pmsm.errors import BadInputError
-from pmsm.targets.lava.fixed_point import NeuronQuantization, input_exponent_for, quantize_input
+from pmsm.targets.lava.fixed_point import NeuronQuantization, SynapseQuantization, input_exponent_for, quantize_input
 from pmsm.targets.lava.graph import analyse
 from pmsm.targets.lava.layout import to_lava, to_nir
-from pmsm.targets.lava.lowering import lower
+from pmsm.targets.lava.processes.failure import raise_recorded_failure
 from pmsm.targets.lava.processes.network import Network
-from pmsm.targets.lava.processes.neuron import PEAK_STATE
+from pmsm.targets.lava.processes.neuron import PEAK_INPUT, PEAK_STATE
 from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
+from pmsm.targets.lava.program import INPUT_PEAK, OVERFLOWS, PEAK, STATE_OVERFLOWS, STATE_PEAK, WORD_BITS
+from pmsm.targets.lava.shutdown import WorkerGuard, abort_runtime
 
 INPUT_BITS = 8
-STEPS_PER_CHUNK = 256       # about a second of simulation between progress reports on a small net
+CHUNK_SECONDS = 1.0         # simulated time between progress reports and error checks
 
 
 @dataclass
@@ -36,24 +41,27 @@ class LavaResult:
     output: np.ndarray                  # [N, *output shape]: mean over T of the output layer
     spikes: dict                        # onnx node (or NIR node) -> [T, N, *shape] spike counts
     fixed_point_report: list | None     # per-layer quantization records (fixed point only)
+    processes: int = 0                  # Lava processes of the run (input and readout included)
+    seconds_to_start: float = 0.0       # lowering, compiling and starting the Lava processes
 
 
 def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = False,
              progress: Callable[[int, int], None] | None = None, collect_spikes: bool = False,
-             samples_per_chunk: int | None = None, conv_synapse: str = "conv") -> LavaResult:
+             samples_per_chunk: int | None = None, conv_synapse: str = "conv",
+             lowering: str = "layer") -> LavaResult:
+    """``lowering``: "layer" (one process per neuron layer), "network" (one for all) or
+    "synapse" (one per synapse, pooling and neuron layer); see processes/network.py.
+    ``samples_per_chunk`` fixes the chunk length instead of aiming at a second per chunk."""
     view = analyse(graph_or_path)
     x = _check_input(x, view.shapes[view.input], timesteps)
     n, t_steps = x.shape[0], int(timesteps)
-    chunk_steps = (samples_per_chunk or max(1, STEPS_PER_CHUNK // t_steps)) * t_steps
     exponent = input_exponent_for(x, INPUT_BITS) if fixed_point else 0
-    with tempfile.TemporaryDirectory(prefix="pmsm-lava-") as scratch:
-        # plan first (no process yet) to learn the depth, hence the number of steps
-        depth = lower(view, fixed_point).depth
-        total_steps = n * t_steps + depth
+    with tempfile.TemporaryDirectory(prefix="pmsm-lava-") as scratch, WorkerGuard():
+        started = time.perf_counter()
         net = Network(view, timesteps=t_steps, fixed_point=fixed_point, input_exponent=exponent,
-                      record_dir=scratch if collect_spikes else None, record_steps=total_steps,
-                      conv_synapse=conv_synapse)
-        plan = net.lowered.plan
+                      record_dir=scratch if collect_spikes else None, record_steps=n * t_steps + _depth_bound(view),
+                      conv_synapse=conv_synapse, lowering=lowering, work_dir=scratch)
+        plan, depth = net.lowered.plan, net.depth
         data = to_lava(x, plan.input_lava_shape, plan.input_perm)
         if fixed_point:
             data = quantize_input(data, exponent, INPUT_BITS)
@@ -61,25 +69,61 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
         np.lib.format.open_memmap(means_path, mode="w+", dtype=np.float64, shape=(n,) + plan.output_lava_shape)
         unit = net.lowered.fixed.output_unit if fixed_point else 1.0
         source = InputSource(data=data, interval=t_steps, name="input")
-        readout = MeanReadout(shape=plan.output_lava_shape, interval=t_steps, latency=plan.depth,
+        readout = MeanReadout(shape=plan.output_lava_shape, interval=t_steps, latency=depth,
                               path=means_path, unit=unit, name="readout")
         source.s_out.connect(net.inp)
         net.out.connect(readout.a_in)
-        done_steps = 0
+        net.create_runtime(run_cfg=net.run_cfg(source, readout))
+        seconds_to_start = time.perf_counter() - started
+        stepper = _Stepper(net, n, t_steps, progress, samples_per_chunk, scratch)
         try:
-            while done_steps < total_steps:
-                steps = min(chunk_steps, total_steps - done_steps)
-                net.run(condition=RunSteps(num_steps=steps), run_cfg=net.run_cfg())
-                done_steps += steps
-                if progress is not None:
-                    progress(min(n, max(0, (done_steps - plan.depth) // t_steps)), n)
+            stepper.run()
             report = _report(net, x) if fixed_point else None
         finally:
-            net.stop()
+            if stepper.idle:
+                net.stop()
+            else:       # interrupted mid-run: Lava's stop() would wait forever
+                abort_runtime(net)
         means = np.array(np.load(means_path, mmap_mode="r"))
-        spikes = _spikes(plan, net.recorded_spikes(), n, t_steps) if collect_spikes else {}
+        spikes = _spikes(net, n, t_steps) if collect_spikes else {}
     output = to_nir(means, plan.output_shape, plan.output_perm).astype(np.float32)
-    return LavaResult(output, spikes, report)
+    return LavaResult(output, spikes, report, net.process_count + 2, seconds_to_start)
+
+
+class _Stepper:
+    """Runs the ``n * T + depth`` steps in chunks of about ``CHUNK_SECONDS``, reporting progress
+    and recorded process errors between chunks; ``idle`` tells whether Lava is between two runs,
+    the only time its ``stop()`` works."""
+
+    def __init__(self, net, n, t_steps, progress, samples_per_chunk, error_folder):
+        self.net, self.n, self.t_steps = net, n, t_steps
+        self.progress, self.error_folder = progress, error_folder
+        self.fixed_chunk = samples_per_chunk * t_steps if samples_per_chunk else None
+        self.idle = True
+
+    def run(self) -> None:
+        total, done, chunk = self.n * self.t_steps + self.net.depth, 0, self.fixed_chunk or 1
+        if self.progress is not None:
+            self.progress(0, self.n)
+        while done < total:
+            steps = min(chunk, total - done)
+            started = time.perf_counter()
+            self.idle = False
+            self.net.run(condition=RunSteps(num_steps=steps))
+            self.idle = True
+            elapsed = time.perf_counter() - started
+            done += steps
+            raise_recorded_failure(self.error_folder)
+            if self.progress is not None:
+                self.progress(min(self.n, max(0, (done - self.net.depth) // self.t_steps)), self.n)
+            if not self.fixed_chunk:
+                chunk = max(1, min(4 * steps, int(steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
+
+
+def _depth_bound(view) -> int:
+    """An upper bound of any lowering's depth, known before the network exists (rows of the
+    spike recordings): every node adds at most one step."""
+    return len(view.order) + 2
 
 
 def _check_input(x, shape, timesteps) -> np.ndarray:
@@ -94,12 +138,14 @@ def _check_input(x, shape, timesteps) -> np.ndarray:
     return x
 
 
-def _spikes(plan, recorded, n, t_steps) -> dict:
+def _spikes(net: Network, n: int, t_steps: int) -> dict:
+    plan, recorded, latency = net.lowered.plan, net.recorded_spikes(), net.lowered.neuron_latency
+    rows = next(iter(recorded.values())).shape[0] if recorded else 1
     spikes = {}
     for i, step in plan.neurons():
         # sample k's timestep t left this neuron at step k*T + latency + t
-        window = recorded[i][step.latency: step.latency + n * t_steps]
-        window = window.reshape((n, t_steps) + tuple(step.out_shape)).swapaxes(0, 1)
+        steps = (latency[i] + np.arange(n * t_steps)) % rows
+        window = recorded[i][steps].reshape((n, t_steps) + tuple(step.out_shape)).swapaxes(0, 1)
         flat = window.reshape((t_steps * n,) + tuple(step.out_shape))
         nir_layout = to_nir(flat, step.params["nir_shape"], step.params["perm"])
         spikes[step.params["onnx_node"]] = nir_layout.reshape(
@@ -108,18 +154,45 @@ def _spikes(plan, recorded, n, t_steps) -> dict:
 
 
 def _report(net: Network, x: np.ndarray) -> list:
-    """Static quantization records plus what the run measured (input error, state bits)."""
+    """Static quantization records plus what the run measured (input error, bits, overflows)."""
     fixed = net.lowered.fixed
-    peaks = {step.node: net.lowered.processes[i].peaks.get() for i, step in net.lowered.plan.neurons()}
+    measured = _measured(net)
     exponent = fixed.input_exponent
     x_q = quantize_input(x, exponent, INPUT_BITS) * 2.0 ** -exponent
     report = []
     for record in fixed.records:
         if record.kind == "input":
             record = dataclasses.replace(record, max_abs_error=float(np.max(np.abs(x_q - x))))
-        elif isinstance(record, NeuronQuantization):
-            peak = int(peaks[record.node][PEAK_STATE])
-            bits = peak.bit_length() + 1
-            record = dataclasses.replace(record, state_bits=bits, overflow=bits > 24)
+        elif isinstance(record, NeuronQuantization) and record.step in measured:
+            m = measured[record.step]
+            bits = int(m["state_peak"]).bit_length() + 1
+            record = dataclasses.replace(record, state_bits=bits, overflow=bits > WORD_BITS,
+                                         input_bits=int(m["input_peak"]).bit_length() + 1,
+                                         overflow_count=m.get("overflows"))
+        elif isinstance(record, SynapseQuantization) and record.step in measured:
+            m = measured[record.step]
+            record = dataclasses.replace(record, output_bits=int(m["peak"]).bit_length() + 1,
+                                         overflow_count=m["overflows"])
         report.append(record)
     return report
+
+
+def _measured(net: Network) -> dict:
+    """Per plan step: largest magnitudes and 24-bit overflow counts the run saw."""
+    lowered = net.lowered
+    if lowered.partition is None:           # the synapse lowering: neurons keep peaks in a Var
+        peaks = {i: lowered.processes[i].peaks.get() for i, _ in lowered.plan.neurons()}
+        return {i: {"state_peak": p[PEAK_STATE], "input_peak": p[PEAK_INPUT]} for i, p in peaks.items()}
+    measured: dict = {}
+    for core, path in zip(lowered.partition.cores, lowered.stats_paths):
+        stats = np.load(path, mmap_mode="r")
+        for row, i in enumerate(core.steps):
+            step = lowered.plan.steps[i]
+            m = measured.setdefault(i, {"peak": 0.0, "overflows": 0, "state_peak": 0.0, "input_peak": 0.0})
+            # a step computed by several cores (a shared tree) sees the same values in each
+            m["peak"] = max(m["peak"], float(stats[row, PEAK]))
+            m["state_peak"] = max(m["state_peak"], float(stats[row, STATE_PEAK]))
+            m["input_peak"] = max(m["input_peak"], float(stats[row, INPUT_PEAK]))
+            overflows = stats[row, STATE_OVERFLOWS] if step.kind == "neuron" else stats[row, OVERFLOWS]
+            m["overflows"] = max(m["overflows"], int(overflows))
+    return measured

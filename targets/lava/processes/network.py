@@ -3,10 +3,22 @@
 ``out`` carries, every step, what reaches the NIR Output node (bias included) in Lava layout,
 ``depth`` steps after the input that caused it; a readout averages it over each sample's
 ``timesteps`` steps. The graph is checked and planned before any child process exists.
+
+Lowerings (what one Lava process holds; each becomes one OS process in Lava's runtime):
+
+- ``"layer"`` (default): a neuron layer with its dendritic tree (synapses, pooling, scaling,
+  biases), as a Loihi core holds a layer's synapses and neurons; layers exchange graded spikes,
+  one step per hop (targets/lava/partition.py).
+- ``"network"``: every layer in one process. Fastest; models no message passing between layers.
+- ``"synapse"``: every synapse (Lava's own ``Dense``/``Conv``/``Sparse``), pooling, elementwise
+  map and neuron layer in its own process: the plain Lava library view, many more processes.
+
+All three give the same spikes (docs/lava.md says how that is checked).
 """
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires
@@ -17,11 +29,14 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from pmsm.targets.lava.build import build
+from pmsm.targets.lava.build import build, build_cores
 from pmsm.targets.lava.fixed_point import quantize
 from pmsm.targets.lava.graph import analyse
 from pmsm.targets.lava.lowering import lower
-from pmsm.targets.lava.processes.conv_float64 import Conv, PyConvModelFloat64
+from pmsm.targets.lava.partition import partition
+
+LOWERINGS = ("layer", "network", "synapse")
+LAYERS_PER_CORE = {"layer": 1, "network": 1 << 30}
 
 
 class Network(AbstractProcess):
@@ -32,37 +47,59 @@ class Network(AbstractProcess):
     ``round(x * 2**input_exponent)``. With ``record_dir`` and ``record_steps`` > 0 every
     neuron writes the spikes of the last ``record_steps`` steps (row ``step % record_steps``)
     into ``record_dir/spikes_<step>.npy``; ``recorded_spikes()`` reads them back.
-    ``conv_synapse``: convolutions as Lava ``Conv`` processes, or as ``"sparse"`` matrices
-    (the same connectivity, Lava ``Sparse``; much faster to simulate).
+    ``lowering``: see the module docstring. ``conv_synapse`` (``synapse`` lowering only):
+    convolutions as Lava ``Conv`` processes, or as ``"sparse"`` matrices (Lava ``Sparse``).
+    ``work_dir``: where cores write their statistics and errors (default: a private
+    temporary folder).
     """
 
     def __init__(self, graph, *, timesteps: int, fixed_point: bool = False,
                  input_exponent: int = 0, record_dir: str | None = None, record_steps: int = 0,
-                 conv_synapse: str = "conv", name: str | None = None) -> None:
+                 lowering: str = "layer", conv_synapse: str = "conv", work_dir: str | None = None,
+                 name: str | None = None) -> None:
         if int(timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        if lowering not in LOWERINGS:
+            raise ValueError(f"lowering must be one of {LOWERINGS}, got {lowering!r}")
         # Lava's __del__ expects an initialised process even when the checks below raise.
         super().__init__(name=name or "pmsm_network")
         view = analyse(graph)
-        plan = lower(view, fixed_point)
+        fused = lowering != "synapse"
+        plan = lower(view, fixed_point, synapse_latency=0 if fused else 1)
         fixed = quantize(plan, input_exponent, source=view.source, input_node=view.input,
-                         conv_synapse=conv_synapse) if fixed_point else None
+                         conv_synapse=conv_synapse if not fused else "conv") if fixed_point else None
         self.inp = InPort(shape=plan.input_lava_shape)
         self.out = OutPort(shape=plan.output_lava_shape)
         self.timesteps = int(timesteps)
         self.fixed_point = bool(fixed_point)
+        self.lowering = lowering
         self.record_paths = _record_files(plan, record_dir, int(record_steps))
-        self.lowered = build(view, plan, fixed, int(timesteps), self.record_paths, conv_synapse)
+        if fused:
+            if work_dir is None:
+                self._work = tempfile.TemporaryDirectory(prefix="pmsm-lava-")
+                work_dir = self._work.name
+            self.work_dir = work_dir
+            cores = partition(plan, LAYERS_PER_CORE[lowering])
+            self.lowered = build_cores(view, plan, fixed, cores, int(timesteps), work_dir, self.record_paths)
+        else:
+            self.work_dir = None
+            self.lowered = build(view, plan, fixed, int(timesteps), self.record_paths, conv_synapse)
 
     @property
     def depth(self) -> int:
-        return self.lowered.plan.depth
+        return self.lowered.depth
 
-    def run_cfg(self) -> Loihi2SimCfg:
-        if self.fixed_point:
-            return Loihi2SimCfg(select_tag="fixed_pt")
-        # float64 convolutions: the NIR dialect's arithmetic (lava-nc's own model sums in float32)
-        return Loihi2SimCfg(select_tag="floating_pt", exception_proc_model_map={Conv: PyConvModelFloat64})
+    @property
+    def process_count(self) -> int:
+        """Lava processes (hence OS processes) of the network itself."""
+        return len(self.lowered.processes)
+
+    def run_cfg(self, *connected) -> Loihi2SimCfg:
+        """The run configuration; ``connected``: processes outside the network wired to its
+        ports (an input source, a readout), whose models it names too (models.py)."""
+        from pmsm.targets.lava.models import run_config
+
+        return run_config(self.fixed_point, [*self.lowered.processes, *connected], {self: NetworkModel})
 
     def recorded_spikes(self) -> dict:
         """Step index -> [record_steps, *Lava shape] spikes (a copy), for recording neurons."""
