@@ -74,12 +74,11 @@ def loop_over_time(network: onnx.ModelProto, compensation: bool = True) -> Timed
             body.append(_neuron_step(node, names, state))
         else:
             body.append(node)
-    result = TimedModel(model=None)  # type: ignore[arg-type]
+    done = Compensation(nodes=body)
     if compensation:
-        done: Compensation = compensate(body, varying, dtypes, iteration, names)
+        done = compensate(body, varying, dtypes, iteration, names)
         body = done.nodes
         state += done.state
-        result.compensated, result.uncompensated = done.compensated, done.uncompensated
 
     # Outputs computed in the body: renamed inside, so the main graph can use the source's names.
     in_body = {name for node in body for name in node.output}
@@ -125,8 +124,7 @@ def loop_over_time(network: onnx.ModelProto, compensation: bool = True) -> Timed
     del timed.graph.value_info[:]
     if TIMESTEPS_INPUT not in {i.name for i in timed.graph.input}:
         timed.graph.input.append(helper.make_tensor_value_info(TIMESTEPS_INPUT, TensorProto.INT64, []))
-    result.model = timed
-    return result
+    return TimedModel(timed, done.compensated, done.uncompensated)
 
 
 def _split_by_time(graph: onnx.GraphProto) -> tuple[list, list, set[str]]:
