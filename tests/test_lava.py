@@ -9,10 +9,11 @@ Lava process, so the graphs and batches are small.
 import nir
 import numpy as np
 import pytest
-from lava.proc.conv import utils as conv_utils
 
 pytest.importorskip("pmsm.targets.lava", exc_type=ImportError)  # the reason says how to get lava-nc
 pytestmark = pytest.mark.lava
+
+from lava.proc.conv import utils as conv_utils  # noqa: E402
 
 from pmsm.errors import UnsupportedModelError  # noqa: E402
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step  # noqa: E402

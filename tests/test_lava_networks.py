@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cifar_models import ARCHITECTURES, INPUT_SHAPE, quantized
-from pmsm.targets.lava import NeuronQuantization, SynapseQuantization, run_lava
-from test_lava import _check_equal_runs
+pytest.importorskip("pmsm.targets.lava", exc_type=ImportError)  # the reason says how to get lava-nc
 
-pytestmark = pytest.mark.slow
+from cifar_models import ARCHITECTURES, INPUT_SHAPE, quantized  # noqa: E402
+from pmsm.targets.lava import NeuronQuantization, SynapseQuantization, run_lava  # noqa: E402
+from test_lava import _check_equal_runs  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.lava]
 
 
 @pytest.fixture(scope="module")
