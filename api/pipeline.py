@@ -207,7 +207,7 @@ def backends_for(export: Export) -> list:
 
         graph = read_nir(export.output_path) if export.output_path else export.nir_graph
         backends.append(NirBackend(graph))
-        if export.target == "nir" and export.nir_growth is None and _importable("nirtorch"):
+        if export.target == "nir" and export.nir_growth is None and all(map(_importable, ("pmsm.targets.torch", "nirtorch"))):
             backends.append(TorchBackend(graph))
         if export.target == "lava":
             backends += [LavaBackend(graph), LavaBackend(graph, fixed_point=True)]
@@ -215,9 +215,14 @@ def backends_for(export: Export) -> list:
 
 
 def _importable(module: str) -> bool:
-    import importlib.util
+    """Whether ``module`` imports here (an optional extra is installed)."""
+    import importlib
 
-    return importlib.util.find_spec(module) is not None
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def load_verification_data(export: Export, data_path: Optional[str]):
