@@ -32,12 +32,13 @@ step = start=$$(date +%s); \
 	if $(3) >>$(1)/setup.log 2>&1; then echo "$(1): $(2): done ($$(( $$(date +%s) - start )) s)"; \
 	else echo "$(1): $(2): FAILED"; tail -n 60 $(1)/setup.log; echo "(whole log: $(1)/setup.log)"; exit 1; fi
 
-# $(call setup,VENV,PYTHON,EXTRAS)
+# $(call setup,VENV,PYTHON,EXTRAS). --no-compile: Python compiles a module when it is first imported;
+# compiling all of torch at install time cost 75 s of CPU per environment (measured).
 define setup
 	@test -x $(1)/bin/python || { mkdir -p $(1) && : > $(1)/setup.log && \
 	  $(call step,$(1),create a virtual environment with $$($(2) -V 2>&1),$(2) -m venv $(1)); }
 	@: > $(1)/setup.log; $(call step,$(1),upgrade pip,$(1)/bin/python -m pip install --upgrade pip)
-	@$(call step,$(1),install pmsm-export[$(3)] in editable mode,$(1)/bin/python -m pip install -e '.[$(3)]')
+	@$(call step,$(1),install pmsm-export[$(3)] in editable mode,$(1)/bin/python -m pip install --no-compile -e '.[$(3)]')
 	@$(1)/bin/python -c "$$VERSIONS" $(1)
 	@touch $(1)/.installed
 endef

@@ -32,6 +32,7 @@ examples:
   pmsm-export model.onnx --check
   pmsm-export model.onnx --target onnx -o model.spiking.onnx
   pmsm-export model.onnx --target lava --verify --data test.npz --timesteps 1,2,4 --report report.json
+  pmsm-export model.nir --target lava --verify --data test.npz   (Lava against the NIR interpreter)
 """
 
 
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help="quantized ANN as an ONNX file")
+    parser.add_argument("model", metavar="MODEL",
+                        help="quantized ANN as an ONNX file, or a PMSM NIR file to lower with --target lava")
     parser.add_argument("--target", choices=TARGETS, default="onnx", help="what to produce (default: onnx)")
     parser.add_argument(
         "-o", "--output", metavar="OUT",
