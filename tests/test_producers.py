@@ -43,6 +43,7 @@ pytestmark = pytest.mark.torch  # every producer trains its network in torch
 TIMESTEPS = (1, 2, 4)
 THREADS = (1, 2)
 BATCH = 40  # the fixed batch of the second export of each network: 9 runs over the test split
+LOOP_BYTES = 8 * 1024  # the time loop's own declarations, at most, on the small producer networks
 ACCURACY_MARGIN = 0.05  # T = 2, 4 may lose at most this much accuracy against the ANN
 ACTIVATION_QUANTIZER_OPS = {"Floor", "Round", "QuantizeLinear", "DequantizeLinear", "Quant", "IntQuant",
                             "BipolarQuant", "Clip", "Min", "Max"}
@@ -238,11 +239,13 @@ def test_every_activation_quantizer_became_a_neuron(verified, producer, arch):
 @pytest.mark.parametrize("producer, arch", CASES)
 def test_spiking_file_is_about_the_size_of_its_source(verified, zoo, producer, arch):
     """Weights stay as the source stores them (int8 behind DequantizeLinear stays int8); what the
-    spiking file adds is the neuron's function body (about 5 kB) and the loop around the network."""
+    spiking file adds is the neuron's function body (about 5 kB) and the loop around the network:
+    its body's declared inputs and outputs, the initial states and the readout (a few kB more, which
+    shows on these 15-40 kB files)."""
     source_bytes = zoo.build(producer, arch).path.stat().st_size
     spiking_bytes = verified(producer, arch).size_ratio * source_bytes
     body_bytes = len(portable.neuron_function(17).SerializeToString())
-    assert spiking_bytes <= 1.1 * source_bytes + body_bytes
+    assert spiking_bytes <= 1.1 * source_bytes + body_bytes + LOOP_BYTES
 
 
 @pytest.mark.parametrize("producer, arch", CASES)
