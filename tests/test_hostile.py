@@ -222,6 +222,7 @@ def test_the_verification_estimate_counts_spikes_of_every_backend_and_timestep()
         == 4 * 100 * 10 * 3 * (1 + 2 + 4)
 
 
+@pytest.mark.lava
 def test_the_spiking_backend_count_of_the_estimate_matches_what_verification_runs(tmp_path):
     from pmsm.memory import SPIKING_BACKENDS
     from pmsm.pipeline import backends_for, convert

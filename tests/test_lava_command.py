@@ -4,10 +4,13 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from pmsm.cli import main
 from pmsm.report import print_summary
 
 
+@pytest.mark.lava
 def test_verify_prints_how_long_each_backend_took(qdq_mlp_path, tmp_path, capsys):
     assert main([qdq_mlp_path, "--target", "lava", "-o", str(tmp_path / "mlp.nir"), "--verify",
                  "--timesteps", "1,2"]) == 0
