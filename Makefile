@@ -18,11 +18,11 @@ CORE_VENV := .venv-core
 # torch is in the core test environment on purpose: the producer tests (models from torch's two
 # exporters, Brevitas and onnxruntime's quantize_static) are the bit-exactness checks on real
 # producer graphs, and they must also run on the newest onnxruntime, which needs Python >= 3.11.
-FULL_EXTRAS := torch,lava,producers,test
+FULL_EXTRAS := torch,lava,producers,ray,test
 CORE_EXTRAS := torch,producers,test
 # Extras each suite must find installed (tests/conftest.py): a missing one fails the run, never
 # skips its tests.
-FULL_REQUIRES := torch,lava,producers
+FULL_REQUIRES := torch,lava,producers,ray
 CORE_REQUIRES := torch,producers
 
 # $(call step,VENV,WHAT,COMMAND): one line per set-up step, printed when it ends (the two

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
 from pmsm.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
@@ -67,6 +68,13 @@ def parse_count(text: str) -> int:
     return value
 
 
+def parse_reference_samples(text: str):
+    """A positive number of samples, or ``all`` (None: every sample)."""
+    if text.strip().lower() == "all":
+        return None
+    return parse_count(text)
+
+
 def parse_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -103,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verify", action="store_true", help="run the target's backends against the reference")
     parser.add_argument(
-        "--data", metavar="X.npz",
-        help="verification data: array 'x' shaped like the model input, optional labels 'y' "
+        "--data", metavar="X.npz|X.npy|FOLDER",
+        help="verification data: an .npz with array 'x' shaped like the model input and optional labels 'y', an "
+        ".npy of x, or a folder of .npz shards or x*.npy (with y*.npy) files, read in chunks "
         "(default: a seeded probe batch)",
     )
     parser.add_argument(
@@ -114,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         "input (T = 1 is the same either way)",
     )
     parser.add_argument("--report", metavar="R.json", help="write the verification report (schema pmsm-report/1)")
+    verify = parser.add_argument_group(
+        "verification at scale", "--verify streams --data in chunks (memory does not grow with the data set)")
+    verify.add_argument(
+        "--reference-samples", type=parse_reference_samples, default=DEFAULT_REFERENCE_SAMPLES, metavar="N|all",
+        help="the spiking ONNX runs its standard-op body on every sample and the reference custom op on the first "
+        f"N too, where the two must be bit-equal (default {DEFAULT_REFERENCE_SAMPLES}; 'all': every sample)")
+    verify.add_argument("--workers", type=parse_count, metavar="N",
+                        help="verify the chunks in N local processes (default: this process only)")
+    verify.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="verify the chunks on a Ray cluster (pmsm-export[ray]): at ADDRESS, or a local one "
+                        "started for the run; --workers sets the number of actors (default: the cluster's CPUs)")
+    verify.add_argument("--junit", metavar="J.xml",
+                        help="write JUnit XML: one test case per backend and T, failures carrying the criterion")
+    verify.add_argument("--summary-md", metavar="S.md", help="write a Markdown table for a pull-request comment")
     parser.add_argument(
         "--check", action="store_true",
         help="pre-flight only: list every node the target cannot take and exit (0 if none, 2 otherwise)",

@@ -44,7 +44,8 @@ from onnx import helper, numpy_helper
 
 from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIMESTEPS_INPUT
 
-__all__ = ["MAC_PJ", "SOP_PJ", "CONVENTION", "energy_report", "synaptic_layers", "static_shapes"]
+__all__ = ["MAC_PJ", "SOP_PJ", "CONVENTION", "SpikeStats", "energy_report", "merge_spike_stats", "spike_stats",
+           "synaptic_layers", "static_shapes"]
 
 MAC_PJ = 4.6  # energy of one 32-bit float multiply-accumulate, 45 nm (Horowitz 2014), the field's usual figure
 SOP_PJ = 0.9  # energy of one 32-bit float accumulate (a synaptic operation)
@@ -437,32 +438,63 @@ def _signed_bits(magnitude: int) -> int:
     return 1 + int(magnitude).bit_length()
 
 
-def _neuron_stats(s: np.ndarray, lo: int, hi: int) -> dict:
-    """Statistics of spikes ``[T, N, ...]`` of one neuron layer, one timestep at a time (memory)."""
-    t, n = s.shape[0], s.shape[1]
-    counts = np.zeros(hi - lo + 1, dtype=np.int64)
-    other: dict[int, int] = {}  # levels outside [lo, hi] (not expected from the kernel; kept honest)
+@dataclass
+class SpikeStats:
+    """What the report needs of one neuron layer's spikes ``[T, N, ...]``: sums and counts only,
+    so that the statistics of chunks of samples merge exactly (:func:`merge_spike_stats`)."""
+
+    steps: int
+    samples: int
+    elements: int  # neurons of the layer (per sample, per step)
+    abs_sum: float
+    nonzero: int
+    ever: int  # (sample, neuron) pairs that spiked at some step
+    histogram: dict  # level -> count
+
+    @property
+    def entries(self) -> int:
+        return self.steps * self.samples * self.elements
+
+
+def spike_stats(s: np.ndarray) -> SpikeStats:
+    """Statistics of spikes ``[T, N, ...]``, one timestep at a time (memory)."""
+    s = np.asarray(s)
+    steps, samples = s.shape[0], s.shape[1]
+    histogram: dict[int, int] = {}
     ever = None
-    abs_sum = 0.0
-    for step in range(t):
+    abs_sum, nonzero = 0.0, 0
+    for step in range(steps):
         levels = np.rint(np.asarray(s[step], dtype=np.float64)).astype(np.int64).reshape(-1)
-        inside = (levels >= lo) & (levels <= hi)
-        counts += np.bincount(levels[inside] - lo, minlength=hi - lo + 1)
-        if not inside.all():
-            for value, count in zip(*np.unique(levels[~inside], return_counts=True)):
-                other[int(value)] = other.get(int(value), 0) + int(count)
-        abs_sum += float(np.abs(levels).sum())
+        if levels.size:
+            low = int(levels.min())
+            for offset in np.flatnonzero(counts := np.bincount(levels - low)):
+                histogram[low + int(offset)] = histogram.get(low + int(offset), 0) + int(counts[offset])
+        abs_sum += float(np.abs(s[step]).sum(dtype=np.float64))
         spiking = levels != 0
+        nonzero += int(spiking.sum())
         ever = spiking if ever is None else ever | spiking
-    entries = int(np.prod(s.shape, dtype=np.int64))
-    histogram = {lo + i: int(c) for i, c in enumerate(counts) if c}
-    histogram.update(other)
-    max_abs = max((abs(level) for level in histogram), default=0)
+    return SpikeStats(steps=steps, samples=samples, elements=int(np.prod(s.shape[2:], dtype=np.int64)),
+                      abs_sum=abs_sum, nonzero=nonzero, ever=int(ever.sum()) if ever is not None else 0,
+                      histogram=histogram)
+
+
+def merge_spike_stats(a: SpikeStats, b: SpikeStats) -> SpikeStats:
+    histogram = dict(a.histogram)
+    for level, count in b.histogram.items():
+        histogram[level] = histogram.get(level, 0) + count
+    return SpikeStats(steps=a.steps, samples=a.samples + b.samples, elements=a.elements, abs_sum=a.abs_sum + b.abs_sum,
+                      nonzero=a.nonzero + b.nonzero, ever=a.ever + b.ever, histogram=histogram)
+
+
+def _neuron_stats(stats: SpikeStats, lo: int, hi: int) -> dict:
+    entries = stats.entries
+    histogram = {level: stats.histogram[level] for level in sorted(stats.histogram) if stats.histogram[level]}
+    max_abs = max((abs(level) for level in histogram if histogram[level]), default=0)
     return {
         "entries": entries,
-        "mean_abs_spikes_per_step": abs_sum / entries if entries else 0.0,
-        "silent_fraction": float(1.0 - ever.mean()) if entries else 0.0,
-        "histogram": {str(level): histogram[level] for level in sorted(histogram)},
+        "mean_abs_spikes_per_step": stats.abs_sum / entries if entries else 0.0,
+        "silent_fraction": float(1.0 - stats.ever / (stats.samples * stats.elements)) if entries else 0.0,
+        "histogram": {str(level): count for level, count in histogram.items()},
         "cap_hit_fraction_lo": histogram.get(lo, 0) / entries if lo != 0 and entries else None,
         "cap_hit_fraction_hi": histogram.get(hi, 0) / entries if hi != 0 and entries else None,
         "max_abs_spikes": int(max_abs),
@@ -470,13 +502,11 @@ def _neuron_stats(s: np.ndarray, lo: int, hi: int) -> dict:
     }
 
 
-def _events(s: np.ndarray) -> tuple[float, float]:
-    """(binary, graded) events per sample, summed over the timesteps, of spikes ``[T, N, ...]``."""
-    n = s.shape[1]
-    if n == 0:
+def _events(stats: SpikeStats) -> tuple[float, float]:
+    """(binary, graded) events per sample, summed over the timesteps."""
+    if stats.samples == 0:
         return 0.0, 0.0
-    s = np.asarray(s)
-    return float(np.abs(s).sum(dtype=np.float64) / n), float(np.count_nonzero(s) / n)
+    return stats.abs_sum / stats.samples, stats.nonzero / stats.samples
 
 
 def _ratio(snn: Optional[float], ann: Optional[float]) -> Optional[float]:
@@ -491,22 +521,23 @@ def _ratio(snn: Optional[float], ann: Optional[float]) -> Optional[float]:
 
 
 def energy_report(spiking: onnx.ModelProto, spikes_by_t: dict, samples: int) -> dict:
-    """The ``"energy"`` section of the report (see the module docstring for its schema)."""
+    """The ``"energy"`` section of the report (see the module docstring for its schema); the
+    spikes of each neuron are arrays ``[T, N, ...]`` or their :class:`SpikeStats`."""
     warnings: list[str] = []
     neurons = neuron_keys(spiking)
     timesteps = sorted(int(t) for t in spikes_by_t)
 
-    def spikes_of(t: int, key: str) -> Optional[np.ndarray]:
+    def spikes_of(t: int, key: str) -> Optional[SpikeStats]:
         by_name = spikes_by_t.get(t, spikes_by_t.get(str(t), {})) or {}
         s = by_name.get(key)
         if s is None:
             node = neurons.get(key)
             if node is not None:
                 s = by_name.get(node.name, by_name.get(node.output[0]))
-        if s is None:
-            return None
+        if s is None or isinstance(s, SpikeStats):
+            return s if s is None or s.steps == t else None
         s = np.asarray(s)
-        return s if s.ndim >= 2 and s.shape[0] == t else None
+        return spike_stats(s) if s.ndim >= 2 and s.shape[0] == t else None
 
     layers = synaptic_layers(spiking)
     layer_records = []
@@ -584,7 +615,7 @@ def energy_report(spiking: onnx.ModelProto, spikes_by_t: dict, samples: int) -> 
             if s is None:
                 warnings.append(f"T={t}: no spikes of neuron '{key}'")
                 continue
-            record["neurons"] = int(np.prod(s.shape[2:], dtype=np.int64))
+            record["neurons"] = s.elements
             record["per_T"][str(t)] = _neuron_stats(s, lo, hi)
         neuron_records.append(record)
 

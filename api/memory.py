@@ -77,18 +77,26 @@ def _address_space_room() -> Optional[int]:
     return None
 
 
-CHUNK_ROWS = 4096  # rows (samples x timesteps) the spiking model runs per session.run by default
-SPIKING_BACKENDS = {"onnx": 1, "nir": 3, "lava": 4}  # at most, the backends that keep spikes (pipeline.backends_for)
+# Spiking backends that keep every neuron's spikes of a chunk at once, per target (pmsm.backends.Plan):
+# onnx: the standard-op body and the custom op; nir adds the interpreter and torch; lava adds float
+# and fixed point but not torch.
+SPIKING_BACKENDS = {"onnx": 2, "nir": 4, "lava": 5}
+EXPLAIN_COPIES = 4  # arrays of the spikes' size the per-layer mismatch explanation builds (nir, lava)
+CHUNK_BUDGET = 1 << 30  # at most this much memory per chunk, and at most a quarter of what is free
+MAX_CHUNK_SAMPLES = 1024
 
 
-def verification_bytes(samples: int, sample_values: int, spike_values: int, timesteps: list[int],
-                       target: str) -> int:
-    """Peak memory of ``--verify``, estimated (float32 throughout): each spiking backend keeps every
-    neuron's spikes ``[T, N, ...]`` for every T, plus one more copy of the largest T's while it is
-    assembled; the data; and the working set of one chunk of ``CHUNK_ROWS`` rows (about four
-    tensors the size of the spikes and the input per row)."""
+def bytes_per_sample(sample_values: int, spike_values: int, timesteps: list[int], target: str) -> int:
+    """Memory ``--verify`` holds per sample of a chunk at the largest T (float32 throughout): the
+    spikes of every spiking backend, one more copy of them while ONNX Runtime hands them over, the
+    mismatch explanation's arrays, and the input."""
     backends = SPIKING_BACKENDS.get(target, max(SPIKING_BACKENDS.values()))
-    kept = spike_values * samples * (backends * sum(timesteps) + max(timesteps))
-    data = sample_values * samples
-    chunk = 4 * (spike_values + sample_values) * CHUNK_ROWS
-    return 4 * (kept + data + chunk)
+    copies = backends + 1 + (EXPLAIN_COPIES if target in ("nir", "lava") else 0)
+    return 4 * (spike_values * max(timesteps) * copies + 2 * sample_values)
+
+
+def chunk_samples(per_sample: int, free: Optional[int] = None) -> int:
+    """Samples per chunk: as many as fit the chunk budget, at least 1, at most MAX_CHUNK_SAMPLES."""
+    free = available_bytes() if free is None else free
+    budget = CHUNK_BUDGET if free is None else min(CHUNK_BUDGET, free // 4)
+    return int(max(1, min(MAX_CHUNK_SAMPLES, budget // max(1, per_sample))))

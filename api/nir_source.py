@@ -76,33 +76,34 @@ def load_nir_source(path: str, target: str) -> NirSource:
     return NirSource(path, sha256, graph, neurons, input_shape=[None, *interpreter.input_shape])
 
 
-def verify_nir_source(source: NirSource, data, timesteps: list[int], data_path: Optional[str] = None,
-                      progress=True) -> dict:
-    """Lava (floating and fixed point) against the NIR interpreter on ``data = (x, y)``."""
-    from pmsm.backends import LavaBackend, NirBackend
-    from pmsm.report import build_report
-    from pmsm.verification import terminal_progress, verify
+def verify_nir_source(source: NirSource, data, timesteps: list[int], progress=True, sharding=None) -> dict:
+    """Lava (floating and fixed point) against the NIR interpreter on ``data`` (a
+    :class:`pmsm.data.DataSet`)."""
+    import nir
+    import numpy as np
 
-    root = NirBackend(source.nir_graph)
-    root.reference = ""
-    backends = [root, LavaBackend(source.nir_graph), LavaBackend(source.nir_graph, fixed_point=True)]
-    for backend in backends[1:]:
-        backend.reference = root.name
-    x, y = data
-    verification = verify(None, backends, x, y, timesteps,
-                          progress_factory=terminal_progress if progress else (lambda name, t: None))
-    return build_report(source, verification, backends, data_path)
+    from pmsm.backends import Plan
+    from pmsm.pipeline import Sharding, verify_dataset
+    from pmsm.report import build_report
+
+    with open(source.source_path, "rb") as handle:
+        nir_bytes = handle.read()
+    plan = Plan(target="lava", source=None, spiking=None, nir=nir_bytes, reference_samples=None,
+                input_peak=data.peak())
+    spike_values = sum(int(np.size(node.r)) for node in source.nir_graph.nodes.values() if isinstance(node, nir.IF))
+    verification = verify_dataset(plan, data, timesteps, sharding or Sharding(), progress, [], spike_values)
+    return build_report(source, verification, data)
 
 
 def verify_nir_file(path: str, target: str, data_path: Optional[str], timesteps: list[int],
                     output: Optional[str] = None, report: Optional[str] = None, pictures: bool = False) -> dict:
     """``pmsm.verify`` of a NIR file; returns the report dict (and writes it to ``report``)."""
-    from pmsm.pipeline import finish_report, load_data
+    from pmsm.data import open_data
+    from pmsm.pipeline import finish_report
 
     check_outputs(path, output, report)
     source = load_nir_source(path, target)
-    document = verify_nir_source(source, load_data(data_path, source.input_shape), timesteps, data_path,
-                                 progress=False)
+    document = verify_nir_source(source, open_data(data_path, source.input_shape), timesteps, progress=False)
     finish_report(document, report, pictures=pictures)
     return document
 
@@ -119,7 +120,8 @@ def check_outputs(path: str, output: Optional[str], report: Optional[str]) -> No
 
 def run_nir_source(args: argparse.Namespace) -> int:
     """``pmsm-export model.nir --target lava``: lower it; with ``--verify``, simulate and compare."""
-    from pmsm.pipeline import finish_report, load_data
+    from pmsm.data import open_data
+    from pmsm.pipeline import Sharding, finish_report
     from pmsm.report import print_summary
 
     check_outputs(args.model, args.output, args.report)
@@ -129,7 +131,7 @@ def run_nir_source(args: argparse.Namespace) -> int:
     if args.check:
         print(summary)
         return EXIT_OK
-    data = load_data(args.data, source.input_shape) if args.verify else None
+    data = open_data(args.data, source.input_shape) if args.verify else None
     if not args.verify:
         from pmsm.targets.lava import Network
 
@@ -137,7 +139,8 @@ def run_nir_source(args: argparse.Namespace) -> int:
         print(f"{summary}; lowered to Lava processes, {network.depth} step(s) deep "
               "(nothing written; --verify simulates it against the NIR interpreter)")
         return EXIT_OK
-    report = verify_nir_source(source, data, args.timesteps, args.data)
+    report = verify_nir_source(source, data, args.timesteps,
+                               sharding=Sharding(args.workers, args.ray is not None, args.ray or None))
     for path in finish_report(report, args.report, pictures=bool(args.report)):
         print(f"wrote {path}")
     print_summary(report, sys.stdout)

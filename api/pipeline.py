@@ -13,13 +13,11 @@ import onnx
 from pmsm import limits as run_limits
 from pmsm.errors import EXIT_MISMATCH, EXIT_OK, BadInputError, UnsupportedModelError
 from pmsm.files import atomic_write_bytes, atomic_write_json
-from pmsm.memory import check_fits, verification_bytes
-from pmsm.npz import check_declared_data
+from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
+from pmsm.memory import bytes_per_sample, check_fits
 from pmsm.paths import Role, check_paths
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 
-PROBE_SAMPLES = 64
-PROBE_SEED = 0
 TARGETS = ("onnx", "nir", "lava")
 
 
@@ -57,7 +55,13 @@ def check_run_paths(model_path: str, outputs: list[Role], data_path: Optional[st
     The model's external data files count as inputs too; finding them means reading the model,
     which is only needed when an output already exists in the model's folder (a new file cannot
     be one of them)."""
-    inputs = [Role("MODEL", model_path)] + ([Role("--data", data_path)] if data_path is not None else [])
+    inputs = [Role("MODEL", model_path)]
+    if data_path:
+        from pmsm.data import data_files
+
+        inputs += [Role("--data", path) for path in data_files(data_path)]
+    elif data_path is not None:
+        inputs.append(Role("--data", data_path))
     resolved = check_paths(inputs, outputs)
     model_folder = os.path.realpath(os.path.dirname(os.path.abspath(model_path)))
     if any(os.path.lexists(real) and real.startswith(model_folder + os.sep) for real in resolved.values()):
@@ -149,46 +153,6 @@ def save(export: Export, path: str) -> None:
         write_nir(export.nir_graph, path)
 
 
-def load_data(path: Optional[str], input_shape) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """``x`` (and labels ``y`` when present) from an .npz file, or a seeded probe batch."""
-    if path is None:
-        dims = list(input_shape[1:]) if input_shape else None
-        if dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
-            raise BadInputError(f"the model input has no fixed shape ({input_shape}); give --data X.npz")
-        rng = np.random.default_rng(PROBE_SEED)
-        return rng.uniform(0.0, 1.0, size=[PROBE_SAMPLES] + dims).astype(np.float32), None
-    if not os.path.isfile(path):
-        raise BadInputError(f"{path}: no such data file")
-    check_declared_data(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data.files:
-                raise BadInputError(f"{path}: no array 'x' (found: {', '.join(data.files) or 'nothing'})")
-            x = np.asarray(data["x"])
-            y = np.asarray(data["y"]) if "y" in data.files else None
-    except BadInputError:
-        raise
-    except Exception as error:  # noqa: BLE001 - numpy raises many kinds for a bad archive
-        raise BadInputError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
-    if x.dtype.kind not in "fiu":
-        raise BadInputError(f"{path}: 'x' has dtype {x.dtype}; expected numbers")
-    x = x.astype(np.float32)
-    if x.ndim == 0 or len(x) == 0:
-        raise BadInputError(f"{path}: 'x' holds no samples")
-    if not np.all(np.isfinite(x)):
-        raise BadInputError(f"{path}: 'x' contains {int(np.size(x) - np.isfinite(x).sum())} NaN or inf value(s)")
-    if y is not None:
-        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
-            raise BadInputError(f"{path}: 'y' must be integer labels, one per sample of 'x' ({len(x)})")
-    if input_shape:
-        expected = list(input_shape[1:])
-        if x.ndim != len(input_shape) or any(isinstance(d, int) and d > 0 and d != g
-                                             for d, g in zip(expected, x.shape[1:])):
-            raise BadInputError(f"{path}: 'x' has shape {list(x.shape)}, the model input expects "
-                                f"[N, {', '.join(str(d) for d in expected)}]")
-    return x, y
-
-
 def input_shape(model: onnx.ModelProto):
     initializers = {i.name for i in model.graph.initializer}
     for value in model.graph.input:
@@ -198,20 +162,57 @@ def input_shape(model: onnx.ModelProto):
     return None
 
 
-def backends_for(export: Export) -> list:
-    from pmsm.backends import LavaBackend, NirBackend, OnnxBackend, TorchBackend
+def open_verification_data(export: Export, data):
+    """``data`` as a :class:`pmsm.data.DataSet`: a path (file or folder), ``(x, y)`` arrays, a
+    data set already, or None for the seeded probe batch."""
+    from pmsm.data import DataSet, from_arrays, open_data
 
-    backends = [OnnxBackend(export.spiking)]
+    if isinstance(data, DataSet):
+        return data
+    if isinstance(data, tuple):
+        return from_arrays(*data)
+    return open_data(data, input_shape(onnx.load(export.source_path, load_external_data=False)))
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """Where the chunks of ``--verify`` run: ``workers`` local processes (1: this process), or a
+    Ray cluster (``ray``; ``ray_address`` None starts a local one)."""
+
+    workers: Optional[int] = None
+    ray: bool = False
+    ray_address: Optional[str] = None
+
+
+def plan_for(export: Export, dataset, reference_samples: Optional[int] = DEFAULT_REFERENCE_SAMPLES):
+    """The :class:`pmsm.backends.Plan` of the export's target (its files as bytes)."""
+    from pmsm.backends import Plan
+
+    nir_bytes = None
     if export.target in ("nir", "lava"):
-        from pmsm.targets.nir import read_nir
+        nir_bytes = _nir_file_bytes(export)
+    torch = export.target == "nir" and export.nir_growth is None and all(
+        map(_importable, ("pmsm.targets.torch", "nirtorch")))
+    return Plan(target=export.target, source=onnx.load(export.source_path).SerializeToString(),
+                spiking=export.spiking.SerializeToString(), nir=nir_bytes, reference_samples=reference_samples,
+                torch=torch, input_peak=dataset.peak() if export.target == "lava" else None)
 
-        graph = read_nir(export.output_path) if export.output_path else export.nir_graph
-        backends.append(NirBackend(graph))
-        if export.target == "nir" and export.nir_growth is None and all(map(_importable, ("pmsm.targets.torch", "nirtorch"))):
-            backends.append(TorchBackend(graph))
-        if export.target == "lava":
-            backends += [LavaBackend(graph), LavaBackend(graph, fixed_point=True)]
-    return backends
+
+def _nir_file_bytes(export: Export) -> bytes:
+    """The NIR file that will be committed (read back from where it was staged), or the graph
+    written to a scratch file when there is none."""
+    if export.output_path and os.path.isfile(export.output_path):
+        with open(export.output_path, "rb") as handle:
+            return handle.read()
+    import tempfile
+
+    from pmsm.targets.nir import write_nir
+
+    with tempfile.TemporaryDirectory(prefix="pmsm-nir-") as folder:
+        path = os.path.join(folder, "model.nir")
+        write_nir(export.nir_graph, path)
+        with open(path, "rb") as handle:
+            return handle.read()
 
 
 def _importable(module: str) -> bool:
@@ -225,47 +226,46 @@ def _importable(module: str) -> bool:
     return True
 
 
-def load_verification_data(export: Export, data_path: Optional[str]):
-    return load_data(data_path, input_shape(onnx.load(export.source_path, load_external_data=False)))
-
-
-def run_verification(export: Export, data_path: Optional[str], timesteps: list[int], progress=True,
-                     data=None) -> dict:
-    """Run every backend of the export's target against the reference; returns the report dict."""
-    from pmsm.backends import AnnBackend
+def run_verification(export: Export, data_path, timesteps: list[int], progress=True, data=None,
+                     reference_samples: Optional[int] = DEFAULT_REFERENCE_SAMPLES, sharding: Sharding = Sharding(),
+                     spike_values: Optional[int] = None) -> dict:
+    """Run every backend of the export's target against the reference, chunk by chunk; returns
+    the report dict. ``data`` (or ``data_path``): see :func:`open_verification_data`."""
     from pmsm.report import build_report
-    from pmsm.verification import terminal_progress, verify
 
-    x, y = data if data is not None else load_verification_data(export, data_path)
-    backends = backends_for(export)
-    verification = verify(
-        AnnBackend(export.source_path), backends, x, y, timesteps,
-        progress_factory=terminal_progress if progress else (lambda name, t: None),
-        ann_optimized=AnnBackend(export.source_path, optimized=True),
-    )
-    explained = _explain_mismatches(export, verification, x)
-    report = build_report(export, verification, backends, data_path)
-    for (name, timestep), rows in explained.items():
-        report["verification"]["backends"][name][str(timestep)]["mismatch_by_layer"] = [r.to_json() for r in rows]
-    return report
+    dataset = open_verification_data(export, data if data is not None else data_path)
+    plan = plan_for(export, dataset, reference_samples)
+    boundaries = [reference_samples] if reference_samples else []
+    verification = verify_dataset(plan, dataset, timesteps, sharding, progress, boundaries,
+                                  spike_values if spike_values is not None else _spike_values(export, dataset))
+    return build_report(export, verification, dataset)
 
 
-def _explain_mismatches(export: Export, verification, x) -> dict:
-    """Per layer, why the spikes of each NIR-reading backend differ from the spiking ONNX; a
-    difference float rounding cannot explain fails verification (pmsm.targets.nir.mismatch)."""
-    if export.nir_graph is None or export.nir_growth is not None:
-        return {}
-    from pmsm.targets.nir import mismatch
+def verify_dataset(plan, dataset, timesteps: list[int], sharding: Sharding, progress: bool, boundaries: list[int],
+                   spike_values: Optional[int]):
+    """The chunks of ``dataset`` verified where ``sharding`` says, merged."""
+    from pmsm.memory import bytes_per_sample, chunk_samples
+    from pmsm.sharding import executor_for
+    from pmsm.verification import split_at, terminal_progress, verify_chunks
 
-    explained = {}
-    reference = verification.runs.get("onnx", {})
-    for name in ("nir", "torch", "lava"):
-        for timestep, run in verification.runs.get(name, {}).items():
-            if timestep in reference and run.spikes:
-                rows = mismatch.explain(export.nir_graph, x, reference[timestep].spikes, run.spikes)
-                explained[(name, timestep)] = rows
-                verification.failures += mismatch.failures(rows, name, timestep)
-    return explained
+    per_sample = bytes_per_sample(dataset.sample_values, spike_values or 0, timesteps, plan.target)
+    size = chunk_samples(per_sample)
+    executor = executor_for(plan, timesteps, sharding.workers, sharding.ray_address, sharding.ray)
+    try:
+        verification = verify_chunks(executor, split_at(dataset.chunks(size), boundaries), dataset.samples, timesteps,
+                                     progress=terminal_progress() if progress else None)
+    finally:
+        executor.close()
+    verification.execution["chunk_samples"] = size
+    return verification
+
+
+def _spike_values(export: Export, dataset) -> Optional[int]:
+    """Spike values one sample makes in one timestep over all neurons (sizes the chunks)."""
+    from pmsm.runtime.execute import SpikingModel
+
+    result = SpikingModel(export.spiking).run(dataset.first(), 1, collect_spikes=True)
+    return int(sum(s.size for s in result.spikes.values()))
 
 
 def finish_report(report: dict, path: Optional[str], pictures: bool = True) -> list[str]:
@@ -291,17 +291,21 @@ def run_command(args: argparse.Namespace) -> int:
 
     limits = run_limits.from_arguments(args)
     timesteps = run_limits.check_timesteps(args.timesteps, limits)
-    for flag, value in (("MODEL", args.model), ("-o", args.output), ("--data", args.data), ("--report", args.report)):
+    for flag, value in (("MODEL", args.model), ("-o", args.output), ("--data", args.data), ("--report", args.report),
+                        ("--junit", args.junit), ("--summary-md", args.summary_md)):
         if value is not None and not value:
             raise BadInputError(f"{flag}: empty path; give a file name")
-    if (args.report is not None or args.data is not None) and not args.verify:
-        raise BadInputError("--report and --data need --verify")
+    needing = [flag for flag, value in (("--report", args.report), ("--data", args.data), ("--junit", args.junit),
+                                        ("--summary-md", args.summary_md), ("--workers", args.workers),
+                                        ("--ray", args.ray)) if value is not None]
+    if needing and not args.verify:
+        raise BadInputError(f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} --verify")
     from pmsm.nir_source import is_nir_file, run_nir_source
 
     if is_nir_file(args.model):
         return run_nir_source(args)
     output = args.output if args.output is not None else default_output(args.model, args.target)
-    outputs = [] if args.check else [Role("-o", output)] + report_roles(args.report)
+    outputs = [] if args.check else [Role("-o", output)] + report_roles(args.report) + ci_roles(args)
     resolved = check_run_paths(args.model, outputs, args.data if args.verify else None)
     with run_limits.applied(limits):
         export = _convert(args.model, args.target, timesteps[0], args.compensation, args.nir_profile)
@@ -309,13 +313,13 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"{args.model}: ok for target '{args.target}': {len(export.neurons)} neuron layer(s), "
                   f"{len(export.spiking.graph.node)} nodes")
             return EXIT_OK
-        data = load_verification_data(export, args.data) if args.verify else None
-        spike_values = check_spiking_model(export.spiking, args.model, probe=data[0] if data else None)
-        if data is not None and spike_values is not None:
-            x = data[0]
-            needed = verification_bytes(len(x), int(np.prod(x.shape[1:])), spike_values, timesteps, args.target)
-            check_fits(needed, f"--verify of {len(x)} samples at T={','.join(map(str, timesteps))}",
-                       "verify fewer or smaller timesteps, or fewer samples")
+        dataset = open_verification_data(export, args.data) if args.verify else None
+        spike_values = check_spiking_model(export.spiking, args.model,
+                                           probe=dataset.first() if dataset is not None else None)
+        if dataset is not None and spike_values is not None:
+            per_sample = bytes_per_sample(dataset.sample_values, spike_values, timesteps, args.target)
+            check_fits(per_sample, f"--verify at T={timesteps[-1]} (one sample at a time)",
+                       "verify fewer or smaller timesteps")
         report = None
         with Staging(list(resolved.values())) as staging:
             staged = staging.path(resolved[output])
@@ -326,10 +330,14 @@ def run_command(args: argparse.Namespace) -> int:
                 read_nir(staged)  # post-flight of the NIR file: what was written reads back
             if args.verify:
                 export.output_path = staged  # the NIR backend verifies the file that will be committed
-                report = run_verification(export, args.data, timesteps, data=data)
+                report = run_verification(export, args.data, timesteps, data=dataset,
+                                          reference_samples=args.reference_samples,
+                                          sharding=Sharding(args.workers, args.ray is not None, args.ray or None),
+                                          spike_values=spike_values)
                 report["output"] = output
                 if args.report:
                     _stage_report(report, args.report, resolved, staging)
+                _stage_ci_outputs(report, args, resolved, staging)
             written = staging.commit()
         export.output_path = output
     given = {real: path for path, real in resolved.items()}
@@ -361,6 +369,20 @@ def report_roles(report: Optional[str], pictures: bool = True, flag: str = "--re
     folder, name = os.path.split(report)
     drawn = picture_paths(folder, os.path.splitext(name)[0]) if pictures else []
     return [Role(flag, report)] + [Role(f"picture of {flag}", p) for p in drawn]
+
+
+def ci_roles(args: argparse.Namespace) -> list[Role]:
+    return [Role(flag, value) for flag, value in (("--junit", args.junit), ("--summary-md", args.summary_md))
+            if value is not None]
+
+
+def _stage_ci_outputs(report: dict, args: argparse.Namespace, resolved: dict[str, str], staging) -> None:
+    from pmsm.ci_outputs import write_junit, write_summary_markdown
+
+    if args.junit:
+        write_junit(report, staging.path(resolved[args.junit]))
+    if args.summary_md:
+        write_summary_markdown(report, staging.path(resolved[args.summary_md]))
 
 
 def _stage_report(report: dict, path: str, resolved: dict[str, str], staging) -> None:

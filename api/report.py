@@ -7,16 +7,25 @@ from typing import TextIO
 SCHEMA = "pmsm-report/1"
 
 
-def build_report(export, verification, backends, data_path) -> dict:
+def build_report(export, verification, dataset) -> dict:
     from pmsm import __version__
 
+    tallies = verification.tallies
+    roots = tallies.roots
+    ann = roots.get("ann", {}).get(1)
+    root = getattr(export, "root", None)  # a NIR source: the backend the others are compared with
+    backends = {name: {str(t): c.to_json() for t, c in sorted(by_t.items())}
+                for name, by_t in sorted(tallies.comparisons.items(), key=lambda item: _backend_rank(item[0]))}
+    for name, by_t in tallies.mismatch_by_layer.items():
+        for t, rows in by_t.items():
+            backends[name][str(t)]["mismatch_by_layer"] = [r.to_json() for r in rows]
     report = {
         "schema": SCHEMA,
         "tool": {"name": "pmsm-export", "version": __version__},
         "model": {"path": export.source_path, "sha256": export.source_sha256},
         "target": export.target,
         "output": export.output_path,
-        "data": {"path": data_path, "kind": "file" if data_path else "seeded probe batch"},
+        "data": {"path": dataset.path, "kind": dataset.kind, "samples": dataset.samples},
         "timesteps": list(verification.timesteps),
         "neurons": [
             {"name": n.name, "producer": n.producer, "lo": n.params.lo, "hi": n.params.hi,
@@ -25,33 +34,60 @@ def build_report(export, verification, backends, data_path) -> dict:
         ],
         "verification": {
             "samples": verification.samples,
-            "ann_seconds": round(verification.ann_seconds, 4),
-            "backends": {
-                name: {str(t): c.to_json() for t, c in by_t.items()}
-                for name, by_t in verification.comparisons.items()
-            },
-            "criteria": getattr(export, "criteria", None) or [
-                "onnx vs ann at T=1: max_abs_diff == 0",
-                "nir and lava (floating point) vs onnx at every T: argmax_agreement == 1",
-            ],
+            "ann_seconds": round(ann.seconds, 4) if ann is not None else 0.0,
+            "wall_seconds": round(verification.wall_seconds, 4),
+            "execution": dict(verification.execution),
+            "backends": backends,
+            "criteria": getattr(export, "criteria", None) or list(CRITERIA),
             "failures": list(verification.failures),
             "passed": verification.passed,
         },
         "accuracy": {
-            "ann": verification.ann_accuracy,
-            "snn": {str(t): c.accuracy for t, c in verification.comparisons.get("onnx", {}).items()}
-            or {str(t): a for t, a in verification.root_accuracy.items()},
+            "ann": ann.accuracy if ann is not None else None,
+            "snn": {str(t): c.accuracy for t, c in sorted(tallies.comparisons.get("onnx", {}).items())}
+            or {str(t): r.accuracy for t, r in sorted(roots.get(root, {}).items())},
         },
-        "energy": _energy(export, verification) if export.spiking is not None else {},
+        "energy": _energy(export, tallies) if export.spiking is not None else {},
         "network": _network(export) if getattr(export, "network", None) is not None else {},
     }
-    root = getattr(export, "root", None)  # a NIR source: the backend the others are compared with
     if root:
         report["verification"]["root"] = root
-    fixed = _fixed_point(backends)
-    if fixed:
-        report["lava_fixed_point"] = fixed
+        report["verification"]["root_seconds"] = {str(t): round(r.seconds, 4)
+                                                  for t, r in sorted(roots.get(root, {}).items())}
+    if tallies.fixed_point:
+        report["lava_fixed_point"] = {str(t): _jsonable(r) for t, r in sorted(tallies.fixed_point.items())}
     return report
+
+
+BACKEND_ORDER = ("ann_ort_opt", "onnx_batch1", "onnx", "onnx_custom_op", "nir", "torch", "lava", "lava_fixed")
+
+
+def _backend_rank(name: str) -> tuple:
+    return (BACKEND_ORDER.index(name), "") if name in BACKEND_ORDER else (len(BACKEND_ORDER), name)
+
+
+CRITERIA = (
+    "onnx vs ann at T=1: max_abs_diff == 0 (also one sample at a time: onnx_batch1)",
+    "onnx_custom_op (the reference kernel, on its samples) vs onnx (the standard-op body) at every T: "
+    "bit-equal outputs and spikes",
+    "nir, torch and lava (floating point) vs onnx at every T: argmax_agreement == 1, and every spike that "
+    "differs explained per layer (mismatch_by_layer: unexplained == 0)",
+)
+
+
+def comparable(report: dict) -> dict:
+    """The report without what depends on where and how fast it ran (times, workers, chunking):
+    two runs on the same data must give equal ``comparable`` reports."""
+    import copy
+
+    document = copy.deepcopy(report)
+    verification = document["verification"]
+    for key in ("ann_seconds", "wall_seconds", "execution", "root_seconds"):
+        verification.pop(key, None)
+    for by_t in verification["backends"].values():
+        for entry in by_t.values():
+            entry.pop("seconds", None)
+    return document
 
 
 def _network(export) -> dict:
@@ -67,21 +103,11 @@ def _network(export) -> dict:
     }
 
 
-def _energy(export, verification) -> dict:
-    from pmsm.exporter.convert import network_for_targets
+def _energy(export, tallies) -> dict:
     from pmsm.energy import energy_report
+    from pmsm.exporter.convert import network_for_targets
 
-    onnx_runs = verification.runs.get("onnx", {})
-    return energy_report(network_for_targets(export.network), {t: run.spikes for t, run in onnx_runs.items()},
-                         verification.samples)
-
-
-def _fixed_point(backends) -> dict:
-    for backend in backends:
-        reports = getattr(backend, "fixed_point_reports", None)
-        if reports:
-            return {str(t): _jsonable(r) for t, r in reports.items()}
-    return {}
+    return energy_report(network_for_targets(export.network), tallies.spike_stats, tallies.samples)
 
 
 def _jsonable(value):
@@ -149,23 +175,33 @@ def print_summary(report: dict, out: TextIO) -> None:
     verification = report["verification"]
     print(f"\nverification on {verification['samples']} samples of "
           f"{os.path.basename(report['model']['path'])}:", file=out)
-    print(f"  {'backend':<12}{'T':>3}  {'vs':<5}{'max|diff|':>10}{'spikes':>9}{'mismatch':>9}{'agree':>8}"
+    print(f"  {'backend':<15}{'T':>3}  {'vs':<4}{'max|diff|':>10}{'spikes':>9}{'mismatch':>9}{'agree':>8}"
           f"{'accuracy':>9}{'time':>9}", file=out)
     accuracy = report["accuracy"]
     ann_seconds = verification.get("ann_seconds")
     if accuracy["ann"] is not None or ann_seconds:
-        print(f"  {'ann':<12}{'-':>3}  {'':<5}{'':>10}{'':>9}{'':>9}{'':>8}{_percent(accuracy['ann']):>9}"
+        print(f"  {'ann':<15}{'-':>3}  {'':<4}{'':>10}{'':>9}{'':>9}{'':>8}{_percent(accuracy['ann']):>9}"
               f"{_seconds(ann_seconds):>9}", file=out)
     root = verification.get("root")
     for t, value in (accuracy["snn"] if root else {}).items():
-        print(f"  {root:<12}{t:>3}  {'':<5}{'':>10}{'':>9}{'':>9}{'':>8}{_percent(value):>9}", file=out)
+        print(f"  {root:<15}{t:>3}  {'':<4}{'':>10}{'':>9}{'':>9}{'':>8}{_percent(value):>9}", file=out)
     for name, by_t in verification["backends"].items():
         for t, c in by_t.items():
             spikes = _count(c["spike_total"]) if c["spike_total"] else "-"
             mismatch = _count(c["spike_mismatch"]) if c["reference"] != "ann" and c["spike_total"] else "-"
-            print(f"  {name:<12}{t:>3}  {c['reference']:<5}{c['max_abs_diff']:>10.3g}{spikes:>9}{mismatch:>9}"
+            print(f"  {name:<15}{t:>3}  {c['reference']:<4}{c['max_abs_diff']:>10.3g}{spikes:>9}{mismatch:>9}"
                   f"{_percent(c['argmax_agreement']):>8}{_percent(c['accuracy']):>9}{_seconds(c.get('seconds')):>9}",
                   file=out)
+    custom = verification["backends"].get("onnx_custom_op")
+    if custom:
+        ran = next(iter(custom.values()))["samples"]
+        print(f"  onnx ran the file's standard-op body on all {verification['samples']} samples; onnx_custom_op the "
+              f"reference kernel on the first {ran}", file=out)
+    execution = verification.get("execution") or {}
+    if execution.get("workers", 1) > 1 or execution.get("kind") == "ray":
+        where = "Ray actors" if execution["kind"] == "ray" else "worker processes"
+        print(f"  verified in {execution['workers']} {where}, chunks of {execution.get('chunk_samples')} samples, "
+              f"{_seconds(verification.get('wall_seconds'))} wall time", file=out)
     _print_fixed_point(report.get("lava_fixed_point"), out)
     energy = report.get("energy") or {}
     totals = energy.get("totals")

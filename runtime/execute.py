@@ -71,8 +71,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_THREADS: int | None = None  # intra-op threads of the sessions created from now on; None: ONNX Runtime's default
+
+
+def set_threads(threads: int | None) -> None:
+    """Threads each session created from now on may use (None: one per core). Verification
+    workers that share the machine's cores each take their part."""
+    global _THREADS
+    _THREADS = None if threads is None else max(1, int(threads))
+
+
 def _session(model: onnx.ModelProto, label: str, *, optimized: bool, custom_ops: bool) -> ort.InferenceSession:
     so = ort.SessionOptions()
+    if _THREADS is not None:
+        so.intra_op_num_threads = _THREADS
     if not optimized:  # otherwise ONNX Runtime's default level
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 4  # failures are reported through the exception below

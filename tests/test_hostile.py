@@ -213,24 +213,39 @@ def test_verify_whose_memory_estimate_exceeds_free_memory_is_refused_before_runn
     assert time.perf_counter() - start < 120  # not the hours the run would take
 
 
-def test_the_verification_estimate_counts_spikes_of_every_backend_and_timestep():
-    from pmsm.memory import CHUNK_ROWS, verification_bytes
+def test_the_verification_estimate_counts_spikes_of_every_backend_at_the_largest_timestep():
+    from pmsm.memory import SPIKING_BACKENDS, bytes_per_sample
 
-    one = verification_bytes(10, 64, 100, [1], "onnx")
-    assert one == 4 * (100 * 10 * (1 * 1 + 1) + 64 * 10 + 4 * (100 + 64) * CHUNK_ROWS)
-    assert verification_bytes(10, 64, 100, [1, 2, 4], "lava") - verification_bytes(10, 64, 100, [1, 2, 4], "onnx") \
-        == 4 * 100 * 10 * 3 * (1 + 2 + 4)
+    one = bytes_per_sample(64, 100, [1], "onnx")
+    assert one == 4 * (100 * 1 * (SPIKING_BACKENDS["onnx"] + 1) + 2 * 64)
+    # chunks hold one T at a time: the largest T counts, not the sum
+    assert bytes_per_sample(64, 100, [1, 2, 4], "onnx") - 2 * 4 * 64 == 4 * (one - 2 * 4 * 64)
+    assert bytes_per_sample(64, 100, [4], "lava") > bytes_per_sample(64, 100, [4], "nir") \
+        > bytes_per_sample(64, 100, [4], "onnx")
+
+
+def test_chunks_fit_the_budget_and_a_quarter_of_free_memory():
+    from pmsm.memory import CHUNK_BUDGET, MAX_CHUNK_SAMPLES, chunk_samples
+
+    assert chunk_samples(1, free=1 << 40) == MAX_CHUNK_SAMPLES
+    assert chunk_samples(CHUNK_BUDGET // 10, free=1 << 40) == 10
+    assert chunk_samples(1 << 20, free=40 << 20) == 10
+    assert chunk_samples(1 << 40, free=1 << 30) == 1
 
 
 @pytest.mark.lava
 def test_the_spiking_backend_count_of_the_estimate_matches_what_verification_runs(tmp_path):
+    from pmsm.data import open_data
     from pmsm.memory import SPIKING_BACKENDS
-    from pmsm.pipeline import backends_for, convert
+    from pmsm.pipeline import convert, plan_for
 
     path = tmp_path / "m.onnx"
     onnx.save(build_qdq_mlp(), str(path))
     for target in ("onnx", "nir", "lava"):
-        assert len(backends_for(convert(str(path), target))) <= SPIKING_BACKENDS[target], target
+        export = convert(str(path), target)
+        plan = plan_for(export, open_data(None, [1, 12]))
+        verifier = plan.verifier([1])
+        assert len([b for b in verifier.backends if b.name != "ann"]) <= SPIKING_BACKENDS[target], target
 
 
 def test_memory_that_does_not_fit_is_refused_with_the_estimate_and_what_is_free(monkeypatch):

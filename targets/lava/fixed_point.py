@@ -268,3 +268,30 @@ class _Quantizer:
 
     def _in_bound(self, step) -> float:
         return float(sum(self.bound[t.src] for t in step.inputs))
+
+
+_LARGEST = ("max_abs_error", "state_bits", "input_bits", "output_bits")
+
+
+def merge_records(a: list, b: list) -> list:
+    """The records of two runs of the same plan on different samples as one: largest errors and
+    bit widths, overflow counts added."""
+    import dataclasses
+
+    if [(r.node, r.kind) for r in a] != [(r.node, r.kind) for r in b]:
+        raise ValueError("fixed-point records of different plans cannot be merged")
+    merged = []
+    for x, y in zip(a, b):
+        changes = {}
+        for name in _LARGEST:
+            if hasattr(x, name):
+                values = [v for v in (getattr(x, name), getattr(y, name)) if v is not None]
+                changes[name] = max(values) if values else None
+        if hasattr(x, "overflow_count"):
+            counts = [v for v in (x.overflow_count, y.overflow_count) if v is not None]
+            changes["overflow_count"] = sum(counts) if counts else None
+        if hasattr(x, "overflow"):
+            flags = [v for v in (x.overflow, y.overflow) if v is not None]
+            changes["overflow"] = any(flags) if flags else None
+        merged.append(dataclasses.replace(x, **changes))
+    return merged

@@ -48,14 +48,17 @@ class LavaResult:
 def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = False,
              progress: Callable[[int, int], None] | None = None, collect_spikes: bool = False,
              samples_per_chunk: int | None = None, conv_synapse: str = "conv",
-             lowering: str = "layer") -> LavaResult:
+             lowering: str = "layer", input_peak: float | None = None) -> LavaResult:
     """``lowering``: "layer" (one process per neuron layer), "network" (one for all) or
     "synapse" (one per synapse, pooling and neuron layer); see processes/network.py.
-    ``samples_per_chunk`` fixes the chunk length instead of aiming at a second per chunk."""
+    ``samples_per_chunk`` fixes the chunk length instead of aiming at a second per chunk.
+    ``input_peak``: the largest ``|x|`` of the whole data set, when ``x`` is a part of it, so that
+    the fixed-point input grid is the same for every part (default: ``x``'s own)."""
     view = analyse(graph_or_path)
     x = _check_input(x, view.shapes[view.input], timesteps)
     n, t_steps = x.shape[0], int(timesteps)
-    exponent = input_exponent_for(x, INPUT_BITS) if fixed_point else 0
+    exponent = input_exponent_for(x if input_peak is None else np.array([input_peak]), INPUT_BITS) \
+        if fixed_point else 0
     with tempfile.TemporaryDirectory(prefix="pmsm-lava-") as scratch, WorkerGuard():
         started = time.perf_counter()
         net = Network(view, timesteps=t_steps, fixed_point=fixed_point, input_exponent=exponent,

@@ -148,3 +148,13 @@ def failures(rows: list[LayerMismatch], backend: str, timesteps: int) -> list[st
     return [f"{backend} at T={timesteps}: {r.unexplained} spike count(s) of layer '{r.layer}' differ from the "
             "spiking ONNX where neither an earlier difference nor float rounding near a boundary explains it"
             for r in rows if r.unexplained]
+
+
+def merge_rows(a: list[LayerMismatch], b: list[LayerMismatch]) -> list[LayerMismatch]:
+    """The rows of two disjoint sets of samples as one (layers in the same order)."""
+    if [r.layer for r in a] != [r.layer for r in b]:
+        raise ValueError("mismatch rows of different graphs cannot be merged")
+    return [LayerMismatch(layer=x.layer, spikes=x.spikes + y.spikes, mismatched=x.mismatched + y.mismatched,
+                          boundary=x.boundary + y.boundary, propagated=x.propagated + y.propagated,
+                          unexplained=x.unexplained + y.unexplained,
+                          max_tolerance=max(x.max_tolerance, y.max_tolerance)) for x, y in zip(a, b)]

@@ -1,0 +1,213 @@
+"""Where the chunks of a verification run: this process, local worker processes, or Ray actors.
+
+Each place builds the backends once from the same :class:`pmsm.backends.Plan` and verifies the
+chunks it is sent; the caller merges what comes back (:class:`pmsm.verification.Tallies`, counts
+and maxima only), so the merged result does not depend on where or in which order chunks ran.
+The data are read once, by the caller, chunk by chunk; at most two chunks per worker are in flight,
+so memory is bounded by the chunk size whatever the size of the data set.
+
+Local workers are ``spawn``-ed (ONNX Runtime's threads do not survive ``fork``) and are not
+daemonic, so a worker may start Lava's own processes. Ray is an optional extra
+(``pmsm-export[ray]``); ``--ray`` without an address starts a local cluster for the run.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Iterable, Iterator, Optional
+
+from pmsm.data import Chunk
+from pmsm.errors import BadInputError, MissingExtraError, PmsmError
+from pmsm.verification import Tallies
+
+IN_FLIGHT_PER_WORKER = 2
+
+
+class WorkerError(PmsmError):
+    """A worker stopped on an error; it carries the worker's message and exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _verify_chunk(verifier, chunk: Chunk):
+    """``("ok", tallies)`` or ``("error", exit code, message)``: errors travel as text, since not
+    every exception pickles."""
+    try:
+        return "ok", verifier.run_chunk(chunk.start, chunk.x, chunk.y)
+    except PmsmError as error:
+        return "error", error.exit_code, str(error)
+
+
+def _unwrap(result) -> Tallies:
+    if result[0] == "ok":
+        return result[1]
+    raise WorkerError(result[2], result[1])
+
+
+def threads_per_worker(workers: int) -> int:
+    """ONNX Runtime threads per worker: the CPUs this process may use, shared out."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, workers))
+
+
+class InProcess:
+    """Every chunk in this process, one after the other."""
+
+    workers = 1
+    kind = "in-process"
+
+    def __init__(self, plan, timesteps: list[int]):
+        self.verifier = plan.verifier(timesteps)
+
+    def verify(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Tallies]]:
+        for chunk in chunks:
+            yield chunk, _unwrap(_verify_chunk(self.verifier, chunk))
+
+    def close(self) -> None:
+        pass
+
+
+_WORKER_VERIFIER = None
+
+
+def _start_worker(plan, timesteps: list[int], threads: int) -> None:
+    global _WORKER_VERIFIER
+    from pmsm.runtime import execute
+
+    # A spawned child starts with its start method set; lava-nc sets "fork" when imported and
+    # fails if one is set already, so the choice is left open again, as in a fresh interpreter.
+    multiprocessing.set_start_method(None, force=True)
+
+    execute.set_threads(threads)
+    try:
+        _WORKER_VERIFIER = plan.verifier(timesteps)
+    except PmsmError as error:
+        _WORKER_VERIFIER = error
+
+
+def _worker_chunk(chunk: Chunk):
+    if isinstance(_WORKER_VERIFIER, PmsmError):
+        return "error", _WORKER_VERIFIER.exit_code, str(_WORKER_VERIFIER)
+    return _verify_chunk(_WORKER_VERIFIER, chunk)
+
+
+class WorkerProcesses:
+    """Chunks shared out over ``workers`` local processes."""
+
+    kind = "processes"
+
+    def __init__(self, plan, timesteps: list[int], workers: int):
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_worker,
+                                        initargs=(plan, list(timesteps), threads_per_worker(workers)))
+
+    def verify(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Tallies]]:
+        pending: dict = {}
+        source = iter(chunks)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < IN_FLIGHT_PER_WORKER * self.workers:
+                chunk = next(source, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                pending[self.pool.submit(_worker_chunk, chunk)] = chunk
+            if not pending:
+                return
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                chunk = pending.pop(future)
+                yield chunk, _unwrap(future.result())
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayWorkers:
+    """Chunks shared out over ``workers`` Ray actors, on the cluster at ``address`` (None: a local
+    cluster started for this run and stopped after it)."""
+
+    kind = "ray"
+
+    def __init__(self, plan, timesteps: list[int], workers: Optional[int], address: Optional[str]):
+        try:
+            import ray
+        except ImportError:
+            raise MissingExtraError("--ray needs Ray: pip install 'pmsm-export[ray]'") from None
+        self.ray = ray
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            options = {"address": address} if address else {"num_cpus": workers or threads_per_worker(1)}
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise BadInputError(f"--ray {address or ''}: cannot start or reach a Ray cluster: {error}") from None
+        self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1)(_RayVerifier)
+        plan_ref = ray.put(plan)
+        self.actors = [actor.remote(plan_ref, list(timesteps)) for _ in range(self.workers)]
+
+    def verify(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Tallies]]:
+        ray = self.ray
+        idle = deque(self.actors * IN_FLIGHT_PER_WORKER)
+        pending: dict = {}
+        source = iter(chunks)
+        exhausted = False
+        while True:
+            while not exhausted and idle:
+                chunk = next(source, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                actor = idle.popleft()
+                pending[actor.run_chunk.remote(chunk)] = (chunk, actor)
+            if not pending:
+                return
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                chunk, actor = pending.pop(ref)
+                idle.append(actor)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as error:
+                    raise BadInputError(f"a Ray worker failed: {str(error).strip().splitlines()[0]}") from None
+                yield chunk, _unwrap(result)
+
+    def close(self) -> None:
+        for actor in getattr(self, "actors", []):
+            self.ray.kill(actor)
+        if self.started_here:
+            self.ray.shutdown()
+
+
+class _RayVerifier:
+    def __init__(self, plan, timesteps: list[int]):
+        from pmsm.runtime import execute
+
+        execute.set_threads(1)
+        try:
+            self.verifier = plan.verifier(timesteps)
+        except PmsmError as error:
+            self.verifier = error
+
+    def run_chunk(self, chunk: Chunk):
+        if isinstance(self.verifier, PmsmError):
+            return "error", self.verifier.exit_code, str(self.verifier)
+        return _verify_chunk(self.verifier, chunk)
+
+
+def executor_for(plan, timesteps: list[int], workers: Optional[int] = None, ray_address: Optional[str] = None,
+                 use_ray: bool = False):
+    if use_ray:
+        return RayWorkers(plan, timesteps, workers, ray_address)
+    if workers and workers > 1:
+        return WorkerProcesses(plan, timesteps, workers)
+    return InProcess(plan, timesteps)
