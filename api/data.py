@@ -65,18 +65,53 @@ class _ArrayPart(_Part):
 
 
 class _NpyPart(_Part):
+    """Memory-mapped one chunk at a time: a map of the whole file would keep every page read
+    resident in this process, so memory would grow with the data."""
+
     def __init__(self, x_path: str, y_path: Optional[str]):
         self.label = x_path
-        self._x = _memmap(x_path)
-        self._y = _memmap(y_path) if y_path else None
-        self.rows = len(self._x) if self._x.ndim else 0
-        self.x = Declared(tuple(self._x.shape), self._x.dtype)
-        self.y = None if self._y is None else Declared(tuple(self._y.shape), self._y.dtype)
+        self._x, self.x = _npy_layout(x_path)
+        self._y, self.y = _npy_layout(y_path) if y_path else (None, None)
+        self.rows = self.x.shape[0] if self.x.shape else 0
 
     def read(self, size):
         for start in range(0, self.rows, size):
-            yield (np.array(self._x[start:start + size]),
-                   None if self._y is None else np.array(self._y[start:start + size]))
+            rows = min(size, self.rows - start)
+            yield _mapped_rows(self.label, self._x, self.x, start, rows), \
+                None if self._y is None else _mapped_rows(self.label, self._y, self.y, start, rows)
+
+
+def _npy_layout(path: str) -> tuple[tuple[str, int], Declared]:
+    """``((path, offset of the data), declared shape and dtype)`` of an .npy file."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(handle, max_header_size=MAX_HEADER_BYTES)
+            offset = handle.tell()
+    except Exception as error:  # noqa: BLE001 - numpy raises many kinds for a bad file
+        raise BadInputError(f"{path}: not a readable .npy file ({type(error).__name__}: {first_line(error)})") from None
+    declared = Declared(tuple(int(d) for d in shape), np.dtype(dtype))
+    if declared.dtype.hasobject:
+        raise BadInputError(f"{path}: holds Python objects; expected numbers")
+    if fortran and len(shape) > 1:
+        raise BadInputError(f"{path}: stored in Fortran order; save it C-contiguous")
+    needed = offset + declared.elements * declared.dtype.itemsize
+    if os.path.getsize(path) < needed:
+        raise BadInputError(f"{path}: the file is shorter than its header declares ({os.path.getsize(path)} of "
+                            f"{needed} bytes)")
+    return (path, offset), declared
+
+
+def _mapped_rows(label: str, layout: tuple[str, int], declared: Declared, start: int, rows: int) -> np.ndarray:
+    path, offset = layout
+    row = declared.dtype.itemsize * int(np.prod(declared.shape[1:], dtype=np.int64))
+    mapped = np.memmap(path, dtype=declared.dtype, mode="r", offset=offset + start * row,
+                       shape=(rows,) + declared.shape[1:])
+    rows_read = np.array(mapped)
+    del mapped  # unmapped here: its pages leave this process
+    return rows_read
 
 
 class _NpzPart(_Part):
@@ -126,16 +161,6 @@ class _MemberRows:
         if len(data) != wanted:
             raise EOFError(f"the archive ends inside '{self.declared}'")
         return np.frombuffer(data, dtype=self.declared.dtype).reshape((rows,) + self.declared.shape[1:])
-
-
-def _memmap(path: str) -> np.ndarray:
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - numpy raises many kinds for a bad file
-        raise BadInputError(f"{path}: not a readable .npy file ({type(error).__name__}: {first_line(error)})") from None
-    if not isinstance(array, np.ndarray):
-        raise BadInputError(f"{path}: not an .npy file")
-    return array
 
 
 class DataSet:
@@ -268,7 +293,7 @@ def _check_declared(parts: list[_Part], path: str, input_shape) -> None:
 
 def _checked_x(x: np.ndarray, label: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
-        x = np.asarray(x).astype(np.float32)
+        x = np.asarray(x).astype(np.float32, copy=False)
     bad = int(x.size - np.count_nonzero(np.isfinite(x)))
     if bad:
         raise BadInputError(f"{label}: 'x' contains {bad} NaN or inf value(s)")

@@ -82,17 +82,18 @@ def _address_space_room() -> Optional[int]:
 # and fixed point but not torch.
 SPIKING_BACKENDS = {"onnx": 2, "nir": 4, "lava": 5}
 EXPLAIN_COPIES = 4  # arrays of the spikes' size the per-layer mismatch explanation builds (nir, lava)
-CHUNK_BUDGET = 1 << 30  # at most this much memory per chunk, and at most a quarter of what is free
+CHUNK_BUDGET = 512 << 20  # at most this much memory per chunk, and at most a quarter of what is free
+INPUT_COPIES = 4  # the chunk as read, as the source ANN and the spiking model each get it, and the padding
 MAX_CHUNK_SAMPLES = 1024
 
 
 def bytes_per_sample(sample_values: int, spike_values: int, timesteps: list[int], target: str) -> int:
     """Memory ``--verify`` holds per sample of a chunk at the largest T (float32 throughout): the
     spikes of every spiking backend, one more copy of them while ONNX Runtime hands them over, the
-    mismatch explanation's arrays, and the input."""
+    mismatch explanation's arrays, and the input's copies."""
     backends = SPIKING_BACKENDS.get(target, max(SPIKING_BACKENDS.values()))
     copies = backends + 1 + (EXPLAIN_COPIES if target in ("nir", "lava") else 0)
-    return 4 * (spike_values * max(timesteps) * copies + 2 * sample_values)
+    return 4 * (spike_values * max(timesteps) * copies + INPUT_COPIES * sample_values)
 
 
 def chunk_samples(per_sample: int, free: Optional[int] = None) -> int:

@@ -214,12 +214,13 @@ def test_verify_whose_memory_estimate_exceeds_free_memory_is_refused_before_runn
 
 
 def test_the_verification_estimate_counts_spikes_of_every_backend_at_the_largest_timestep():
-    from pmsm.memory import SPIKING_BACKENDS, bytes_per_sample
+    from pmsm.memory import INPUT_COPIES, SPIKING_BACKENDS, bytes_per_sample
 
     one = bytes_per_sample(64, 100, [1], "onnx")
-    assert one == 4 * (100 * 1 * (SPIKING_BACKENDS["onnx"] + 1) + 2 * 64)
+    inputs = 4 * INPUT_COPIES * 64
+    assert one == 4 * 100 * 1 * (SPIKING_BACKENDS["onnx"] + 1) + inputs
     # chunks hold one T at a time: the largest T counts, not the sum
-    assert bytes_per_sample(64, 100, [1, 2, 4], "onnx") - 2 * 4 * 64 == 4 * (one - 2 * 4 * 64)
+    assert bytes_per_sample(64, 100, [1, 2, 4], "onnx") - inputs == 4 * (one - inputs)
     assert bytes_per_sample(64, 100, [4], "lava") > bytes_per_sample(64, 100, [4], "nir") \
         > bytes_per_sample(64, 100, [4], "onnx")
 
