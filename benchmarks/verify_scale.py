@@ -112,55 +112,22 @@ def _verify(model, data, folder, timesteps, workers, reference_samples):
 def memory(sizes_gb: list[float]) -> None:
     import onnx
 
+    from big_inputs import pool_linear_model, write_images
+
     with tempfile.TemporaryDirectory(prefix="pmsm-bench-memory-") as folder:
         model = os.path.join(folder, "pool_linear.onnx")
-        onnx.save(_pool_linear_model(), model)
+        onnx.save(pool_linear_model(224), model)
         print(f"{'data':>8}{'samples':>9}{'peak RSS':>12}{'wall':>9}")
         for size in sizes_gb:
             data = os.path.join(folder, f"data-{size:g}gb")
-            samples = _write_images(data, size)
-            peak, wall = _peak_rss(model, data, folder)
+            samples = write_images(data, int(size * 2 ** 30))
+            peak, wall = peak_rss(model, data, folder)
             print(f"{size:>6g}GB{samples:>9}{peak / 2 ** 20:>9.0f} MiB{wall:>8.0f}s", flush=True)
             for name in os.listdir(data):
                 os.remove(os.path.join(data, name))
 
 
-def _pool_linear_model():
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weight = rng.normal(0, 0.05, (10, 3 * 28 * 28)).astype(np.float32)
-    nodes = [
-        helper.make_node("AveragePool", ["x"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8], name="pool"),
-        helper.make_node("QuantizeLinear", ["pooled", "scale", "zero"], ["q"], name="quantize"),
-        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"], name="dequantize"),
-        helper.make_node("Flatten", ["dq"], ["flat"], axis=1, name="flatten"),
-        helper.make_node("Gemm", ["flat", "weight"], ["logits"], transB=1, name="linear"),
-    ]
-    graph = helper.make_graph(
-        nodes, "pool_linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(np.array(1 / 64, np.float32), "scale"),
-         numpy_helper.from_array(np.array(0, np.uint8), "zero"), numpy_helper.from_array(weight, "weight")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-
-
-def _write_images(folder: str, size_gb: float) -> int:
-    os.makedirs(folder, exist_ok=True)
-    per_sample = 3 * 224 * 224 * 4
-    samples = int(size_gb * 2 ** 30 // per_sample)
-    x = np.lib.format.open_memmap(os.path.join(folder, "x.npy"), mode="w+", dtype=np.float32,
-                                  shape=(samples, 3, 224, 224))
-    rng = np.random.default_rng(0)
-    for start in range(0, samples, 256):
-        x[start:start + 256] = rng.uniform(0, 4, (min(256, samples - start), 3, 224, 224)).astype(np.float32)
-    x.flush()
-    del x
-    np.save(os.path.join(folder, "y.npy"), rng.integers(0, 10, samples))
-    return samples
-
-
-def _peak_rss(model: str, data: str, folder: str) -> tuple[int, float]:
+def peak_rss(model: str, data: str, folder: str) -> tuple[int, float]:
     """Peak resident memory of the command (its own process) and its wall time."""
     command = [os.path.join(os.path.dirname(sys.executable), "pmsm-export"), model, "--verify", "--data", data,
                "--timesteps", "1", "-o", os.path.join(folder, "out.onnx"), "--max-data-elements", str(1 << 40)]

@@ -219,3 +219,36 @@ def test_lava_in_two_worker_processes_gives_the_report_of_one_process(tmp_path, 
     two = verify(CNN, tmp_path / "d.npz", tmp_path, "two", "--target", "lava", "--workers", "2", timesteps="1")
     assert one[0] == two[0] == 0
     same_except_where_it_ran(one[1], two[1])
+
+
+def peak_rss_of_verify(model, data, folder) -> int:
+    """Peak resident memory (bytes) of ``pmsm-export --verify`` in a fresh process."""
+    import subprocess
+    import sys
+
+    command = [os.path.join(os.path.dirname(sys.executable), "pmsm-export"), str(model), "--verify", "--data",
+               str(data), "--timesteps", "1", "-o", str(folder / "out.onnx"), "--max-data-elements", str(1 << 40)]
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "sys.stderr.write(r.stderr); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", probe] + command, capture_output=True, text=True, timeout=600)
+    code, peak = result.stdout.split()
+    assert code == "0", result.stderr
+    return int(peak) * 1024
+
+
+@pytest.mark.slow
+def test_peak_memory_of_verify_does_not_grow_with_the_data(tmp_path):
+    import onnx
+
+    from big_inputs import pool_linear_model, write_images
+
+    model = tmp_path / "pool_linear.onnx"
+    onnx.save(pool_linear_model(64), str(model))
+    peaks = []
+    for size in (150 << 20, 600 << 20):
+        folder = tmp_path / f"data-{size}"
+        write_images(str(folder), size, side=64)
+        peaks.append(peak_rss_of_verify(model, folder, tmp_path))
+        for name in os.listdir(folder):
+            os.remove(folder / name)
+    assert peaks[1] < peaks[0] + (100 << 20), [p >> 20 for p in peaks]
