@@ -200,7 +200,7 @@ def print_summary(report: dict, out: TextIO) -> None:
     execution = verification.get("execution") or {}
     if execution.get("workers", 1) > 1 or execution.get("kind") == "ray":
         where = "Ray actors" if execution["kind"] == "ray" else "worker processes"
-        print(f"  verified in {execution['workers']} {where}, chunks of {execution.get('chunk_samples')} samples, "
+        print(f"  verified in {execution['workers']} {where}, chunks of up to {execution.get('chunk_samples')} samples, "
               f"{_seconds(verification.get('wall_seconds'))} wall time", file=out)
     _print_fixed_point(report.get("lava_fixed_point"), out)
     energy = report.get("energy") or {}
