@@ -19,7 +19,7 @@ from conftest import SAMPLES
 
 import pmsm
 
-OPTIONAL_TOP_LEVEL = ("torch", "lava", "onnxscript", "brevitas")
+OPTIONAL_TOP_LEVEL = ("torch", "lava", "onnxscript", "brevitas", "ray", "junitparser")
 
 # Runs the pmsm-export command with some top-level packages unimportable (None in sys.modules makes
 # `import name` raise ImportError, as for a package that is not installed).
@@ -48,7 +48,7 @@ def test_importing_the_package_and_its_converter_loads_no_optional_package():
     is installed (its ``cvt`` module); the commands below show that nothing needs it."""
     code = ("import sys, pmsm, pmsm.cli, pmsm.pipeline, pmsm.backends, pmsm.exporter.convert, "
             "pmsm.runtime.execute, pmsm.targets.nir\n"
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'lava', 'onnxscript', 'brevitas'}}))")
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'lava', 'onnxscript', 'brevitas', 'ray'}}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
