@@ -118,3 +118,23 @@ def digits_npz(tmp_path):
     path = tmp_path / "digits.npz"
     np.savez(path, x=x, y=digits.target[:40].astype(np.int64))
     return str(path)
+
+
+@pytest.fixture
+def conversion_with_a_wrong_bound(monkeypatch):
+    """``pmsm.pipeline.convert`` whose spiking model clips every neuron at ``hi = 3``, far below
+    the source's quantizer: a model that is not exact at T = 1, so ``--verify`` must exit 1."""
+    from pmsm import pipeline
+    from pmsm.runtime.execute import SpikingModel
+
+    real_convert = pipeline.convert
+
+    def convert_with_a_wrong_bound(*args, **kwargs):
+        export = real_convert(*args, **kwargs)
+        for node in SpikingModel(export.spiking).neurons.values():  # the nodes inside the time loop
+            for attribute in node.attribute:
+                if attribute.name == "hi":
+                    attribute.i = 3
+        return export
+
+    monkeypatch.setattr(pipeline, "convert", convert_with_a_wrong_bound)

@@ -155,21 +155,8 @@ def test_float_model_without_quantizers_exits_2_saying_so(tmp_path):
     assert result.returncode == 2 and "no activation quantizer" in result.stderr
 
 
-def test_verification_mismatch_exits_1(qdq_mlp_path, tmp_path, monkeypatch):
+def test_verification_mismatch_exits_1(qdq_mlp_path, tmp_path, conversion_with_a_wrong_bound):
     """A spiking model that is not exact at T=1 must fail verification (exit 1), not pass silently."""
-    from pmsm import pipeline
-
-    real_convert = pipeline.convert
-
-    def convert_with_a_wrong_bound(*args, **kwargs):
-        export = real_convert(*args, **kwargs)
-        for node in SpikingModel(export.spiking).neurons.values():  # the nodes inside the time loop
-            for attribute in node.attribute:
-                if attribute.name == "hi":
-                    attribute.i = 3  # clips the hidden layer far below the source's 255
-        return export
-
-    monkeypatch.setattr(pipeline, "convert", convert_with_a_wrong_bound)
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).uniform(0, 1, (20, 1, 8, 8)).astype(np.float32))
     assert main([qdq_mlp_path, "-o", str(tmp_path / "o.onnx"), "--verify", "--data", str(data),

@@ -526,21 +526,8 @@ def test_an_interrupted_run_leaves_nothing_behind(work, capfd, monkeypatch):
     assert snapshot(folder) == before
 
 
-def test_a_verification_mismatch_keeps_the_outputs_as_evidence_and_says_so(work, capfd, monkeypatch):
-    from pmsm import pipeline
-    from pmsm.runtime.execute import SpikingModel
-
-    real_convert = pipeline.convert
-
-    def convert_with_a_wrong_bound(*args, **kwargs):
-        export = real_convert(*args, **kwargs)
-        for node in SpikingModel(export.spiking).neurons.values():  # the nodes inside the time loop
-            for attribute in node.attribute:
-                if attribute.name == "hi":
-                    attribute.i = 3
-        return export
-
-    monkeypatch.setattr(pipeline, "convert", convert_with_a_wrong_bound)
+def test_a_verification_mismatch_keeps_the_outputs_as_evidence_and_says_so(work, capfd,
+                                                                          conversion_with_a_wrong_bound):
     folder, model, data = work
     outcome = run_command([model, "-o", str(folder / "o.onnx"), "--verify", "--data", data, "--timesteps", "1",
                            "--report", str(folder / "r.json")], capfd)
