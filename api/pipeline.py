@@ -97,14 +97,14 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensat
     export = Export(model_path, source.sha256, target, converted.spiking, converted.neurons, converted.network,
                     converted.compensated, converted.uncompensated, compensation)
     if target in ("nir", "lava"):
-        from pmsm.targets.nir import spiking_onnx_to_nir, unsupported_nodes
+        from pmsm.targets.nir import network_to_nir, unsupported_nodes
 
         network = network_for_targets(converted.network)
         problems = unsupported_nodes(network)
         if problems:
             raise UnsupportedModelError(model_path, target, problems, note=_hybrid_note(network, problems))
-        export.nir_graph = spiking_onnx_to_nir(network, source_sha256=source.sha256,
-                                               source_name=os.path.basename(model_path), timesteps=timesteps)
+        export.nir_graph = network_to_nir(network, source_sha256=source.sha256,
+                                          source_name=os.path.basename(model_path), timesteps=timesteps)
         if nir_profile == "standard":
             from pmsm.targets.nir.standard import to_standard
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pmsm.errors import BadInputError, UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import (
-    NirInterpreter, read_nir, spiking_onnx_to_nir, unsupported_nodes, write_nir,
+    NirInterpreter, read_nir, network_to_nir, unsupported_nodes, write_nir,
 )
 from pmsm.targets.nir import ops
 
@@ -171,7 +171,7 @@ def _spiking_model(network):
 
 
 def _compare(model, x, timesteps):
-    graph = spiking_onnx_to_nir(model, timesteps=timesteps)
+    graph = network_to_nir(model, timesteps=timesteps)
     ours = NirInterpreter(graph).run(x, timesteps, collect_spikes=True)
     ref = _spiking_model(model).run(x, timesteps, collect_spikes=True)
     assert set(ours.spikes) == set(ref.spikes)
@@ -186,7 +186,7 @@ def _compare(model, x, timesteps):
 def test_mlp_matches_direct_numpy_evaluation():
     model, weights = mlp_model()
     x = RNG.normal(size=(9, 12)).astype(np.float32)
-    graph = spiking_onnx_to_nir(model)
+    graph = network_to_nir(model)
     for t in (1, 3):
         res = NirInterpreter(graph).run(x, t, collect_spikes=True)
         want, spikes = mlp_numpy(x, t, weights)
@@ -229,7 +229,7 @@ def test_offsets_relu_grouped_conv_reduce_mean_reshape_match_spiking_onnx(timest
 
 def test_if_metadata_and_graph_metadata():
     model, _ = mlp_model()
-    graph = spiking_onnx_to_nir(model, source_sha256="ab" * 32, source_name="mlp.onnx", timesteps=4)
+    graph = network_to_nir(model, source_sha256="ab" * 32, source_name="mlp.onnx", timesteps=4)
     assert graph.metadata["pmsm"] == {"version": 1, "format": "pmsm-nir/1", "timesteps": 4,
                                       "source_sha256": "ab" * 32, "source": "mlp.onnx", "readout": "mean"}
     node = graph.nodes["q1_neuron"]
@@ -256,7 +256,7 @@ def _same_graph(a, b):
 
 
 def test_write_read_round_trip(tmp_path):
-    graph = spiking_onnx_to_nir(cnn_model(), source_name="cnn.onnx", timesteps=2)
+    graph = network_to_nir(cnn_model(), source_name="cnn.onnx", timesteps=2)
     path = tmp_path / "cnn.nir"
     write_nir(graph, path)
     assert os.listdir(tmp_path) == ["cnn.nir"]  # no temporary file left
@@ -272,7 +272,7 @@ def test_write_read_round_trip(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path):
-    graph = spiking_onnx_to_nir(mlp_model()[0])
+    graph = network_to_nir(mlp_model()[0])
     graph.metadata = {"pmsm": {"bad": None}}  # NIR cannot write None
     with pytest.raises(Exception):
         write_nir(graph, tmp_path / "m.nir")
@@ -281,7 +281,7 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 def test_plain_nir_reads_the_file_without_this_package(tmp_path):
     path = tmp_path / "mlp.nir"
-    write_nir(spiking_onnx_to_nir(mlp_model()[0]), path)
+    write_nir(network_to_nir(mlp_model()[0]), path)
     code = ("import sys, nir\n"
             "g = nir.read(sys.argv[1])\n"
             "assert not any(m.startswith('pmsm') for m in sys.modules), 'pmsm imported'\n"
@@ -356,7 +356,7 @@ def test_preflight_lists_every_offending_node():
     assert "not a constant" in reasons["/side/Gemm"]
     assert "Softmax" in reasons["/head/Softmax"]
     with pytest.raises(UnsupportedModelError) as err:
-        spiking_onnx_to_nir(model, source_name="bad.onnx")
+        network_to_nir(model, source_name="bad.onnx")
     assert err.value.problems == problems and err.value.target == "nir"
 
 
@@ -400,7 +400,7 @@ def test_interpreter_kernels_match_onnx_runtime():
 
 
 def test_bad_run_arguments():
-    interp = NirInterpreter(spiking_onnx_to_nir(mlp_model()[0]))
+    interp = NirInterpreter(network_to_nir(mlp_model()[0]))
     with pytest.raises(BadInputError, match="does not match"):
         interp.run(np.zeros((2, 11), np.float32), 1)
     with pytest.raises(BadInputError, match="timesteps"):

@@ -203,10 +203,10 @@ def test_standard_profile_runs_exactly_in_nirtorch_with_its_own_node_maps(tmp_pa
 
 def test_standard_profile_refuses_8_bit_neurons_and_says_why():
     from pmsm.exporter.convert import network_for_targets, untimed_network
-    from pmsm.targets.nir import spiking_onnx_to_nir
+    from pmsm.targets.nir import network_to_nir
 
     network, _ = untimed_network(build_qdq_mlp(batch=1), path="mlp.onnx")
-    graph = spiking_onnx_to_nir(network_for_targets(network), source_name="mlp.onnx")
+    graph = network_to_nir(network_for_targets(network), source_name="mlp.onnx")
     with pytest.raises(UnsupportedModelError) as info:
         to_standard(graph, "mlp.onnx")
     text = str(info.value)

@@ -275,11 +275,11 @@ def test_spiking_model_keeps_the_source_interface(zoo, producer):
 def test_nir_file_read_back_and_interpreted_predicts_like_the_spiking_onnx(zoo, producer, arch, tmp_path):
     """NIR runs max pooling on each step's values, so it is checked against the spiking model
     built without temporal compensation."""
-    from pmsm.targets.nir import NirInterpreter, read_nir, spiking_onnx_to_nir, write_nir
+    from pmsm.targets.nir import NirInterpreter, read_nir, network_to_nir, write_nir
 
     conversion = convert(zoo.build(producer, arch).model, compensation=False)
     path = str(tmp_path / "model.nir")
-    write_nir(spiking_onnx_to_nir(network_for_targets(conversion.network)), path)
+    write_nir(network_to_nir(network_for_targets(conversion.network)), path)
     interpreter = NirInterpreter(read_nir(path))
     reference = SpikingModel(conversion.spiking)
     for timesteps in (1, 2):

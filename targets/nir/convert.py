@@ -27,9 +27,11 @@ def lower(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem
     return tr, problems
 
 
-def spiking_onnx_to_nir(model: onnx.ModelProto, *, source_sha256: str = "", source_name: str = "",
-                        timesteps: int = 1) -> nir.NIRGraph:
-    """The NIR graph of a spiking ONNX model, or UnsupportedModelError listing every node NIR cannot take.
+def network_to_nir(model: onnx.ModelProto, *, source_sha256: str = "", source_name: str = "",
+                   timesteps: int = 1) -> nir.NIRGraph:
+    """The NIR graph of the untimed PMSM network (``pmsm.exporter.convert.network_for_targets``:
+    the source graph with each rounding core replaced by a neuron, no time loop), or
+    UnsupportedModelError listing every node NIR cannot take.
 
     Folding the de-quantization and pre-scaling factors into the weights re-associates float
     arithmetic, so a membrane value sitting exactly on a rounding boundary may round differently
