@@ -208,6 +208,7 @@ def test_verification_flags_need_verify(capfd):
     assert "--junit and --workers need --verify" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.lava
 def test_lava_in_two_worker_processes_gives_the_report_of_one_process(tmp_path, monkeypatch):
     from pmsm import memory
