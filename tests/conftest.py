@@ -3,8 +3,8 @@
 Tests that need an optional part of the package carry the marker of its extra:
 ``@pytest.mark.torch`` (``pmsm-export[torch]``: torch and its ONNX exporter), ``@pytest.mark.lava``
 (``pmsm-export[lava]``, Python 3.10 only), ``@pytest.mark.producers`` (``pmsm-export[producers]``:
-Brevitas and the onnxoptimizer its export needs) or ``@pytest.mark.ray`` (``pmsm-export[ray]``). They
-are skipped, with the reason, where the extra is not installed.
+Brevitas and the onnxoptimizer its export needs, and the NIR consumer norse) or ``@pytest.mark.ray``
+(``pmsm-export[ray]``). They are skipped, with the reason, where the extra is not installed.
 ``PMSM_TEST_EXTRAS=torch,lava,producers`` names the extras a run must have: then a missing one
 fails the run at once instead of skipping its tests silently (``make test`` sets it per
 environment).
@@ -27,7 +27,7 @@ REQUIRED_EXTRAS_VARIABLE = "PMSM_TEST_EXTRAS"
 EXTRA_MODULES = {
     "torch": ("pmsm.exporter.quant", "onnxscript"),
     "lava": ("pmsm.targets.lava",),
-    "producers": ("brevitas", "onnxoptimizer"),
+    "producers": ("brevitas", "onnxoptimizer", "norse"),
     "ray": ("ray",),
 }
 

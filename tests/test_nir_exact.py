@@ -201,6 +201,59 @@ def test_standard_profile_runs_exactly_in_nirtorch_with_its_own_node_maps(tmp_pa
     assert np.max(np.abs(theirs - ours)) < 1e-4  # float32 sums of the same values
 
 
+def _norse_outputs(path: str, x: np.ndarray, through_nir_to_torch: bool) -> np.ndarray:
+    """A third-party consumer, pinned in the producers extra: norse's own NIR import (its IAF is NIR's IF
+    as written: ``v += I``, a spike when ``v > v_threshold``, ``v = v_reset``), float32, one image at
+    a time (its Flatten(start_dim=0) flattens the batch axis too)."""
+    import logging
+    from functools import partial
+
+    import nirtorch
+    import norse.torch
+
+    graph = nir.read(path)
+    logging.disable(logging.WARNING)  # norse warns about r (which is 1) through the root logger
+    try:
+        if through_nir_to_torch:  # norse's node map on nirtorch's current executor (sums fan-in)
+            from norse.torch.utils.import_nir import _import_norse_module
+
+            norse_map = partial(_import_norse_module, ignore_warnings=True)
+            net = nirtorch.nir_to_torch(graph, {type(n): norse_map for n in graph.nodes.values()
+                                                if not isinstance(n, (nir.Input, nir.Output))})
+        else:
+            net = norse.torch.from_nir(graph)
+        with torch.no_grad():
+            return np.stack([net(torch.tensor(image[None]))[0].numpy().reshape(-1) for image in x])
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.producers
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside norse
+@pytest.mark.parametrize("sample, through_nir_to_torch", [
+    ("digits_mlp_pmsm_L2", False),  # a chain: norse.torch.from_nir as documented
+    ("digits_cnn_pmsm_L2", True),  # a residual sum: from_nir's executor evaluates it before one branch
+])
+def test_standard_profile_of_an_l2_sample_runs_exactly_at_t1_in_norse(tmp_path, sample, through_nir_to_torch):
+    export = _export(sample)
+    path = str(tmp_path / "standard.nir")
+    write_nir(to_standard(export.nir_graph)[0], path)
+    x = DIGITS["x"][:120]
+    theirs = _norse_outputs(path, x, through_nir_to_torch)
+    ours = NirInterpreter(export.nir_graph).run(x, 1).output
+    assert np.array_equal(theirs.argmax(1), ours.argmax(1))
+    assert np.max(np.abs(theirs - ours)) <= 2.0 ** -17 * np.max(np.abs(ours))  # float32 sums in another order
+    # the PMSM file itself, run by the same consumer, is the binary-IF network: wrong
+    pmsm_path = str(tmp_path / "pmsm.nir")
+    write_nir(export.nir_graph, pmsm_path)
+    if through_nir_to_torch:
+        scale = next(n for n, node in export.nir_graph.nodes.items() if isinstance(node, nir.Scale))
+        with pytest.raises(KeyError, match=scale):  # norse maps no Scale node: it is missing from the module
+            _norse_outputs(pmsm_path, x, through_nir_to_torch)
+    else:
+        assert np.mean(_norse_outputs(pmsm_path, x, through_nir_to_torch).argmax(1) == ours.argmax(1)) < 0.9
+
+
 def test_standard_profile_refuses_8_bit_neurons_and_says_why():
     from pmsm.exporter.convert import network_for_targets, untimed_network
     from pmsm.targets.nir import network_to_nir

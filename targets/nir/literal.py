@@ -30,8 +30,8 @@ class BinaryIF:
 
 class LiteralInterpreter(NirInterpreter):
     """``run(x, timesteps, collect_spikes)``: spikes are reported per PMSM neuron (the standard
-    profile's units of each level recombined: positive levels minus the others), keyed by its ONNX
-    node, for comparison."""
+    profile's stacked units recombined: positive levels minus the others), keyed by its ONNX node,
+    for comparison."""
 
     @staticmethod
     def _validate(graph: nir.NIRGraph, label: str) -> None:
@@ -83,7 +83,9 @@ class LiteralInterpreter(NirInterpreter):
             meta = dialect.normalise(self.graph.nodes[name].metadata or {}).get(KEY)
             if not meta:
                 continue  # a max pool's threshold units: not a neuron of the network
-            sign = 1.0 if int(meta["level"]) >= 1 else -1.0
+            signs = np.where(np.asarray(meta["levels"]).reshape(-1) >= 1, 1.0, -1.0)
+            s = np.stack(s)  # [T, N, K * C, ...]: the units of level k in block k
+            blocks = s.reshape(s.shape[:2] + (len(signs), s.shape[2] // len(signs)) + s.shape[3:])
             key = str(meta["onnx_node"])
-            out[key] = out.get(key, 0) + sign * np.stack(s)
+            out[key] = out.get(key, 0) + np.tensordot(blocks, signs, axes=([2], [0]))
         return {k: v.astype(np.float32) for k, v in out.items()}

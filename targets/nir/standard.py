@@ -7,10 +7,11 @@ A PMSM neuron with counts ``lo..hi`` becomes ``K = hi - lo`` binary units, one p
 unit when it stays below ``j`` (``j <= 0``), so ``count = sum(positive) - sum(negative)``. Each
 unit's threshold is the float32 boundary of ``clip(R(v_init + z))`` itself, found by bisection over
 float32 with the runtime's own neuron, so floor and half-even rounding, ties and ``v_init`` are
-exact. The ``+1/-1`` recombination is folded into the weights of whatever reads the neuron; a max
-pool becomes a sum pool of each unit followed by a threshold unit (``>= 1`` for positive units, all of
-the window for negative ones). Each level is its own IF node (consumers such as snntorch accept one
-threshold per node).
+exact. The units of one neuron layer are one ``IF`` node, stacked along the first axis (block ``k``
+holds level ``lo + 1 + k``; thresholds per element); the ``+1/-1`` recombination is folded into the
+weights of whatever reads them, so each layer stays one linear node and a network without residual
+sums stays a chain. A max pool becomes a sum pool of the units followed by a threshold unit (``>= 1``
+for positive units, all of the window for negative ones).
 """
 from __future__ import annotations
 
@@ -83,10 +84,18 @@ def units(p: NeuronParams) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class _Part:
-    node: str  # a node of the standard graph
-    sign: float  # the PMSM value is the sum over parts of sign * the node's output
-    unit: bool  # the node emits binary units of one level (a max pool can take those)
+class _Value:
+    """What an original node computes, as held by a node of the standard graph: ``K`` blocks stacked
+    along the first axis (channels, or features), each of the original node's shape; the value is
+    ``sum_k signs[k] * block_k``. A plain value is one block of sign +1."""
+
+    node: str
+    signs: np.ndarray
+    unit: bool  # the blocks are binary units of one level each (a max pool can take those)
+
+
+def _plain(node: str) -> _Value:
+    return _Value(node, np.ones(1), False)
 
 
 def _diag(scale, shape, label: str, name: str) -> np.ndarray:
@@ -101,13 +110,23 @@ def _diag(scale, shape, label: str, name: str) -> np.ndarray:
     return np.diag(c.reshape(-1))
 
 
+def _stacked(w: np.ndarray, b: np.ndarray, out_signs: np.ndarray, in_signs: np.ndarray):
+    """Weights ``[K_out * O, K_in * C, ...]`` of block ``(k_out, k_in)`` ``out_signs[k_out] *
+    in_signs[k_in] * w``: each output unit reads the signed sum of the input blocks."""
+    blocks = np.einsum("i,j,oc...->iojc...", out_signs, in_signs, w)
+    shape = (len(out_signs) * w.shape[0], len(in_signs) * w.shape[1]) + w.shape[2:]
+    return blocks.reshape(shape), np.outer(out_signs, b).reshape(-1)
+
+
 def _ints(v) -> tuple[int, ...]:
     return tuple(int(a) for a in np.asarray(v).reshape(-1))
 
 
 class _Rewrite:
-    """One IF node per unit level (NIR consumers such as snntorch want one threshold per node), and
-    one linear node per (input part, output unit): fan-in then sums them, as NIR defines."""
+    """One IF node per PMSM neuron layer, its ``K`` units stacked along the first axis (thresholds
+    per element), and one linear node per (source, neuron layer): a network without residual sums
+    becomes a chain, which executors that cannot sum fan-in in order (nirtorch's deprecated
+    ``GraphExecutor``, used by norse and sinabs) still run."""
 
     def __init__(self, graph: nir.NIRGraph, label: str):
         from pmsm.targets.nir.interpreter import topological
@@ -119,7 +138,7 @@ class _Rewrite:
         self.dst = {n: [d for s, d in graph.edges if s == n] for n in graph.nodes}
         self.nodes: dict[str, nir.NIRNode] = {}
         self.edges: list[tuple[str, str]] = []
-        self.parts: dict[str, list[_Part]] = {}
+        self.values: dict[str, _Value] = {}
 
     def refuse(self, name: str, why: str):
         raise UnsupportedModelError(self.label, "nir", [(name, type(self.g.nodes[name]).__name__, why)])
@@ -136,7 +155,8 @@ class _Rewrite:
         return name
 
     def _weights(self, name: str, in_shape: tuple):
-        """``(weight, bias, build)`` of the linear node ``name``: ``build(w, b)`` makes a node."""
+        """``(weight, bias, build)`` of the linear node ``name`` reading one block of ``in_shape``:
+        ``build(w, b)`` makes a node of stacked weights."""
         node = self.g.nodes[name]
         if isinstance(node, nir.Conv2d):
             def build(w, b):
@@ -161,22 +181,20 @@ class _Rewrite:
             return w, np.zeros(w.shape[0]), build
         self.refuse(name, "only Conv2d, Affine, Linear and Scale can feed a neuron in the standard profile")
 
-    def linear(self, name: str, reads: str, out_sign: float, stem: str) -> list[str]:
-        """Nodes computing ``out_sign`` times linear node ``name`` applied to the parts of ``reads``."""
-        in_shape = self.shape_of(reads)
-        w, b, build = self._weights(name, in_shape)
-        made = []
-        for i, part in enumerate(self.parts[reads]):
-            bias = out_sign * b if i == 0 else np.zeros_like(b)  # the bias once, on the first part
-            made.append(self.add(stem, build(out_sign * part.sign * w, bias), [part.node]))
-        return made
+    def linear(self, name: str, reads: str, out_signs: np.ndarray, stem: str) -> str:
+        """A node computing linear node ``name`` applied to the value of ``reads``, once per sign of
+        ``out_signs`` (stacked)."""
+        value = self.values[reads]
+        w, b, build = self._weights(name, self.shape_of(reads))
+        return self.add(stem, build(*_stacked(w, b, out_signs, value.signs)), [value.node])
 
     def run(self) -> nir.NIRGraph:
         for name in self.order:
             node = self.g.nodes[name]
             feeds_neuron = [isinstance(self.g.nodes[d], nir.IF) for d in self.dst[name]]
             if isinstance(node, nir.Input):
-                self.parts[name] = [_Part(self.add(name, nir.Input(input_type=node.input_type), []), 1.0, False)]
+                # named as nir.NIRGraph.from_list names them: spyx and rockpool look the ends up by name
+                self.values[name] = _plain(self.add("input", nir.Input(input_type=node.input_type), []))
             elif isinstance(node, nir.IF):
                 self.neuron(name, node)
             elif isinstance(node, (nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)):
@@ -184,75 +202,81 @@ class _Rewrite:
                     self.refuse(name, "feeds a neuron and something else")
                 if not any(feeds_neuron):
                     (src,) = self.src[name]
-                    self.parts[name] = [_Part(n, 1.0, False) for n in self.linear(name, src, 1.0, name)]
+                    self.values[name] = _plain(self.linear(name, src, np.ones(1), name))
             elif isinstance(node, nir.Flatten):
                 (src,) = self.src[name]
-                shape = self.shape_of(src)
-                self.parts[name] = [_Part(self.add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0,
-                                                                     end_dim=-1), [p.node]), p.sign, p.unit)
-                                    for p in self.parts[src]]
+                value = self.values[src]
+                shape = (len(value.signs) * self.shape_of(src)[0],) + self.shape_of(src)[1:]
+                flat = self.add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
+                                [value.node])
+                self.values[name] = _Value(flat, value.signs, value.unit)
             elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
                 self.pool(name, node)
             elif isinstance(node, nir.Output):
-                inputs = [p.node if p.sign == 1.0 else self.add(f"{p.node}_value", self._scaled(p, -1.0), [p.node])
-                          for s in self.src[name] for p in self.parts[s]]
+                inputs = [self.recombined(s) for s in self.src[name]]
                 if len(inputs) > 1:  # consumers such as nirtorch return an Output's inputs unsummed
-                    inputs = [self.add(f"{name}_sum", self._scaled(_Part(inputs[0], 1.0, False), 1.0), inputs)]
-                self.add(name, nir.Output(output_type=node.output_type), inputs)
+                    inputs = [self.add(f"{name}_sum", self._identity(self.shape_of(name), np.ones(1)), inputs)]
+                self.add("output", nir.Output(output_type=node.output_type), inputs)
             else:
                 self.refuse(name, f"{type(node).__name__} has no standard-profile form")
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, type_check=True)
 
-    def _scaled(self, part: _Part, factor: float) -> nir.NIRNode:
-        shape = _ints(self.nodes[part.node].output_type["output"])
-        w = factor * _diag(np.ones(shape), shape, self.label, part.node)
+    def _identity(self, shape: tuple, in_signs: np.ndarray) -> nir.NIRNode:
+        """A node summing ``in_signs[k]`` times block ``k`` of a stacked value of block ``shape``."""
+        w, b = _stacked(_diag(np.ones(shape), shape, self.label, "output"), np.zeros(shape[0]), np.ones(1), in_signs)
         if w.ndim == 4:
             return nir.Conv2d(input_shape=shape[1:], weight=w.astype(np.float32), stride=(1, 1), padding=(0, 0),
-                              dilation=(1, 1), groups=1, bias=np.zeros(w.shape[0], np.float32))
-        return nir.Affine(weight=w.astype(np.float32), bias=np.zeros(w.shape[0], np.float32))
+                              dilation=(1, 1), groups=1, bias=b.astype(np.float32))
+        return nir.Affine(weight=w.astype(np.float32), bias=b.astype(np.float32))
+
+    def recombined(self, name: str) -> str:
+        """The node holding the plain value of ``name`` (a recombination of its units if stacked)."""
+        value = self.values[name]
+        if len(value.signs) == 1 and value.signs[0] == 1.0:
+            return value.node
+        return self.add(f"{value.node}_value", self._identity(self.shape_of(name), value.signs), [value.node])
+
+    def _unit_if(self, thresholds: list[np.ndarray], meta: dict | None) -> nir.IF:
+        v_threshold = np.concatenate([np.asarray(t, np.float32) for t in thresholds])
+        return nir.IF(r=np.ones(v_threshold.shape, np.float32), v_threshold=v_threshold,
+                      v_reset=np.zeros(v_threshold.shape, np.float32), metadata=meta or {})
 
     def neuron(self, name: str, node: nir.IF) -> None:
         p = dialect.neuron_params(node, name, self.label)
         shape = tuple(node.r.shape)
         meta = node.metadata.get(dialect.KEY, {}) if node.metadata else {}
         onnx_node = str(meta.get("onnx_node") or name)
-        parts = []
-        for level, (sign, threshold) in zip(range(p.lo + 1, p.hi + 1), zip(*units(p))):
-            stem = f"{name}_level{level:+d}".replace("+", "p").replace("-", "m")
-            inputs = []
-            for src in self.src[name]:
-                s = self.g.nodes[src]
-                reads = src if isinstance(s, (nir.IF, nir.Input)) else self.src[src][0]
-                if not isinstance(s, (nir.IF, nir.Input)) and len(self.src[src]) != 1:
-                    self.refuse(src, "a linear node with fan-in")
-                inputs += self.linear(src, reads, float(sign), f"{src}_to_{stem}")
-            unit = self.add(stem, nir.IF(r=np.ones(shape, np.float32), v_threshold=np.full(shape, threshold, np.float32),
-                                         v_reset=np.zeros(shape, np.float32),
-                                         metadata={KEY: {"onnx_node": onnx_node, "level": int(level)}}), inputs)
-            parts.append(_Part(unit, float(sign), True))
-        self.parts[name] = parts
+        signs, thresholds = units(p)
+        inputs = []
+        for src in self.src[name]:
+            s = self.g.nodes[src]
+            reads = src if isinstance(s, (nir.IF, nir.Input)) else self.src[src][0]
+            if not isinstance(s, (nir.IF, nir.Input)) and len(self.src[src]) != 1:
+                self.refuse(src, "a linear node with fan-in")
+            inputs.append(self.linear(src, reads, signs.astype(np.float64), f"{src}_to_{name}"))
+        levels = [int(level) for level in range(p.lo + 1, p.hi + 1)]
+        unit = self.add(name, self._unit_if([np.full(shape, t, np.float32) for t in thresholds],
+                                            {KEY: {"onnx_node": onnx_node, "levels": levels}}), inputs)
+        self.values[name] = _Value(unit, signs.astype(np.float64), True)
 
     def pool(self, name: str, node) -> None:
         (src,) = self.src[name]
+        value = self.values[src]
         geo = dict(kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)
-        out_shape = self.shape_of(name)
         if not dialect.is_max_pool(node):
             cls = nir.AvgPool2d if isinstance(node, nir.AvgPool2d) else nir.SumPool2d
-            self.parts[name] = [_Part(self.add(name, cls(**geo), [p.node]), p.sign, False) for p in self.parts[src]]
+            self.values[name] = _Value(self.add(name, cls(**geo), [value.node]), value.signs, False)
             return
-        if not all(p.unit for p in self.parts[src]):
+        if not value.unit:
             self.refuse(name, "max pooling of real values has no binary form (only of neuron outputs)")
-        real = ops.window_counts(self.shape_of(src)[1:], _ints(node.kernel_size), _ints(node.stride), _ints(node.padding))
-        parts = []
-        for p in self.parts[src]:
-            counted = self.add(f"{name}_count", nir.SumPool2d(**geo), [p.node])
-            # a positive unit of the max fires when one unit of the window does, a negative one when all do
-            threshold = np.full(out_shape, 0.5, np.float32) if p.sign > 0 else np.broadcast_to(
-                real - 0.5, out_shape).astype(np.float32)
-            unit = self.add(name, nir.IF(r=np.ones(out_shape, np.float32), v_threshold=threshold,
-                                         v_reset=np.zeros(out_shape, np.float32)), [counted])
-            parts.append(_Part(unit, p.sign, True))
-        self.parts[name] = parts
+        out_shape = self.shape_of(name)
+        real = ops.window_counts(self.shape_of(src)[1:], _ints(node.kernel_size), _ints(node.stride),
+                                 _ints(node.padding))
+        counted = self.add(f"{name}_count", nir.SumPool2d(**geo), [value.node])
+        # a positive unit of the max fires when one unit of the window does, a negative one when all do
+        thresholds = [np.full(out_shape, 0.5) if sign > 0 else np.broadcast_to(real - 0.5, out_shape)
+                      for sign in value.signs]
+        self.values[name] = _Value(self.add(name, self._unit_if(thresholds, None), [counted]), value.signs, True)
 
 
 def weight_count(graph: nir.NIRGraph) -> int:
