@@ -17,9 +17,11 @@ and, with ``--before REV`` (default 5524697, the revision before this benchmark;
 - ``body of REV``: the function body that REV's exporter/portable.py writes.
 
 Spikes are collected (``collect_spikes=True``, as ``--verify`` runs the reference). Each path runs
-round robin with the others ``--rounds`` times; the figure adds up each ``session.run``'s fastest
-time over the rounds (the least disturbed by other load on the machine: the ResNet-18 is one run of
-``--batch`` images, the digits CNN one run per image), the median of the rounds' totals beside it. ``equal`` says whether the outputs and every
+round robin with the others, piece by piece (the ResNet-18: one run of ``--batch`` images; the digits
+CNN: 10 images per call), ``--rounds`` times; the figure adds up each piece's fastest time over the
+rounds (the least disturbed by other load on the machine), the median of the rounds' totals beside it;
+``vs ANN`` is the median, over pieces and rounds, of the path's time over the ANN's on the same piece
+moments before or after (a burst of other load falls on both). ``equal`` says whether the outputs and every
 spike of the path are bit for bit those of the custom op at that T.
 
 ``--profile`` prints instead where the custom op's time goes at T = 1, with both dispatchers: the
@@ -33,8 +35,15 @@ thread's CPU time: each node of a kind in a ``Loop`` body (the standard-op body'
 and a ``Loop`` carrying 33 tensors of 36,000 floats (the ResNet-18's membranes at batch 16) against
 the same ``Add`` nodes in a plain graph.
 
+``--sessions`` compares the neuron's implementations at the level of one ``session.run`` with one
+intra-op thread, timed by the calling thread's CPU time (fastest of ``--rounds`` x 20 runs for the
+digits CNN, ``--rounds`` for the ResNet-18): the ANN, the custom op, the body, the body of REV, and as
+a floor the spiking model with each neuron written out as the four or five ops its own attributes
+need (``Add``, ``Floor`` or ``Round``, ``Clip`` with constant bounds, ``Add(+0.0)`` where a bound is
+0, ``Sub``), which no model-local function can be.
+
     .venv/bin/python benchmarks/reference_speed.py [--batch 16] [--digits 100] [--timesteps 1,4]
-        [--rounds 5] [--before 5524697] [--models resnet18,digits] [--profile | --loop-costs]
+        [--rounds 5] [--before 5524697] [--models resnet18,digits] [--profile | --loop-costs | --sessions]
 """
 from __future__ import annotations
 
@@ -119,7 +128,9 @@ def bench(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds:
         paths["custom op, list outputs"] = (paths["custom op"][0], ListOutputs)
         paths[f"body of {before}"] = (SpikingModel(old, portable=True), None)
 
-    chunk = batch or 1  # the digits model takes one image per run: time each run on its own
+    # timed in pieces: the ResNet-18 one session.run of `batch` images; the digits model (one image per
+    # session.run) 10 images per SpikingModel.run, which pays its own checks once per call as --verify does
+    chunk = batch or 10
     pieces = [x[i:i + chunk] for i in range(0, len(x), chunk)]
 
     def runner(label: str, t: int):
@@ -136,24 +147,26 @@ def bench(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds:
 
     for label in ["ann", *paths]:
         runner(label, 1)(pieces[0])  # warm up every session
-    print(f"\n{name}: {len(neurons)} neuron layers, {len(x)} images, {chunk} per run")
+    print(f"\n{name}: {len(neurons)} neuron layers, {len(x)} images, {batch or 1} per session.run")
     print(f"{'T':>2}  {'path':<26}{'ms':>10}{'median':>10}{'vs ANN':>8}{'equal':>7}")
     for t in timesteps:
         labels = ["ann", *paths]
         runs = {label: runner(label, t) for label in labels}
         spent = {label: np.zeros((rounds, len(pieces))) for label in labels}
-        results = {}
+        results = {label: [None] * len(pieces) for label in labels}
         for r in range(rounds):
-            for label in labels:
-                outs = []
-                for i, piece in enumerate(pieces):
+            for i, piece in enumerate(pieces):
+                # every path on the same piece back to back, starting with another one each round: a
+                # burst of other load then falls on all of them alike
+                for label in labels[r % len(labels):] + labels[:r % len(labels)]:
                     begin = time.perf_counter()
-                    outs.append(runs[label](piece))
+                    results[label][i] = runs[label](piece)
                     spent[label][r, i] = time.perf_counter() - begin
-                results[label] = outs
-        # each run's fastest over the rounds, added up: the least disturbed by other load
+        # each piece's fastest over the rounds, added up: the least disturbed by other load
         fastest = {label: float(times.min(axis=0).sum()) for label, times in spent.items()}
         median = {label: float(np.median(times.sum(axis=1))) for label, times in spent.items()}
+        # the ratio of two paths measured on the same piece moments apart, the median over pieces and rounds
+        ratio = {label: float(np.median(times / spent["ann"])) for label, times in spent.items()}
         print(f"{t:>2}  {'source ANN (opt. off)':<26}{fastest['ann'] * 1e3:>10.1f}{median['ann'] * 1e3:>10.1f}"
               f"{1.0:>8.2f}{'':>7}")
         for label in paths:
@@ -162,7 +175,7 @@ def bench(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds:
                 and all(same_bits(got.spikes[k], want.spikes[k]) for k in want.spikes)
                 for got, want in zip(results[label], results["custom op"]))
             print(f"{t:>2}  {label:<26}{fastest[label] * 1e3:>10.1f}{median[label] * 1e3:>10.1f}"
-                  f"{fastest[label] / fastest['ann']:>8.2f}{'yes' if equal else 'NO':>7}", flush=True)
+                  f"{ratio[label]:>8.2f}{'yes' if equal else 'NO':>7}", flush=True)
 
 
 class Timed:
@@ -302,7 +315,7 @@ def loop_costs() -> None:
         "Where (1,024 floats)": lambda i: helper.make_node("Where", ["yes", "z", "z"], [f"o{i}"]),
     }
     empty = cpu_seconds(_loop([], [], outer), feed)
-    print(f"\nONNX Runtime's executor, graph optimizations off, 1 thread, CPU time of the calling thread:")
+    print("\nONNX Runtime's executor, graph optimizations off, 1 thread, CPU time of the calling thread:")
     print(f"  an empty Loop iteration: {empty / steps * 1e6:.2f} us")
     for label, node in kinds.items():
         spent = cpu_seconds(_loop([node(i) for i in range(copies)], [], outer), feed)
@@ -325,6 +338,89 @@ def loop_costs() -> None:
           f"each further iteration {(nine - one) / 8 * 1e3:.2f} ms; the same Adds in a plain graph {flat * 1e3:.2f} ms")
 
 
+def written_out(spiking):
+    """A copy of ``spiking`` whose neurons are the ops their own attributes need (a floor, not a format)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from pmsm.runtime import ortop
+
+    model = onnx.ModelProto()
+    model.CopyFrom(spiking)
+    del model.functions[:]
+    body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
+    nodes = []
+    for node in body.node:
+        if not ortop.is_neuron(node):
+            nodes.append(node)
+            continue
+        p = ortop.neuron_params_of(node)
+        (z, u), (s, u_next), name = node.input, node.output, f"written_out/{node.name}/"
+        for bound, value in (("lo", p.lo), ("hi", p.hi), ("zero", 0.0)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name + bound))
+        zero_bound = p.lo == 0 or p.hi == 0
+        nodes += [helper.make_node("Add", [u, z], [name + "v"]),
+                  helper.make_node("Floor" if p.rounding == "floor" else "Round", [name + "v"], [name + "r"]),
+                  helper.make_node("Clip", [name + "r", name + "lo", name + "hi"], [name + "c" if zero_bound else s])]
+        if zero_bound:
+            nodes.append(helper.make_node("Add", [name + "c", name + "zero"], [s]))
+        nodes.append(helper.make_node("Sub", [name + "v", s], [u_next]))
+    del body.node[:]
+    body.node.extend(nodes)
+    return model
+
+
+def sessions(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from pmsm.exporter import portable
+    from pmsm.exporter.convert import to_spiking_onnx
+    from pmsm.runtime import ortop
+
+    spiking, _ = to_spiking_onnx(source)
+    models = {"custom op": (spiking, True), "standard-op body": (spiking, False)}
+    if before:
+        old = onnx.ModelProto()
+        old.CopyFrom(spiking)
+        del old.functions[:]
+        old.functions.append(body_of_revision(before).neuron_function(portable.default_opset(spiking)))
+        models[f"body of {before}"] = (old, False)
+    models["written out (floor)"] = (written_out(spiking), False)
+
+    def session(model, custom_ops):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 4
+        if custom_ops:
+            options.register_custom_ops_library(ortop.get_library_path())
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    xb = x[: batch or 1]
+    feed = {source.graph.input[0].name: xb}
+    ann = session(source, False)
+    runs = rounds * (1 if batch else 20)
+    print(f"\n{name}: one session.run of {len(xb)} image(s), 1 thread, CPU ms of the calling thread, "
+          f"fastest of {runs}")
+    print(f"{'T':>2}  {'path':<26}{'ms':>10}{'vs ANN':>8}")
+    built = {label: session(*spec) for label, spec in models.items()}
+    for t in timesteps:
+        feeds = {"ann": feed, **{label: {**feed, "timesteps": np.array(t, np.int64)} for label in built}}
+        everything = {"ann": ann, **built}
+        best = {label: float("inf") for label in everything}
+        for label, s in everything.items():
+            s.run(None, feeds[label])
+        for _ in range(runs):
+            for label, s in everything.items():
+                begin = time.thread_time()
+                s.run(None, feeds[label])
+                best[label] = min(best[label], time.thread_time() - begin)
+        for label, spent in best.items():
+            shown = "source ANN (opt. off)" if label == "ann" else label
+            print(f"{t:>2}  {shown:<26}{spent * 1e3:>10.3f}{spent / best['ann']:>8.2f}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16, help="ResNet-18 images per session.run")
@@ -335,6 +431,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="resnet18,digits")
     parser.add_argument("--profile", action="store_true", help="where the custom op's time goes, instead")
     parser.add_argument("--loop-costs", action="store_true", help="what a node and the Loop cost, instead")
+    parser.add_argument("--sessions", action="store_true", help="the implementations at session level, instead")
     args = parser.parse_args(argv)
     if args.loop_costs:
         loop_costs()
@@ -344,9 +441,10 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"CPU cores: {os.cpu_count()} (load average {load:.1f}), onnxruntime {ort.__version__} (default threads); "
-          f"ms for all images: each run's fastest of {args.rounds} rounds added up, then the median round; "
-          f"vs ANN = fastest / the ANN's fastest")
+    print(f"CPU cores: {os.cpu_count()} (load average {load:.1f}), onnxruntime {ort.__version__} (default threads)")
+    if not (args.profile or args.sessions):
+        print(f"ms for all images: each piece's fastest of {args.rounds} rounds added up, then the median round; "
+              f"vs ANN: median of the paired ratios to the ANN")
     with tempfile.TemporaryDirectory(prefix="pmsm-bench-") as folder:
         for name in args.models.split(","):
             if name == "resnet18":
@@ -359,6 +457,8 @@ def main(argv=None) -> int:
                 parser.error(f"unknown model {name!r}; choose from resnet18, digits")
             if args.profile:
                 profile(label, source, x if batch else x[:1], runs=3 if batch else 300)
+            elif args.sessions:
+                sessions(label, source, x, batch, timesteps, args.rounds, before)
             else:
                 bench(label, source, x, batch, timesteps, args.rounds, before)
     return 0
