@@ -17,12 +17,12 @@ and, with ``--before REV`` (default 5524697, the revision before this benchmark;
 - ``body of REV``: the function body that REV's exporter/portable.py writes.
 
 Spikes are collected (``collect_spikes=True``, as ``--verify`` runs the reference). Each path runs
-round robin with the others, piece by piece (the ResNet-18: one run of ``--batch`` images; the digits
-CNN: 10 images per call), ``--rounds`` times; the figure adds up each piece's fastest time over the
-rounds (the least disturbed by other load on the machine), the median of the rounds' totals beside it;
-``vs ANN`` is the median, over pieces and rounds, of the path's time over the ANN's on the same piece
-moments before or after (a burst of other load falls on both). ``equal`` says whether the outputs and every
-spike of the path are bit for bit those of the custom op at that T.
+round robin with the others, piece by piece (the ResNet-18: one run of ``--batch`` images; the
+digits CNN: 10 images per call), ``--rounds`` times; the figure adds up each piece's fastest time
+over the rounds (the least disturbed by other load on the machine), the median of the rounds' totals
+beside it; ``vs ANN`` is the median, over pieces and rounds, of the path's time over the ANN's on
+the same piece moments before or after (a burst of other load falls on both). ``equal`` says whether
+the outputs and every spike of the path are bit for bit those of the custom op at that T.
 
 ``--profile`` prints instead where the custom op's time goes at T = 1, with both dispatchers: the
 custom op's node time in ONNX Runtime's own profile (the C++ kernel of onnxruntime-extensions: inputs
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,14 +56,13 @@ import time
 import types
 
 import numpy as np
+import onnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # tests/cifar_models.py builds the ResNet-18
 
 
 def resnet18(folder: str, batch: int):
-    import onnx
-
     import cifar_models
 
     path = cifar_models.quantized("resnet18", folder, dynamic_batch=True)
@@ -73,8 +71,6 @@ def resnet18(folder: str, batch: int):
 
 
 def digits(images: int):
-    import onnx
-
     x = np.load(os.path.join(REPO, "samples", "digits_test.npz"))["x"][:images]
     return onnx.load(os.path.join(REPO, "samples", "digits_cnn_pmsm_L2.onnx")), x, None
 
@@ -111,8 +107,6 @@ def same_bits(a, b) -> bool:
 
 
 def bench(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
-    import onnx
-
     from pmsm.exporter import portable
     from pmsm.exporter.convert import to_spiking_onnx
     from pmsm.runtime.execute import SourceModel, SpikingModel
@@ -255,7 +249,7 @@ def profile(name: str, source, x: np.ndarray, runs: int = 3) -> None:
     pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(6)
 
 
-def _loop(body_nodes: list, carried: list[tuple[str, np.ndarray]], outer: list) -> "onnx.ModelProto":
+def _loop(body_nodes: list, carried: list[tuple[str, np.ndarray]], outer: list) -> onnx.ModelProto:
     """``Loop(T)`` over ``body_nodes`` reading ``z`` (a graph input) and outer initializers, carrying
     ``carried`` (``(name, initial value)``: the body computes ``name + "_next"``) and a flag."""
     from onnx import TensorProto, helper, numpy_helper
@@ -340,7 +334,6 @@ def loop_costs() -> None:
 
 def written_out(spiking):
     """A copy of ``spiking`` whose neurons are the ops their own attributes need (a floor, not a format)."""
-    import onnx
     from onnx import helper, numpy_helper
 
     from pmsm.runtime import ortop
@@ -371,7 +364,6 @@ def written_out(spiking):
 
 
 def sessions(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
-    import onnx
     import onnxruntime as ort
 
     from pmsm.exporter import portable

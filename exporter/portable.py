@@ -15,15 +15,15 @@ for bit::
 ``R`` is ``Floor`` or ``Round`` (ONNX ``Round`` is round-half-to-even, like ``numpy.rint``), chosen
 by an ``If`` on the string attribute ``rounding``; its ``else`` branch checks for ``"half_even"``
 with a second ``If`` whose own ``else`` fails, so an unknown ``rounding`` stops the run instead of
-computing something: a ``Reshape`` to ``[-2]``, which ONNX Runtime rejects ("A dimension cannot be
-less than -1"). ``Equal`` takes strings from opset 19 on; below, the body compares strings with
-``Unique``: ``[rounding, "floor"]`` has one distinct element exactly when the two are equal.
-Attributes reach the body through ``Constant`` nodes whose ``value_int``/``value_string`` reference
-the node's attribute (``ref_attr_name``, which needs opset >= 12).
+computing something: a ``Reshape`` to a target of ``-2`` in every entry, which ONNX Runtime rejects
+("A dimension cannot be less than -1"). ``Equal`` takes strings from opset 19 on; below, the body
+compares strings with ``Unique``: ``[rounding, "floor"]`` has one distinct element exactly when the
+two are equal. Attributes reach the body through ``Constant`` nodes whose ``value_int``/
+``value_string`` reference the node's attribute (``ref_attr_name``, which needs opset >= 12).
 
 The ``+ 0.0``: ``numpy.clip`` returns the bound ``+0.0`` for a ``-0.0`` input at a bound of 0, while
 ``Clip`` kernels may return either zero (ONNX Runtime's does either, depending on the code path);
-adding ``+0.0`` turns ``-0.0`` into ``+0.0`` and changes no other value (NaN included). A second
+adding ``+0.0`` turns ``-0.0`` into ``+0.0`` and changes no other value (NaN included). Another
 ``If``, on ``lo * hi == 0``, adds it only where a bound is 0, so the other neurons pay no pass over
 their tensor for it. The zero is ``Size(z) * 0.0``, a run-time value, so that no optimizer can fold
 it into a constant and then drop the ``Add`` as a no-op (ONNX Runtime removes ``Add(x, 0)`` at its
@@ -31,8 +31,8 @@ default level).
 
 Cost (docs/spiking-onnx.md, "Speed"): with graph optimizations off, as the reference runs, ONNX
 Runtime executes every node of the inlined body at every step; ``Constant`` nodes become
-initializers and cost nothing, each other node at least about half a microsecond, an ``If`` about
-one more. The body is laid out for that: a step runs 11 nodes (floor, no bound at 0) to 17
+initializers and cost nothing, each other node a few tenths of a microsecond at least, an ``If``
+one or two more. The body is laid out for that: a step runs 11 nodes (floor, no bound at 0) to 17
 (half-even with a bound at 0) from opset 19 on, 4 more per string comparison below, against 28
 (38) for every neuron in the previous version of this body.
 """

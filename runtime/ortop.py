@@ -30,10 +30,10 @@ Facts about onnxruntime-extensions 0.15.2 this module is built around:
 - The library's C++ kernel calls one Python function for every kernel call, installed with
   ``PyCustomOpDef.install_hooker``. The library's own (``_ocos._on_pyop_invocation``) returns each
   output as ``ndarray.flatten().tolist()``; the C++ side then builds an array again from that list
-  of Python floats (float64, then cast to float32). That round trip was 85 % of the custom op's time
-  on a QDQ ResNet-18 (docs/spiking-onnx.md, "Speed"). The C++ side takes any object that converts to
-  an array and copies a float32 C-contiguous one with ``memcpy``, so this module installs its own
-  dispatcher (:func:`_dispatch`): the kernels defined here return their outputs as float32
+  of Python floats (float64, then cast to float32). That round trip was 97 % of the custom op's node
+  time on a QDQ ResNet-18 (docs/spiking-onnx.md, "Speed"). The C++ side takes any object that
+  converts to an array and copies a float32 C-contiguous one with ``memcpy``, so this module installs
+  its own dispatcher (:func:`_dispatch_to`): the kernels defined here return their outputs as float32
   C-contiguous arrays, bit for bit what the list carried (signed zeros and NaN payloads included,
   which the float64 round trip kept too); every other Python op in the process (the library's own)
   goes to the library's function unchanged.
