@@ -87,6 +87,7 @@ test-all: environments
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/run.py
+	$(VENV)/bin/python benchmarks/reference_speed.py
 	$(VENV)/bin/python benchmarks/vit.py
 	$(VENV)/bin/python benchmarks/lava_speed.py
 	$(VENV)/bin/python benchmarks/input_checks.py

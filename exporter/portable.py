@@ -10,22 +10,31 @@ The op is one timestep of the neuron (docs/spiking-onnx.md), and the body comput
 float32 operations of :func:`pmsm.runtime.neuron.step`, in the same order, so the two agree bit
 for bit::
 
-    v = u + z;  s = Clip(R(v), lo, hi) + zero_sign;  u_next = v - s
+    v = u + z;  s = Clip(R(v), lo, hi) [+ 0.0 when a bound is 0];  u_next = v - s
 
 ``R`` is ``Floor`` or ``Round`` (ONNX ``Round`` is round-half-to-even, like ``numpy.rint``), chosen
-by an ``If`` on the string attribute ``rounding``. ``Equal`` takes strings from opset 19 on; below,
-the body compares strings with ``Unique``: ``[rounding, "floor"]`` has one distinct element exactly
-when the two are equal. Attributes reach the body through ``Constant`` nodes whose
-``value_int``/``value_float``/``value_string`` reference the node's attribute (``ref_attr_name``,
-which needs opset >= 12).
+by an ``If`` on the string attribute ``rounding``; its ``else`` branch checks for ``"half_even"``
+with a second ``If`` whose own ``else`` fails, so an unknown ``rounding`` stops the run instead of
+computing something: a ``Reshape`` to a target of ``-2`` in every entry, which ONNX Runtime rejects
+("A dimension cannot be less than -1"). ``Equal`` takes strings from opset 19 on; below, the body
+compares strings with ``Unique``: ``[rounding, "floor"]`` has one distinct element exactly when the
+two are equal. Attributes reach the body through ``Constant`` nodes whose ``value_int``/
+``value_string`` reference the node's attribute (``ref_attr_name``, which needs opset >= 12).
 
-``zero_sign`` is ``+0.0`` when a bound is 0 and ``-0.0`` otherwise: ``numpy.clip`` returns the bound
-``+0.0`` for a ``-0.0`` input at a bound of 0, while ``Clip`` kernels may return either zero (ONNX
-Runtime's does either, depending on the code path). Adding ``+0.0`` turns ``-0.0`` into ``+0.0``;
-adding ``-0.0`` changes nothing; no other value (NaN included) is affected.
+The ``+ 0.0``: ``numpy.clip`` returns the bound ``+0.0`` for a ``-0.0`` input at a bound of 0, while
+``Clip`` kernels may return either zero (ONNX Runtime's does either, depending on the code path);
+adding ``+0.0`` turns ``-0.0`` into ``+0.0`` and changes no other value (NaN included). Another
+``If``, on ``lo * hi == 0``, adds it only where a bound is 0, so the other neurons pay no pass over
+their tensor for it. The zero is ``Size(z) * 0.0``, a run-time value, so that no optimizer can fold
+it into a constant and then drop the ``Add`` as a no-op (ONNX Runtime removes ``Add(x, 0)`` at its
+default level).
 
-An unknown ``rounding`` makes the body fail instead of computing something: its final ``Reshape``
-gets a target containing ``-2``, which ONNX Runtime rejects ("A dimension cannot be less than -1").
+Cost (docs/spiking-onnx.md, "Speed"): with graph optimizations off, as the reference runs, ONNX
+Runtime executes every node of the inlined body at every step; ``Constant`` nodes become
+initializers and cost nothing, each other node a few tenths of a microsecond at least, an ``If``
+one or two more. The body is laid out for that: a step runs 11 nodes (floor, no bound at 0) to 17
+(half-even with a bound at 0) from opset 19 on, 4 more per string comparison below, against 28
+(38) for every neuron in the previous version of this body.
 """
 from __future__ import annotations
 
@@ -80,21 +89,46 @@ class _Builder:
 
 def _string_equals(b: _Builder, value: str, literal: str, opset: int, tag: str) -> str:
     """A bool scalar: whether the string scalar ``value`` equals ``literal``."""
-    text = b.const(f"{tag}_literal", [literal.encode()], TensorProto.STRING, dims=[])
     if opset >= _STRING_EQUAL_OPSET:
+        text = b.const(f"{tag}_literal", [literal.encode()], TensorProto.STRING, dims=[])
         return b("Equal", [value, text], f"is_{tag}")
-    one = b.const(f"{tag}_shape", [1])
-    pair = b("Concat", [b("Reshape", [value, one], f"{tag}_value1"), b("Reshape", [text, one], f"{tag}_literal1")],
+    text = b.const(f"{tag}_literal", [literal.encode()], TensorProto.STRING)
+    pair = b("Concat", [b("Reshape", [value, b.const(f"{tag}_shape", [1])], f"{tag}_value1"), text],
              f"{tag}_pair", axis=0)
     distinct = b("Size", [b("Unique", [pair], f"{tag}_unique")], f"{tag}_distinct")
     return b("Equal", [distinct, b.const(f"{tag}_one", [1], dims=[])], f"is_{tag}")
 
 
-def _rounding_branch(rounding_op: str, v: str, tag: str) -> onnx.GraphProto:
-    """An ``If`` branch: ``R(v)`` with ``R`` = ``rounding_op``."""
-    out = f"{tag}/rounded"
-    node = helper.make_node(rounding_op, [v], [out], name=out)
-    return helper.make_graph([node], tag, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+def _branch(b: _Builder, name: str) -> onnx.GraphProto:
+    """An ``If`` branch made of ``b``'s nodes, whose one output is the last node's."""
+    out = b.nodes[-1].output[0]
+    return helper.make_graph(b.nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+
+def _rounded(v: str, rounding: str, opset: int) -> list[onnx.NodeProto]:
+    """``R(v)``: ``Floor`` for ``"floor"``, ``Round`` for ``"half_even"``, a failing ``Reshape`` otherwise."""
+    floor = _Builder("pmsm_neuron/floor/")
+    floor("Floor", [v], "rounded")
+    outer = _Builder("pmsm_neuron/")
+    is_floor = _string_equals(outer, rounding, "floor", opset, "floor")
+    half_even = _Builder("pmsm_neuron/not_floor/")
+    is_half_even = _string_equals(half_even, rounding, "half_even", opset, "half_even")
+    round_ = _Builder("pmsm_neuron/half_even/")
+    round_("Round", [v], "rounded")
+    fails = _Builder("pmsm_neuron/unknown_rounding/")
+    # valid: the shape itself; invalid: shape - (shape + 2) = -2 in every entry. An optimizer folds
+    # branches that do not run too (the attributes are constants): for a valid rounding this one
+    # folds into a harmless Reshape.
+    invalid = fails("Cast", [fails("Not", [fails("Or", [is_floor, is_half_even], "valid")], "invalid")],
+                    "invalid_int", to=TensorProto.INT64)
+    shape = fails("Shape", [v], "shape")
+    shift = fails("Mul", [invalid, fails("Add", [shape, fails.const("two", [2])], "shape_plus_2")], "shift")
+    fails("Reshape", [v, fails("Sub", [shape, shift], "target")], "rounded")
+    half_even("If", [is_half_even], "rounded", then_branch=_branch(round_, "pmsm_neuron/half_even"),
+              else_branch=_branch(fails, "pmsm_neuron/unknown_rounding"))
+    outer("If", [is_floor], "rounded", then_branch=_branch(floor, "pmsm_neuron/floor"),
+          else_branch=_branch(half_even, "pmsm_neuron/not_floor"))
+    return outer.nodes
 
 
 def neuron_function(opset: int) -> onnx.FunctionProto:
@@ -107,40 +141,26 @@ def neuron_function(opset: int) -> onnx.FunctionProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"the portable neuron body needs default-domain opset {MIN_OPSET}..{MAX_OPSET}, got {opset}")
     b = _Builder("pmsm_neuron/")
-    lo_int = b.attr_const("lo_int", "value_int", "lo", AttributeProto.INT)
-    hi_int = b.attr_const("hi_int", "value_int", "hi", AttributeProto.INT)
-    lo = b("Cast", [lo_int], "lo", to=TensorProto.FLOAT)
-    hi = b("Cast", [hi_int], "hi", to=TensorProto.FLOAT)
+    lo = b("Cast", [b.attr_const("lo_int", "value_int", "lo", AttributeProto.INT)], "lo", to=TensorProto.FLOAT)
+    hi = b("Cast", [b.attr_const("hi_int", "value_int", "hi", AttributeProto.INT)], "hi", to=TensorProto.FLOAT)
     rounding = b.attr_const("rounding", "value_string", "rounding", AttributeProto.STRING)
-    is_floor = _string_equals(b, rounding, "floor", opset, "floor")
-    is_half_even = _string_equals(b, rounding, "half_even", opset, "half_even")
-    valid = b("Or", [is_floor, is_half_even], "rounding_valid")
-
     v = b("Add", ["u", "z"], "v")  # the first step is v_init + z(0), as in the numpy neuron
-    rounded = b("If", [is_floor], "rounded",
-                then_branch=_rounding_branch("Floor", v, "pmsm_neuron/floor"),
-                else_branch=_rounding_branch("Round", v, "pmsm_neuron/half_even"))
+    b.nodes.extend(_rounded(v, rounding, opset))
+    rounded = b.nodes[-1].output[0]
 
-    # zero_sign (module docstring): (wanted - 0.5) * 0 is +0.0 or -0.0 by IEEE multiplication. It
-    # depends on the size of z, a run-time value, so that no optimizer can fold it into a constant
-    # and then drop the Add as a no-op (ONNX Runtime removes Add(x, 0) at its default level).
-    int_zero = b.const("int_zero", [0], dims=[])
-    a_bound_is_0 = b("Or", [b("Equal", [lo_int, int_zero], "lo_is_0"), b("Equal", [hi_int, int_zero], "hi_is_0")],
-                     "a_bound_is_0")
-    z_exists = b("Not", [b("Less", [b("Size", ["z"], "size"), int_zero], "size_negative")], "z_exists")
-    wanted = b("Cast", [b("And", [a_bound_is_0, z_exists], "plus_zero_wanted")], "plus_zero_wanted_float",
-               to=TensorProto.FLOAT)
-    zero_sign = b("Mul", [b("Sub", [wanted, b.const("half", [0.5], TensorProto.FLOAT, dims=[])], "zero_side"),
-                          b.const("float_zero", [0.0], TensorProto.FLOAT, dims=[])], "zero_sign")
-    spikes = b("Add", [b("Clip", [rounded, lo, hi], "clipped"), zero_sign], "spikes")
-
-    shape = b("Shape", [spikes], "shape")
-    invalid = b("Cast", [b("Not", [valid], "rounding_invalid")], "invalid", to=TensorProto.INT64)
-    # valid: the shape itself; invalid: shape - (shape + 2) = -2 in every entry, which Reshape rejects
-    target = b("Sub", [shape, b("Mul", [invalid, b("Add", [shape, b.const("two", [2], dims=[])], "shape_plus_2")],
-                                "invalid_shift")], "target")
-    reshape_attrs = {"allowzero": 1} if opset >= 14 else {}
-    b.nodes.append(helper.make_node("Reshape", [spikes, target], ["s"], name="pmsm_neuron/s", **reshape_attrs))
+    # lo * hi is 0 exactly when a bound is 0: the bounds are integers, so the product cannot underflow
+    a_bound_is_0 = b("Equal", [b("Mul", [lo, hi], "bounds_product"),
+                               b.const("float_zero", [0.0], TensorProto.FLOAT, dims=[])], "a_bound_is_0")
+    plus_zero = _Builder("pmsm_neuron/plus_zero/")
+    clipped = plus_zero("Clip", [rounded, lo, hi], "clipped")
+    size = plus_zero("Cast", [plus_zero("Size", ["z"], "z_size")], "z_size_float", to=TensorProto.FLOAT)
+    zero = plus_zero("Mul", [size, plus_zero.const("float_zero", [0.0], TensorProto.FLOAT, dims=[])], "zero")
+    plus_zero("Add", [clipped, zero], "spikes")
+    as_is = _Builder("pmsm_neuron/clip/")
+    as_is("Clip", [rounded, lo, hi], "spikes")
+    b.nodes.append(helper.make_node("If", [a_bound_is_0], ["s"], name="pmsm_neuron/s",
+                                    then_branch=_branch(plus_zero, "pmsm_neuron/plus_zero"),
+                                    else_branch=_branch(as_is, "pmsm_neuron/clip")))
     b.nodes.append(helper.make_node("Sub", [v, "s"], ["u_next"], name="pmsm_neuron/u_next"))
     return helper.make_function(
         DOMAIN, OP, ["z", "u"], ["s", "u_next"], b.nodes, [helper.make_opsetid("", opset)],

@@ -27,8 +27,16 @@ Facts about onnxruntime-extensions 0.15.2 this module is built around:
   guarded so that a reload or a second import of this file does not define them again.
 - A registered kernel wins over a model-local function (FunctionProto) with the same domain and
   name; without the library registered, ONNX Runtime runs the function body instead.
-- Outputs go back to ONNX Runtime through a Python list (``ndarray.tolist()``): the cost is a
-  fixed overhead per call plus a per-element term, all under the GIL.
+- The library's C++ kernel calls one Python function for every kernel call, installed with
+  ``PyCustomOpDef.install_hooker``. The library's own (``_ocos._on_pyop_invocation``) returns each
+  output as ``ndarray.flatten().tolist()``; the C++ side then builds an array again from that list
+  of Python floats (float64, then cast to float32). That round trip was 97 % of the custom op's node
+  time on a QDQ ResNet-18 (docs/spiking-onnx.md, "Speed"). The C++ side takes any object that
+  converts to an array and copies a float32 C-contiguous one with ``memcpy``, so this module installs
+  its own dispatcher (:func:`_dispatch_to`): the kernels defined here return their outputs as float32
+  C-contiguous arrays, bit for bit what the list carried (signed zeros and NaN payloads included,
+  which the float64 round trip kept too); every other Python op in the process (the library's own)
+  goes to the library's function unchanged.
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnxruntime_extensions
-from onnxruntime_extensions import PyOp, get_library_path, onnx_op
+from onnxruntime_extensions import PyOp, _ocos, get_library_path, onnx_op
 
 from pmsm.errors import BadInputError
 from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
@@ -75,6 +83,7 @@ QONNX_BIPOLAR_OP = "BipolarQuant"
 QONNX_DEFAULTS = {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}
 
 _MAX_RECORDED = 64
+_MAX_CAST = 4096  # distinct (kernel, attributes) conversions remembered by the dispatcher
 
 
 class ExecutionError(BadInputError):
@@ -202,11 +211,13 @@ def _describe_neuron(z, u, lo=None, hi=None, v_init=None, rounding=None) -> str:
 def _neuron_kernel(z, u, lo, hi, v_init, rounding):
     z = np.asarray(z, dtype=np.float32)
     u = np.asarray(u, dtype=np.float32)
-    if u.shape != z.shape and u.size != 1:
-        raise ValueError(f"membrane of shape {u.shape} does not match z of shape {z.shape} "
-                         "(the initial membrane is a scalar, later ones have the shape of z)")
+    if u.shape != z.shape:
+        if u.size != 1:
+            raise ValueError(f"membrane of shape {u.shape} does not match z of shape {z.shape} "
+                             "(the initial membrane is a scalar, later ones have the shape of z)")
+        u = u.reshape(())  # u + z then has the shape of z, so u_next does too
     u_next, s = step(u, z, _params(lo, hi, v_init, rounding))
-    return s, np.broadcast_to(u_next, z.shape)
+    return s, u_next
 
 
 def is_neuron(node: onnx.NodeProto) -> bool:
@@ -313,32 +324,84 @@ def with_qonnx_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------------------------------------
-# Definition, once per process
+# Definition and dispatch, once per process
 # ---------------------------------------------------------------------------------------------
+
+
+def _array_kernels() -> dict:
+    """``{kernel id: Opdef}`` of the kernels defined here, kept on the extensions module so that a
+    reload of this file finds the ones its first import defined."""
+    kernels = getattr(onnxruntime_extensions, "_pmsm_array_kernels", None)
+    if kernels is None:
+        kernels = {}
+        onnxruntime_extensions._pmsm_array_kernels = kernels
+    return kernels
+
+
+def _dispatch_to(library_dispatch: Callable, kernels: dict) -> Callable:
+    """The function the extensions' C++ kernel calls: ``(kernel id, inputs, attributes as strings) ->
+    (kernel id, shape, flat values, shape, flat values, ...)``. Kernels of this module answer with
+    arrays; any other id goes to ``library_dispatch``."""
+
+    cast: dict[tuple, dict] = {}  # (kernel id, attribute strings) -> keyword arguments of the body
+
+    def dispatch(k_id, feed, attributes):
+        opdef = kernels.get(k_id)
+        if opdef is None:
+            return library_dispatch(k_id, feed, attributes)
+        try:
+            key = (k_id, *attributes.items())
+            kwargs = cast.get(key)
+            if kwargs is None:
+                # Opdef.cast_attributes reads the declaration through pybind11, which copies a map at
+                # every access (about 20 us a call for four attributes): once per distinct node
+                kwargs = opdef.cast_attributes(attributes)
+                if len(cast) < _MAX_CAST:
+                    cast[key] = kwargs
+            outputs = opdef.body(*feed, **kwargs)
+            if not isinstance(outputs, tuple):
+                outputs = (outputs,)
+            answer = [k_id]
+            for out in outputs:
+                out = np.ascontiguousarray(out, dtype=np.float32)
+                answer += (out.shape, out.reshape(-1))
+            return tuple(answer)
+        except BaseException as exc:  # noqa: BLE001 - an exception here aborts the process too
+            _record(f"{opdef.op_type}: {exc!r}", exc)
+            zeros = np.zeros(np.shape(feed[0]) if feed else (0,), dtype=np.float32)
+            return (k_id,) + (zeros.shape, zeros.reshape(-1)) * len(opdef._nativedef.output_types)
+
+    return dispatch
 
 
 def _define_kernels() -> None:
     if getattr(onnxruntime_extensions, "_pmsm_kernels_defined", False):
         return
-    onnx_op(
+    kernels = _array_kernels()
+
+    def define(body, **declaration):
+        opdef = onnx_op(**declaration)(body)
+        kernels[opdef._nativedef.obj_id] = opdef
+
+    define(
+        _neuron_kernel,
         op_type=f"{PMSM_DOMAIN}::{NEURON_OP}",
         inputs=[PyOp.dt_float, PyOp.dt_float],
         outputs=[PyOp.dt_float, PyOp.dt_float],
         attrs={"lo": PyOp.dt_int64, "hi": PyOp.dt_int64, "v_init": PyOp.dt_float, "rounding": PyOp.dt_string},
-    )(_neuron_kernel)
+    )
     for domain in QONNX_DOMAINS:
         for op in QONNX_QUANT_OPS:
-            onnx_op(
+            define(
+                _quant_kernel,
                 op_type=f"{domain}::{op}",
                 inputs=[PyOp.dt_float] * 4,
                 outputs=[PyOp.dt_float],
                 attrs={"signed": PyOp.dt_int64, "narrow": PyOp.dt_int64, "rounding_mode": PyOp.dt_string},
-            )(_quant_kernel)
-        onnx_op(
-            op_type=f"{domain}::{QONNX_BIPOLAR_OP}",
-            inputs=[PyOp.dt_float] * 2,
-            outputs=[PyOp.dt_float],
-        )(_bipolar_kernel)
+            )
+        define(_bipolar_kernel, op_type=f"{domain}::{QONNX_BIPOLAR_OP}", inputs=[PyOp.dt_float] * 2,
+               outputs=[PyOp.dt_float])
+    PyOp.install_hooker(_dispatch_to(_ocos._on_pyop_invocation, kernels))
     onnxruntime_extensions._pmsm_kernels_defined = True
 
 

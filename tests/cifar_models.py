@@ -74,18 +74,18 @@ class _Builder:
             ["logits"], name=name, transB=1))
         return "logits"
 
-    def model(self, graph_name: str) -> onnx.ModelProto:
+    def model(self, graph_name: str, batch: int | str = 1) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes, graph_name,
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *INPUT_SHAPE])],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, CLASSES])],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *INPUT_SHAPE])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, CLASSES])],
             self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 10
         return model
 
 
-def resnet18(seed: int = 0) -> onnx.ModelProto:
+def resnet18(seed: int = 0, batch: int | str = 1) -> onnx.ModelProto:
     """torchvision ``resnet18(num_classes=10)``: 7x7/2 stem, 3x3/2 max pool, four stages of two
     basic blocks (64, 128, 256, 512 channels; 1x1 projection on the skip when the shape changes)."""
     b = _Builder(seed)
@@ -100,7 +100,7 @@ def resnet18(seed: int = 0) -> onnx.ModelProto:
             x = b.relu(b.op("Add", [y, skip]))
             c_in = c_out
     b.classifier(x, 512)
-    return b.model("resnet18")
+    return b.model("resnet18", batch)
 
 
 # (expansion t, output channels c, repeats n, first stride s): torchvision's table
@@ -108,7 +108,7 @@ _MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6,
                  (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-def mobilenet_v2(seed: int = 0) -> onnx.ModelProto:
+def mobilenet_v2(seed: int = 0, batch: int | str = 1) -> onnx.ModelProto:
     """torchvision ``mobilenet_v2(num_classes=10)``: inverted residual blocks (1x1 expansion with
     ReLU6, 3x3 depthwise with ReLU6, linear 1x1 projection, skip when stride 1 and same width)."""
     b = _Builder(seed)
@@ -125,26 +125,28 @@ def mobilenet_v2(seed: int = 0) -> onnx.ModelProto:
             c_in = c_out
     x = b.relu6(b.conv(x, c_in, 1280, 1))
     b.classifier(x, 1280)
-    return b.model("mobilenet_v2")
+    return b.model("mobilenet_v2", batch)
 
 
 def calibration_images(count: int = CALIBRATION_IMAGES, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.0, 1.0, (count, *INPUT_SHAPE)).astype(np.float32)
 
 
-def quantized(arch: str, folder: Path | str, seed: int = 0) -> Path:
-    """The QDQ u8 model of ``arch`` in ``folder`` (built once; reused when it is there)."""
+def quantized(arch: str, folder: Path | str, seed: int = 0, dynamic_batch: bool = False) -> Path:
+    """The QDQ u8 model of ``arch`` in ``folder`` (built once; reused when it is there): batch 1, or
+    a symbolic batch ``N`` with ``dynamic_batch``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
     folder = Path(folder)
-    path = folder / f"{arch}_cifar_qdq_u8_seed{seed}.onnx"
+    batch = "N" if dynamic_batch else 1
+    path = folder / f"{arch}_cifar_qdq_u8_seed{seed}{'_batchN' if dynamic_batch else ''}.onnx"
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    float_path = folder / f"{arch}_cifar_float_seed{seed}.onnx"
-    onnx.save(globals()[arch](seed), str(float_path))
+    float_path = folder / f"{arch}_cifar_float_seed{seed}_batch{batch}.onnx"
+    onnx.save(globals()[arch](seed, batch), str(float_path))
 
     class Reader(CalibrationDataReader):
         def __init__(self):

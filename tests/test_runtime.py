@@ -2,6 +2,7 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
+import onnxruntime_extensions
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -9,7 +10,7 @@ from pmsm.errors import BadInputError
 from pmsm.runtime import ortop
 from pmsm.runtime.execute import ExecutionError, SourceModel, SpikingModel, SpikingResult
 from pmsm.exporter.convert import spiking_from_network
-from pmsm.runtime.neuron import NeuronParams, run
+from pmsm.runtime.neuron import NeuronParams, run, step
 from pmsm.runtime.schema import NEURON_DOMAIN_VERSION
 
 RNG = np.random.default_rng(0)
@@ -180,6 +181,75 @@ def test_error_inside_the_op_raises_and_the_process_survives():
     assert res.output.shape == (3, K)
     with pytest.raises(BadInputError, match="timesteps"):
         broken.run(x, 0)
+
+
+def _neuron_kernel_id():
+    kernels = onnxruntime_extensions._pmsm_array_kernels
+    return next(k for k, opdef in kernels.items() if opdef.op_type == f"{ortop.PMSM_DOMAIN}::{ortop.NEURON_OP}")
+
+
+class _Counting:
+    """Stands in for a kernel's Opdef in the dispatcher's table, counting the calls that reach it."""
+
+    def __init__(self, opdef):
+        self.opdef, self.calls = opdef, 0
+        self.op_type, self._nativedef, self.cast_attributes = opdef.op_type, opdef._nativedef, opdef.cast_attributes
+
+    def body(self, *inputs, **attrs):
+        self.calls += 1
+        return self.opdef.body(*inputs, **attrs)
+
+
+def test_onnx_runtime_calls_the_kernel_through_the_array_dispatcher(monkeypatch):
+    # onnxruntime-extensions' own dispatcher looks kernels up in Opdef._odlist and returns lists; ours
+    # looks them up in its own table: a run that reaches the stand-in went through ours
+    kernels = onnxruntime_extensions._pmsm_array_kernels
+    k_id = _neuron_kernel_id()
+    counting = _Counting(kernels[k_id])
+    monkeypatch.setitem(kernels, k_id, counting)
+    params = NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor")
+    x = probe(9, 0.5) * np.float32(0.1)
+    res = SpikingModel(spiking_model(np.float32(0.5), params, hidden=True)).run(x, 3, collect_spikes=True)
+    assert counting.calls == 6  # two neurons, three steps
+    z = np.broadcast_to((x / np.float32(0.5)).astype(np.float32), (3,) + x.shape)
+    np.testing.assert_array_equal(res.spikes["neuron_0"], run(z, params))
+
+
+def test_dispatcher_answers_with_float32_arrays_and_passes_other_ops_to_the_library():
+    k_id = _neuron_kernel_id()
+    handed_on = []
+    dispatch = ortop._dispatch_to(lambda *call: handed_on.append(call) or "library", onnxruntime_extensions._pmsm_array_kernels)
+    z = np.array([[0.5, -0.0, 2.6], [-7.0, 1.5, -0.4]], np.float32)
+    attrs = {"hi": "2", "lo": "-2", "rounding": "half_even", "v_init": "0.0"}
+    for u in (np.array(0.0, np.float32), np.zeros((1, 1), np.float32), np.full(z.shape, 0.25, np.float32)):
+        answer = dispatch(k_id, [z, u], attrs)
+        assert answer[0] == k_id and answer[1] == z.shape and answer[3] == z.shape
+        want_u, want_s = step(np.asarray(u, np.float32).reshape(()) if u.size == 1 else u, z,
+                              NeuronParams(lo=-2, hi=2, v_init=0.0, rounding="half_even"))
+        for flat, want in ((answer[2], want_s), (answer[4], want_u)):
+            assert isinstance(flat, np.ndarray) and flat.dtype == np.float32 and flat.flags["C_CONTIGUOUS"]
+            assert np.array_equal(flat.view(np.uint32), want.reshape(-1).view(np.uint32))  # -0.0 included
+    assert dispatch(12345, ["feed"], {"a": "1"}) == "library" and handed_on == [(12345, ["feed"], {"a": "1"})]
+
+
+def test_dispatcher_records_a_failure_outside_the_kernel_and_returns_zeros():
+    class Broken:
+        op_type = "ai.pmsm::Broken"
+
+        class _nativedef:  # noqa: N801 - mimics the extensions' Opdef
+            output_types = [1, 1]
+
+        @staticmethod
+        def cast_attributes(attributes):
+            raise ValueError("bad attribute")
+
+    dispatch = ortop._dispatch_to(None, {7: Broken})
+    ortop.clear_op_errors()
+    answer = dispatch(7, [np.ones((2, 3), np.float32)], {"a": "x"})
+    assert answer[0] == 7 and answer[1] == answer[3] == (2, 3)
+    assert not answer[2].any() and not answer[4].any() and answer[2].size == 6
+    errors = ortop.take_op_errors()
+    assert len(errors) == 1 and "ai.pmsm::Broken" in errors[0] and "bad attribute" in errors[0]
 
 
 def test_input_mismatch_is_a_bad_input_error_naming_the_input():
