@@ -66,9 +66,10 @@ def throughput(images: int, timesteps: list[int], workers: list[int], reference_
             for count in workers:
                 report, wall = _verify(model, data, folder, timesteps, count, reference_samples)
                 samples = report["verification"]["samples"]
-                budget = ann * sum(timesteps)
+                per_value, per_step = ann * len(timesteps), ann * sum(timesteps)
                 print(f"  --workers {count}: --verify {wall:.1f} s wall = {wall / ann:.1f}x one ANN pass, "
-                      f"{wall / budget:.2f}x the ANN run once per timestep ({budget:.1f} s); "
+                      f"{wall / per_value:.2f}x the ANN run once per T value ({per_value:.1f} s), "
+                      f"{wall / per_step:.2f}x once per timestep ({per_step:.1f} s); "
                       f"{'passed' if report['verification']['passed'] else 'FAILED'}")
                 for name, by_t in report["verification"]["backends"].items():
                     for t, entry in by_t.items():
