@@ -23,7 +23,7 @@ import numpy as np
 
 from pmsm import limits as run_limits
 from pmsm.errors import BadInputError, first_line
-from pmsm.npz import MAX_HEADER_BYTES, Declared, declared_arrays
+from pmsm.npz import Declared, declared_arrays, read_npy_header
 
 PROBE_SAMPLES = 64
 PROBE_SEED = 0
@@ -85,17 +85,13 @@ def _npy_layout(path: str) -> tuple[tuple[str, int], Declared]:
     """``((path, offset of the data), declared shape and dtype)`` of an .npy file."""
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = reader(handle, max_header_size=MAX_HEADER_BYTES)
+            declared, fortran = read_npy_header(handle)
             offset = handle.tell()
     except Exception as error:  # noqa: BLE001 - numpy raises many kinds for a bad file
         raise BadInputError(f"{path}: not a readable .npy file ({type(error).__name__}: {first_line(error)})") from None
-    declared = Declared(tuple(int(d) for d in shape), np.dtype(dtype))
     if declared.dtype.hasobject:
         raise BadInputError(f"{path}: holds Python objects; expected numbers")
-    if fortran and len(shape) > 1:
+    if fortran and len(declared.shape) > 1:
         raise BadInputError(f"{path}: stored in Fortran order; save it C-contiguous")
     needed = offset + declared.elements * declared.dtype.itemsize
     if os.path.getsize(path) < needed:
@@ -147,9 +143,7 @@ class _MemberRows:
         if declared.dtype.hasobject:
             raise ValueError(f"'{name}' holds Python objects")
         self.handle = archive.open(name + ".npy")
-        version = np.lib.format.read_magic(self.handle)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        _shape, fortran, _dtype = reader(self.handle, max_header_size=MAX_HEADER_BYTES)
+        _, fortran = read_npy_header(self.handle)
         if fortran and len(declared.shape) > 1:
             raise ValueError(f"'{name}' is stored in Fortran order; save it C-contiguous")
         self.declared = declared

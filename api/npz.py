@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pmsm import limits as run_limits
 from pmsm.errors import BadInputError, first_line
-from pmsm.memory import check_fits
 
 MAX_HEADER_BYTES = 1 << 16
 
@@ -46,34 +44,20 @@ def declared_arrays(path: str, names: tuple[str, ...]) -> dict[str, Declared]:
                 continue
             try:
                 with archive.open(info) as member:
-                    found[name] = _read_header(member)
+                    found[name] = read_npy_header(member)[0]
             except Exception as error:  # noqa: BLE001 - zipfile and numpy raise many kinds for a damaged member
                 raise BadInputError(f"{path}: array '{name}' is unreadable ({first_line(error)})") from None
     return found
 
 
-def _read_header(member) -> Declared:
-    version = np.lib.format.read_magic(member)
+def read_npy_header(handle) -> tuple[Declared, bool]:
+    """Shape and dtype an .npy stream declares, and whether it is in Fortran order; ``handle`` is
+    left at the first data byte."""
+    version = np.lib.format.read_magic(handle)
     if version == (1, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member, max_header_size=MAX_HEADER_BYTES)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=MAX_HEADER_BYTES)
     elif version in ((2, 0), (3, 0)):
-        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member, max_header_size=MAX_HEADER_BYTES)
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=MAX_HEADER_BYTES)
     else:
         raise ValueError(f"unknown .npy format version {version}")
-    return Declared(tuple(int(d) for d in shape), np.dtype(dtype))
-
-
-def check_declared_data(path: str) -> None:
-    """Refuse ``--data`` by what it declares (``x``, ``y``) before it is inflated: numbers only,
-    within ``--max-data-elements``, and fitting in free memory."""
-    limits = run_limits.current()
-    declared = declared_arrays(path, ("x", "y"))
-    for name, array in declared.items():
-        if array.dtype.kind not in "fiub":
-            raise BadInputError(f"{path}: '{name}' has dtype {array.dtype}; expected numbers")
-    elements = sum(array.elements for array in declared.values())
-    if elements > limits.max_data_elements:
-        shapes = ", ".join(f"'{n}' {list(a.shape)}" for n, a in declared.items())
-        raise BadInputError(f"{path}: declares {elements} values ({shapes}), more than the {limits.max_data_elements} "
-                            f"allowed; raise the limit with {run_limits.flag('max_data_elements')}")
-    check_fits(4 * elements, f"{path}: loading the data", "use fewer samples")
+    return Declared(tuple(int(d) for d in shape), np.dtype(dtype)), bool(fortran)
