@@ -19,14 +19,14 @@ processes at 150 % CPU for a MobileNetV2).
   Python drops an exception raised where it cannot propagate: a signal that arrives while the
   host forks is handled inside an at-fork hook (logging's lock release) and its
   ``KeyboardInterrupt`` only printed ("Exception ignored in ..."), after which the run went on to
-  its end (seen once in 16 Ctrl-Cs during start-up). ``raise_if_interrupted`` raises a recorded
+  its end (seen for 1 of 32 Ctrl-Cs during start-up). ``raise_if_interrupted`` raises a recorded
   signal; the run calls it between chunks. A worker forked a moment ago inherits the handler
   until it ignores the signals: there the handler does nothing;
 - once the run is being ended (``end_runtime``, or the guard's exit on an exception), a further
   signal is recorded but raises nothing: a second Ctrl-C, or a pool stopping a worker that is
   already stopping, would otherwise break off the cleanup halfway, and Lava's ``__del__`` then
-  waits forever for an answer from workers that were killed (seen: a ``--workers 2`` run hung in
-  ``Runtime.stop`` after Ctrl-C). The cleanup is bounded: a few seconds;
+  waits forever for an answer from workers that were killed (seen in 3 of 4 tries, and in a
+  ``--workers 2`` run after Ctrl-C). The cleanup is bounded: a few seconds;
 - when the run ends with any exception (KeyboardInterrupt and SystemExit included), whatever
   the run started and ``abort_runtime`` did not end is killed; after a normal ``stop()`` any
   straggler is reaped the same way.
