@@ -57,7 +57,8 @@ def terminate_processes(processes: list, grace: float) -> None:
     while (alive := [p for p in processes if _alive(p)]) and time.monotonic() < deadline:
         for process in alive:
             process.terminate()
-        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=min(1.0, deadline - time.monotonic()))
+        left = deadline - time.monotonic()
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=max(0.0, min(1.0, left)))
     stop_processes(processes)
 
 

@@ -64,7 +64,8 @@ def one_try(mode: str, how: str, early: float, folder: str) -> tuple[float, int]
             seconds = time.monotonic() - started
         except subprocess.TimeoutExpired:
             seconds = float("inf")
-        return seconds, len(wait_for_no_survivor(process.pid) if seconds < float("inf") else alive_in_session(process.pid))
+        left = wait_for_no_survivor(process.pid) if seconds < float("inf") else alive_in_session(process.pid)
+        return seconds, len(left)
     finally:
         if alive_in_session(process.pid):
             os.killpg(process.pid, signal.SIGKILL)

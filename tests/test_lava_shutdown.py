@@ -140,8 +140,9 @@ def test_no_worker_survives_an_interrupted_run(long_run, how):
 
 
 def test_a_ctrl_c_that_python_drops_while_the_host_forks_still_ends_the_run(long_run):
-    # A Ctrl-C during start-up is handled inside an at-fork hook (logging's lock release) most of
-    # the time that start-up spends forking; Python prints its KeyboardInterrupt and drops it.
+    # Start-up spends much of its time forking; a Ctrl-C that arrives during a fork is handled
+    # inside an at-fork hook (logging's lock release), where Python prints the KeyboardInterrupt
+    # and drops it.
     process, _ = long_run(disturbance="ctrl-c-while-forking", wait_until_running=False)
     assert process.wait(30) == -signal.SIGINT
     assert "Exception ignored in" in (stderr := process.stderr.read()) and "KeyboardInterrupt" in stderr
