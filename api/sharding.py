@@ -7,22 +7,31 @@ The data are read once, by the caller, chunk by chunk; at most two chunks per wo
 so memory is bounded by the chunk size whatever the size of the data set.
 
 Local workers are ``spawn``-ed (ONNX Runtime's threads do not survive ``fork``) and are not
-daemonic, so a worker may start Lava's own processes. Ray is an optional extra
+daemonic, so a worker may start Lava's own processes. They end with the caller: they ignore
+SIGINT (a terminal's Ctrl-C reaches the whole process group; the caller decides), they are
+killed with it if it dies, and a run that does not finish (Ctrl-C, SIGTERM, an error) stops
+them instead of waiting for their chunks: SIGTERM, which a Lava run inside a worker turns into
+an ordered stop of its own processes (targets/lava/shutdown.py), then SIGKILL after a grace.
+Ray is an optional extra
 (``pmsm-export[ray]``); ``--ray`` without an address starts a local cluster for the run.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
+from pmsm.children import exit_with_parent, interruption, terminate_processes
 from pmsm.data import Chunk
 from pmsm.errors import BadInputError, MissingExtraError, PmsmError
 from pmsm.verification import Tallies
 
 IN_FLIGHT_PER_WORKER = 2
+STOP_GRACE_SECONDS = 5.0     # for a stopped worker to end its Lava run in order (about 1 s measured)
 
 
 class WorkerError(PmsmError):
@@ -81,6 +90,9 @@ def _start_worker(plan, timesteps: list[int], threads: int) -> None:
     global _WORKER_VERIFIER
     from pmsm.runtime import execute
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
+
     # A spawned child starts with its start method set; lava-nc sets "fork" when imported and
     # fails if one is set already, so the choice is left open again, as in a fresh interpreter.
     multiprocessing.set_start_method(None, force=True)
@@ -95,7 +107,12 @@ def _start_worker(plan, timesteps: list[int], threads: int) -> None:
 def _worker_chunk(chunk: Chunk):
     if isinstance(_WORKER_VERIFIER, PmsmError):
         return "error", _WORKER_VERIFIER.exit_code, str(_WORKER_VERIFIER)
-    return _verify_chunk(_WORKER_VERIFIER, chunk)
+    try:
+        return _verify_chunk(_WORKER_VERIFIER, chunk)
+    except SystemExit as stop:
+        # the caller's SIGTERM, raised once a Lava run has stopped its processes; the pool
+        # would catch it and go on with the next chunk
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
 
 
 class WorkerProcesses:
@@ -105,9 +122,18 @@ class WorkerProcesses:
 
     def __init__(self, plan, timesteps: list[int], workers: int):
         self.workers = workers
+        self.finished = False
+        self._before = set(multiprocessing.active_children())
+        # workers die with the thread that starts them (exit_with_parent): this one, at the first chunk
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker,
                                         initargs=(plan, list(timesteps), threads_per_worker(workers)))
+        self._previous_sigterm = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # close() then runs and stops the workers in order; killed with the caller, their Lava
+            # runs would leave shared memory and scratch folders behind
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
 
     def verify(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Tallies]]:
         pending: dict = {}
@@ -121,6 +147,7 @@ class WorkerProcesses:
                     break
                 pending[self.pool.submit(_worker_chunk, chunk)] = chunk
             if not pending:
+                self.finished = True
                 return
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in done:
@@ -128,7 +155,30 @@ class WorkerProcesses:
                 yield chunk, _unwrap(future.result())
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """After a finished run, let the workers exit; otherwise stop them now (module docstring)."""
+        try:
+            if not self.finished:
+                self._stop_workers()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
+
+    def _stop_workers(self) -> None:
+        call_queue = getattr(self.pool, "_call_queue", None)       # shutdown() drops it
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        terminate_processes([p for p in multiprocessing.active_children() if p not in self._before], STOP_GRACE_SECONDS)
+        # The pool's feeder thread may be stuck writing a chunk that no worker will read: Python
+        # 3.10's pool then waits for it forever (seen), later ones close the reading end
+        # themselves (CPython gh-94777); closing it here makes the write fail and the pool end.
+        reader = getattr(call_queue, "_reader", None)
+        if reader is not None:
+            reader.close()
+
+
+def _exit_on_signal(signum, frame):
+    raise interruption(signum)
 
 
 class RayWorkers:

@@ -30,7 +30,7 @@ from pmsm.targets.lava.processes.neuron import PEAK_INPUT, PEAK_STATE
 from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
 from pmsm.targets.lava.program import INPUT_PEAK, OVERFLOWS, PEAK, STATE_OVERFLOWS, STATE_PEAK, WORD_BITS
-from pmsm.targets.lava.shutdown import WorkerGuard, abort_runtime
+from pmsm.targets.lava.shutdown import WorkerGuard
 
 INPUT_BITS = 8
 CHUNK_SECONDS = 1.0         # simulated time between progress reports and error checks
@@ -59,7 +59,7 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
     n, t_steps = x.shape[0], int(timesteps)
     exponent = input_exponent_for(x if input_peak is None else np.array([input_peak]), INPUT_BITS) \
         if fixed_point else 0
-    with tempfile.TemporaryDirectory(prefix="pmsm-lava-") as scratch, WorkerGuard():
+    with tempfile.TemporaryDirectory(prefix="pmsm-lava-") as scratch, WorkerGuard() as guard:
         started = time.perf_counter()
         net = Network(view, timesteps=t_steps, fixed_point=fixed_point, input_exponent=exponent,
                       record_dir=scratch if collect_spikes else None, record_steps=n * t_steps + _depth_bound(view),
@@ -76,17 +76,14 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
                               path=means_path, unit=unit, name="readout")
         source.s_out.connect(net.inp)
         net.out.connect(readout.a_in)
-        net.create_runtime(run_cfg=net.run_cfg(source, readout))
-        seconds_to_start = time.perf_counter() - started
-        stepper = _Stepper(net, n, t_steps, progress, samples_per_chunk, scratch)
+        stepper = _Stepper(net, n, t_steps, progress, samples_per_chunk, scratch, guard.raise_if_interrupted)
         try:
+            net.create_runtime(run_cfg=net.run_cfg(source, readout))
+            seconds_to_start = time.perf_counter() - started
             stepper.run()
             report = _report(net, x) if fixed_point else None
         finally:
-            if stepper.idle:
-                net.stop()
-            else:       # interrupted mid-run: Lava's stop() would wait forever
-                abort_runtime(net)
+            guard.end_runtime(net, between_runs=stepper.idle)
         means = np.array(np.load(means_path, mmap_mode="r"))
         spikes = _spikes(net, n, t_steps) if collect_spikes else {}
     output = to_nir(means, plan.output_shape, plan.output_perm).astype(np.float32)
@@ -94,21 +91,23 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
 
 
 class _Stepper:
-    """Runs the ``n * T + depth`` steps in chunks of about ``CHUNK_SECONDS``, reporting progress
-    and recorded process errors between chunks; ``idle`` tells whether Lava is between two runs,
-    the only time its ``stop()`` works."""
+    """Runs the ``n * T + depth`` steps in chunks of about ``CHUNK_SECONDS``, reporting progress,
+    recorded process errors and recorded signals (``check_interrupt``) between chunks; ``idle``
+    tells whether Lava is between two runs, the only time its ``stop()`` works (not before the
+    first: it would wait on workers that were never told to stop)."""
 
-    def __init__(self, net, n, t_steps, progress, samples_per_chunk, error_folder):
+    def __init__(self, net, n, t_steps, progress, samples_per_chunk, error_folder, check_interrupt):
         self.net, self.n, self.t_steps = net, n, t_steps
-        self.progress, self.error_folder = progress, error_folder
+        self.progress, self.error_folder, self.check_interrupt = progress, error_folder, check_interrupt
         self.fixed_chunk = samples_per_chunk * t_steps if samples_per_chunk else None
-        self.idle = True
+        self.idle = False
 
     def run(self) -> None:
         total, done, chunk = self.n * self.t_steps + self.net.depth, 0, self.fixed_chunk or 1
         if self.progress is not None:
             self.progress(0, self.n)
         while done < total:
+            self.check_interrupt()
             steps = min(chunk, total - done)
             started = time.perf_counter()
             self.idle = False

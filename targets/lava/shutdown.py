@@ -9,12 +9,24 @@ processes at 150 % CPU for a MobileNetV2).
 
 ``WorkerGuard`` wraps one run:
 
-- every process forked through ``multiprocessing`` while it is active asks the kernel (Linux
-  ``PR_SET_PDEATHSIG``) to be killed when its parent dies, whatever killed the parent, and
-  ignores SIGINT and SIGTERM: a terminal's Ctrl-C or ``timeout`` signals the whole process
+- every process forked through ``multiprocessing`` while it is active asks the kernel to be
+  killed when its parent dies, whatever killed the parent (``pmsm.children.exit_with_parent``),
+  and ignores SIGINT and SIGTERM: a terminal's Ctrl-C or ``timeout`` signals the whole process
   group, and the host ends its workers in an order that releases their shared memory;
-- SIGTERM in the host (when no one else handles it) becomes ``SystemExit(128 + SIGTERM)``, so
-  that cleanup code runs before the process ends with the usual status;
+- in the host, SIGINT (when Python's default handler is in place) raises ``KeyboardInterrupt``
+  and SIGTERM (when no one else handles it) ``SystemExit(128 + SIGTERM)``, so that cleanup code
+  runs before the process ends with the usual status. The signal is also recorded, because
+  Python drops an exception raised where it cannot propagate: a signal that arrives while the
+  host forks is handled inside an at-fork hook (logging's lock release) and its
+  ``KeyboardInterrupt`` only printed ("Exception ignored in ..."), after which the run went on to
+  its end (seen for 1 of 32 Ctrl-Cs during start-up). ``raise_if_interrupted`` raises a recorded
+  signal; the run calls it between chunks. A worker forked a moment ago inherits the handler
+  until it ignores the signals: there the handler does nothing;
+- once the run is being ended (``end_runtime``, or the guard's exit on an exception), a further
+  signal is recorded but raises nothing: a second Ctrl-C, or a pool stopping a worker that is
+  already stopping, would otherwise break off the cleanup halfway, and Lava's ``__del__`` then
+  waits forever for an answer from workers that were killed (seen in 3 of 4 tries, and in a
+  ``--workers 2`` run after Ctrl-C). The cleanup is bounded: a few seconds;
 - when the run ends with any exception (KeyboardInterrupt and SystemExit included), whatever
   the run started and ``abort_runtime`` did not end is killed; after a normal ``stop()`` any
   straggler is reaped the same way.
@@ -25,47 +37,80 @@ would never answer), then its shared-memory and watchdog managers through their 
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
-import sys
 import threading
-import time
 from multiprocessing import util
 
-GRACE_SECONDS = 2.0          # for a killed process to be reaped
-_PR_SET_PDEATHSIG = 1
+from pmsm.children import exit_with_parent, interruption, stop_processes
 
 
 class WorkerGuard:
     def __init__(self) -> None:
         self._before: set = set()
-        self._previous_sigterm = None
+        self._previous: dict = {}
         self._hook = None
+        self._host = os.getpid()
+        self._ending = False
+        self.received: int | None = None        # the first SIGINT or SIGTERM of the run
 
     def __enter__(self) -> "WorkerGuard":
         self._before = set(multiprocessing.active_children())
+        self._host, self._ending, self.received = os.getpid(), False, None
         self._hook = _ForkHook()
         util.register_after_fork(self._hook, _ForkHook.in_child)
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        if threading.current_thread() is threading.main_thread():
+            # a SIGINT ignored at start (a background job of a shell) stays ignored
+            for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(signum) is default:
+                    self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
+        self._ending = True
         try:
             # after Lava's own stop() the workers are exiting already; otherwise they never will
-            stop_workers(self.workers(), wait=0.5 if kind is None else 0.2)
+            stop_processes(self.workers(), wait=0.5 if kind is None else 0.2)
         finally:
-            if self._previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
+            self._previous = {}
             self._hook = None      # drops the after-fork registration (a weak reference)
+        if kind is None and self.received is not None:
+            raise interruption(self.received)        # its first raise was dropped by Python
         return False
 
     def workers(self) -> list:
         """Processes started by this host since the guard was entered and still alive."""
         return [p for p in multiprocessing.active_children() if p not in self._before]
+
+    def raise_if_interrupted(self) -> None:
+        if self.received is not None:
+            raise interruption(self.received)
+
+    def end_runtime(self, process, between_runs: bool) -> None:
+        """End the runtime of ``process``: through Lava's ``stop()`` when it is ``between_runs``
+        (the only time that works), by ``abort_runtime`` otherwise or when ``stop()`` is itself
+        interrupted."""
+        if between_runs:
+            try:
+                process.stop()
+                return
+            except BaseException:
+                self._ending = True
+                abort_runtime(process)
+                raise
+        self._ending = True
+        abort_runtime(process)
+
+    def _on_signal(self, signum, frame) -> None:
+        if os.getpid() != self._host:     # a worker between fork and its hook
+            return
+        if self.received is None:
+            self.received = signum
+        if not self._ending:
+            raise interruption(signum)
 
 
 class _ForkHook:
@@ -75,14 +120,7 @@ class _ForkHook:
     def in_child(hook: "_ForkHook") -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if sys.platform.startswith("linux"):
-            try:
-                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            except (OSError, AttributeError):
-                pass
-        parent = multiprocessing.parent_process()
-        if parent is not None and os.getppid() != parent.pid:     # it died before the request took effect
-            os._exit(1)
+        exit_with_parent()
 
 
 def abort_runtime(process) -> None:
@@ -90,12 +128,14 @@ def abort_runtime(process) -> None:
     runtime = getattr(process, "runtime", None)
     if runtime is None:
         return
-    infrastructure = getattr(runtime, "_messaging_infrastructure", None)
-    if infrastructure is not None:
-        stop_workers(list(infrastructure.actors))
-        _quietly(infrastructure.smm.shutdown if infrastructure.smm is not None else None)
-    _quietly(getattr(getattr(runtime, "_watchdog_manager", None), "stop", None))
-    runtime._is_started = runtime._is_running = False
+    try:
+        infrastructure = getattr(runtime, "_messaging_infrastructure", None)
+        if infrastructure is not None:
+            stop_processes(list(infrastructure.actors))
+            _quietly(infrastructure.smm.shutdown if infrastructure.smm is not None else None)
+        _quietly(getattr(getattr(runtime, "_watchdog_manager", None), "stop", None))
+    finally:
+        runtime._is_started = runtime._is_running = False
 
 
 def _quietly(action) -> None:
@@ -104,32 +144,3 @@ def _quietly(action) -> None:
             action()
     except Exception:       # a manager that died with the run: the guard kills what remains
         pass
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-def stop_workers(processes: list, wait: float = 0.0) -> None:
-    """End ``processes`` (multiprocessing children): wait up to ``wait`` seconds for them to
-    exit, then SIGKILL the rest (they ignore SIGTERM, see above)."""
-    deadline = time.monotonic() + wait
-    for process in processes:
-        _join(process, deadline - time.monotonic())
-    for process in processes:
-        if _alive(process):
-            process.kill()
-            _join(process, GRACE_SECONDS)
-
-
-def _alive(process) -> bool:
-    try:
-        return process.is_alive()
-    except ValueError:          # closed: Lava's own error path joined it already
-        return False
-
-
-def _join(process, timeout: float) -> None:
-    # Lava's SystemProcess.join takes no timeout; the base class's does
-    if _alive(process):
-        multiprocessing.process.BaseProcess.join(process, max(0.0, timeout))

@@ -1,0 +1,75 @@
+"""Child processes that do not outlive their parent, and a stop that does not wait on a deaf one.
+
+Used by the Lava runtime's workers (targets/lava/shutdown.py) and by the local verification
+workers (sharding.py), which in turn may run Lava.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+
+GRACE_SECONDS = 2.0          # for a killed process to be reaped
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent() -> None:
+    """Called first thing in a new child: the kernel kills it (SIGKILL) when its parent dies,
+    whatever killed the parent (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing is asked). "Parent"
+    is the thread that started the child: start children from a thread that lives as long."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:     # it died before the request took effect
+        os._exit(1)
+
+
+def interruption(signum: int) -> BaseException:
+    """What a signal that ends the run raises: ``KeyboardInterrupt`` for SIGINT, else
+    ``SystemExit(128 + signum)``, the exit status a shell reports for a process the signal killed."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+def stop_processes(processes: list, wait: float = 0.0) -> None:
+    """End ``processes`` (multiprocessing children): wait up to ``wait`` seconds for them to
+    exit, then SIGKILL the rest and reap them."""
+    deadline = time.monotonic() + wait
+    for process in processes:
+        _join(process, deadline - time.monotonic())
+    for process in processes:
+        if _alive(process):
+            process.kill()
+            _join(process, GRACE_SECONDS)
+
+
+def terminate_processes(processes: list, grace: float) -> None:
+    """SIGTERM ``processes`` (multiprocessing children) once a second until they exit, SIGKILL
+    those left after ``grace`` seconds. Once a second, because a Python process can drop one: a
+    signal handled inside an at-fork hook raises where Python discards the exception."""
+    deadline = time.monotonic() + grace
+    while (alive := [p for p in processes if _alive(p)]) and time.monotonic() < deadline:
+        for process in alive:
+            process.terminate()
+        left = deadline - time.monotonic()
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=max(0.0, min(1.0, left)))
+    stop_processes(processes)
+
+
+def _alive(process) -> bool:
+    try:
+        return process.is_alive()
+    except ValueError:          # closed: its owner joined it already
+        return False
+
+
+def _join(process, timeout: float) -> None:
+    # Lava's SystemProcess.join takes no timeout; the base class's does
+    if _alive(process):
+        multiprocessing.process.BaseProcess.join(process, max(0.0, timeout))
