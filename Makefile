@@ -90,6 +90,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/reference_speed.py
 	$(VENV)/bin/python benchmarks/vit.py
 	$(VENV)/bin/python benchmarks/lava_speed.py
+	$(VENV)/bin/python benchmarks/lava_interrupt.py
 	$(VENV)/bin/python benchmarks/input_checks.py
 	$(VENV)/bin/python benchmarks/verify_scale.py
 	$(VENV)/bin/python benchmarks/verify_scale.py memory

@@ -249,7 +249,9 @@ def test_the_command_killed_during_its_lava_run_leaves_no_process(tmp_path):
             process.wait()
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", pytest.param("sigterm", marks=pytest.mark.slow),
+# every case starts two workers that each start Lava (26 s for ctrl-c): all with the slow checks
+@pytest.mark.parametrize("how", [pytest.param("ctrl-c", marks=pytest.mark.slow),
+                                 pytest.param("sigterm", marks=pytest.mark.slow),
                                  pytest.param("timeout", marks=pytest.mark.slow),
                                  pytest.param("sigkill", marks=pytest.mark.slow)])
 def test_the_command_verifying_in_two_workers_leaves_no_process_however_it_is_stopped(tmp_path, how):
