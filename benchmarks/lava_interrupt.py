@@ -26,7 +26,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from test_lava_shutdown import (LONG_RUN, SAMPLES, TESTS, alive_in_session, lava_verify_command,  # noqa: E402
-                                start_in_own_session, stop_once_lava_runs, wait_for_no_survivor)
+                                start_in_own_session, stop, stop_once_lava_runs, wait_for_no_survivor)
 
 GIVE_UP_SECONDS = 60.0
 
@@ -37,12 +37,7 @@ def signal_run(process, how: str, early: float) -> None:
     else:
         assert process.stdout.readline().strip() == "running", process.stderr.read()
         time.sleep(random.uniform(0.0, 1.5))
-    if how == "ctrl-c":
-        os.killpg(process.pid, signal.SIGINT)
-    elif how == "timeout":
-        os.killpg(process.pid, signal.SIGTERM)
-    else:
-        os.kill(process.pid, {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}[how])
+    stop(process, how)
 
 
 def one_try(mode: str, how: str, early: float, folder: str) -> tuple[float, int]:

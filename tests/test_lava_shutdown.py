@@ -126,12 +126,7 @@ def long_run():
 def test_no_worker_survives_an_interrupted_run(long_run, how):
     process, running = long_run()
     assert running >= 5              # the host, the runtime service, three cores, the input, the readout
-    if how == "sigterm":             # kill PID
-        os.kill(process.pid, signal.SIGTERM)
-    elif how == "ctrl-c":            # a terminal signals the whole foreground process group
-        os.killpg(process.pid, signal.SIGINT)
-    else:                            # coreutils timeout signals the command's process group
-        os.killpg(process.pid, signal.SIGTERM)
+    stop(process, how)
     status = process.wait(30)
     assert status == {"sigterm": 128 + signal.SIGTERM, "timeout": 128 + signal.SIGTERM,
                       "ctrl-c": -signal.SIGINT}[how]
@@ -217,6 +212,18 @@ def lava_verify_command(data, output, *options) -> list:
             "--verify", "--data", str(data), "--timesteps", "8", *options]
 
 
+def stop(process, how: str) -> None:
+    """End ``process`` as users and schedulers do: ``ctrl-c`` (a terminal signals the whole
+    foreground process group), ``timeout`` (coreutils signals the command's group with SIGTERM),
+    ``sigterm`` or ``sigkill`` (``kill PID``)."""
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    elif how == "timeout":
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        os.kill(process.pid, {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}[how])
+
+
 def stop_once_lava_runs(process, how: str, processes: int) -> None:
     """Wait until the session of ``process`` has ``processes`` alive (Lava's are running), then
     stop it ``how``."""
@@ -225,12 +232,7 @@ def stop_once_lava_runs(process, how: str, processes: int) -> None:
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
         time.sleep(0.05)
     time.sleep(1.0)
-    if how == "ctrl-c":
-        os.killpg(process.pid, signal.SIGINT)
-    elif how == "timeout":
-        os.killpg(process.pid, signal.SIGTERM)
-    else:
-        os.kill(process.pid, {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}[how])
+    stop(process, how)
 
 
 EXIT_STATUS = {"ctrl-c": 130, "sigterm": 128 + signal.SIGTERM, "timeout": 128 + signal.SIGTERM,
