@@ -3,7 +3,8 @@
 1. Normalisation (:mod:`pmsm.exporter.normalise`): bring every producer's way of writing a
    quantized network to one shape, changing no number the network computes. Weights stay as the
    source computes them (int8 behind ``DequantizeLinear`` stays int8).
-2. Rewrite (:mod:`pmsm.exporter.quantizers`): each activation quantizer's rounding core becomes an
+2. Rewrite (:mod:`pmsm.exporter.quantizers`, one rule per quantizer pattern run by
+   :mod:`pmsm.exporter.rules`): each activation quantizer's rounding core becomes an
    ``ai.pmsm::MultiSpikeNeuron``; its pre-scaling and de-quantization stay as the source wrote them.
    The result is the *untimed network*: what the NIR target reads.
 3. Pre-flight (:mod:`pmsm.exporter.preflight`): every node left must be deterministic ONNX.
@@ -40,12 +41,6 @@ NORMALISATION_PASSES: tuple[tuple[str, Callable[[gs.Graph], gs.Graph]], ...] = (
     ("remove identities", normalise.remove_identities),
     ("reduce straight-through idioms", normalise.reduce_straight_through_idioms),
 )
-REWRITE_PASSES = (
-    ("QDQ/QCDQ quantizers", quantizers.rewrite_qdq),
-    ("QONNX quantizers", quantizers.rewrite_qonnx),
-    ("QONNX bipolar quantizers", quantizers.rewrite_qonnx_bipolar),
-    ("rounding chains", quantizers.rewrite_rounding_chains),
-)
 
 
 @dataclass
@@ -63,9 +58,7 @@ def rewrite(model: onnx.ModelProto) -> Conversion:
     for _name, run_pass in NORMALISATION_PASSES:
         graph = run_pass(graph)
     conversion = Conversion(graph)
-    for _name, run_pass in REWRITE_PASSES:
-        conversion.neurons += run_pass(graph, conversion.problems)
-    conversion.neurons = quantizers.absorb_clamps(graph, conversion.neurons)
+    conversion.neurons = quantizers.recognise(graph, conversion.problems)
     if not conversion.problems:
         rewritten = gs.export_onnx(graph, do_type_check=False)
         conversion.problems += prove(model, rewritten, conversion.neurons)

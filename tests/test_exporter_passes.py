@@ -1,6 +1,6 @@
 """Each exporter pass alone, on tiny hand-built graphs.
 
-The passes (pmsm.exporter.convert.NORMALISATION_PASSES, REWRITE_PASSES, the Relu absorption) take an onnx-graphsurgeon graph and edit it in place. These tests build the smallest
+The passes (pmsm.exporter.convert.NORMALISATION_PASSES, the quantizer rules of pmsm.exporter.quantizers, the clamp absorption) take an onnx-graphsurgeon graph and edit it in place. These tests build the smallest
 graph that shows one behaviour, run one pass, and check the graph it leaves; where numbers matter,
 the whole conversion runs in ONNX Runtime and is compared with the source.
 """
