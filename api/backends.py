@@ -134,7 +134,7 @@ class Plan:
         import onnx
 
         ann = AnnBackend(onnx.load_from_string(self.source)) if self.source is not None else None
-        ann_optimized = AnnBackend(onnx.load_from_string(self.source), optimized=True) if ann else None
+        ann_optimized = _optimized_ann_backend(self.source) if ann else None
         backends, custom_op = [], None
         if self.spiking is not None:
             spiking = onnx.load_from_string(self.spiking)
@@ -176,6 +176,20 @@ class Plan:
             with open(path, "wb") as handle:
                 handle.write(self.nir)
             return read_nir(path)
+
+
+def _optimized_ann_backend(source: bytes) -> Optional[AnnBackend]:
+    """The source at ONNX Runtime's default optimization level (information only), or None where
+    that level cannot build a session at all: ONNX Runtime 1.23 fuses 4-bit contrib Q/DQ around a
+    Conv into a QLinearConv that has no 4-bit kernel, and refuses the model it made."""
+    import onnx
+
+    from pmsm.errors import BadInputError
+
+    try:
+        return AnnBackend(onnx.load_from_string(source), optimized=True)
+    except BadInputError:
+        return None
 
 
 def _body_backend(spiking) -> Optional[OnnxBackend]:

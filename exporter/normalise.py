@@ -146,7 +146,7 @@ def _fold_remaining_constant_subgraphs(graph: gs.Graph, keep_weights: bool = Tru
     graph.toposort()
     constant_nodes, produced = [], set()
     for node in graph.nodes:
-        if (node.domain not in ("", "ai.onnx", None) or node.op in NOT_FOLDABLE
+        if (node.domain not in ("", "ai.onnx", None) and not _is_contrib_qdq(node) or node.op in NOT_FOLDABLE
                 or any(isinstance(v, gs.Graph) for v in node.attrs.values())
                 or keep_weights and node.op in KEPT_AS_WRITTEN):
             continue
@@ -174,6 +174,12 @@ def _fold_remaining_constant_subgraphs(graph: gs.Graph, keep_weights: bool = Tru
         if value is not None:  # else left as is; the pre-flight names what the rewrite cannot use
             tensor.inputs.clear()
             tensor.to_constant(np.asarray(value))
+
+
+def _is_contrib_qdq(node: gs.Node) -> bool:
+    """ONNX Runtime's ``com.microsoft`` Q/DQ (16- and 4-bit below opset 21): ONNX Runtime, which
+    evaluates the constant subgraphs, runs them like the standard ops."""
+    return node.domain == "com.microsoft" and node.op in KEPT_AS_WRITTEN
 
 
 def _ancestors(tensor: gs.Tensor, nodes: list[gs.Node]) -> list[gs.Node]:
