@@ -89,6 +89,8 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensat
     from pmsm.exporter.loading import load_source
 
     source = load_source(model_path)
+    for note in source.notes:  # what loading repaired (nodes out of topological order)
+        print(f"pmsm-export: note: {note}", file=sys.stderr)
     # NIR and Lava run max pooling on each step's values (the dialect has no compensation yet), so
     # the reference they are checked against does too.
     compensation = compensation and target == "onnx"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -31,6 +31,7 @@ class SourceModel:
     path: str
     sha256: str
     model: onnx.ModelProto
+    notes: tuple[str, ...] = field(default=())  # what was repaired on the way in, for the user to read
 
 
 def file_sha256(path: str) -> str:
@@ -47,13 +48,14 @@ def load_source(path: str) -> SourceModel:
     model = read_model(path)
     run_limits.check_model_size(model, path, limits)
     _load_external_data(model, path)
-    inferred = _check_structure(model, path)
+    notes: list[str] = []
+    inferred = _check_structure(model, path, notes)
     _check_values(model, inferred, path)
     if model.ir_version > MAX_IR_VERSION:
         # Down-converting the IR version is harmless for the ops we read; say nothing.
         model.ir_version = MAX_IR_VERSION
     _check_runs_on_onnxruntime(model, path, limits)
-    return SourceModel(path=path, sha256=file_sha256(path), model=model)
+    return SourceModel(path=path, sha256=file_sha256(path), model=model, notes=tuple(notes))
 
 
 def read_model(path: str) -> onnx.ModelProto:
@@ -130,9 +132,31 @@ def _load_external_data(model: onnx.ModelProto, path: str) -> None:
         raise BadInputError(f"{path}: cannot read external data: {one_line(error)}") from None
 
 
-def _check_structure(model: onnx.ModelProto, path: str) -> Optional[onnx.ModelProto]:
+UNSORTED = "topologically sorted"  # in onnx's checker message for nodes out of order
+
+
+def _check_structure(model: onnx.ModelProto, path: str, notes: Optional[list] = None) -> Optional[onnx.ModelProto]:
     """onnx's full check (the checker, then strict shape and type inference); the inferred model,
-    or None for a model too large to infer in memory (then the file is checked in place)."""
+    or None for a model too large to infer in memory (then the file is checked in place).
+
+    Nodes out of topological order, which ONNX Runtime runs as they are (AMD Quark writes such
+    graphs), are sorted in ``model`` and the check runs again; ``notes`` says so. Anything else
+    the checker finds, before or after the sort, is refused."""
+    try:
+        return _full_check(model, path)
+    except BadInputError as error:
+        if UNSORTED not in str(error) or model.ByteSize() > PROTOBUF_LIMIT:
+            raise
+        if not proto.sort_topologically(model.graph):
+            raise
+    inferred = _full_check(model, path)
+    if notes is not None:
+        notes.append(f"{path}: its nodes were not in topological order (ONNX Runtime runs them as written, "
+                     "onnx's checker refuses them); sorted before converting")
+    return inferred
+
+
+def _full_check(model: onnx.ModelProto, path: str) -> Optional[onnx.ModelProto]:
     try:
         if model.ByteSize() > PROTOBUF_LIMIT:
             onnx.checker.check_model(path, full_check=True)

@@ -71,3 +71,68 @@ def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 def node_label(node: onnx.NodeProto) -> str:
     return f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type})"
+
+
+def sort_topologically(graph: onnx.GraphProto) -> bool:
+    """Put ``graph``'s nodes (and those of its subgraphs) in an order where every node comes after
+    the nodes whose outputs it reads, keeping the written order wherever it already is one (the
+    earliest written node whose inputs are ready comes next). Returns False when no such order
+    exists (a cycle); a name no node writes is left for onnx's checker to name.
+    """
+    import heapq
+
+    for node in graph.node:
+        for attribute in node.attribute:
+            subgraphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+            if not all(sort_topologically(subgraph) for subgraph in subgraphs):
+                return False
+    nodes = list(graph.node)
+    writer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    waiting_on = [0] * len(nodes)
+    readers = defaultdict(list)
+    for index, node in enumerate(nodes):
+        needed = {writer[name] for name in _names_read(node) if name in writer and writer[name] != index}
+        waiting_on[index] = len(needed)
+        for source in needed:
+            readers[source].append(index)
+    ready = [index for index, count in enumerate(waiting_on) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for reader in readers[index]:
+            waiting_on[reader] -= 1
+            if waiting_on[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(order) != len(nodes):
+        return False
+    if order != list(range(len(nodes))):
+        sorted_nodes = [nodes[index] for index in order]
+        del graph.node[:]
+        graph.node.extend(sorted_nodes)
+    return True
+
+
+def _names_read(node: onnx.NodeProto) -> set[str]:
+    """The tensors ``node`` reads: its inputs and the outer-scope names its subgraphs use."""
+    names = {name for name in node.input if name}
+    for attribute in node.attribute:
+        for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            names |= _outer_names(subgraph)
+    return names
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from the scopes around it."""
+    local = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
+    local |= {name for node in graph.node for name in node.output}
+    return {name for name in _names_read_in(graph) if name not in local}
+
+
+def _names_read_in(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for node in graph.node:
+        names |= _names_read(node)
+    names |= {value.name for value in graph.output}
+    return names
