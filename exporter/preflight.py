@@ -34,15 +34,6 @@ def unsupported_for_onnx(graph: gs.Graph) -> list[Problem]:
 def _reason(node: gs.Node) -> str | None:
     if node.domain == NEURON_DOMAIN and node.op == NEURON_OP:
         return None
-
-
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-def _qdq_reason(node: gs.Node) -> str | None:
-    if not all(computed_from_constants(t) for t in node.inputs):
-        return "quantization op on an activation that is not a QuantizeLinear -> DequantizeLinear pair"
-    return None
     if node.domain in QONNX_DOMAINS:
         return "QONNX op on an activation that is not a recognised quantizer"
     if node.domain == CONTRIB_DOMAIN and node.op in _QDQ_OPS:
