@@ -143,8 +143,8 @@ def rules() -> tuple[Rule, ...]:
     return (QdqRule(), ContribQdqRule(), QonnxRule(), BipolarRule(), ClampedRoundingRule(), RoundingChainRule())
 
 
-def _run(graph: gs.Graph, rules, problems: list | None) -> list[NeuronRecord]:
-    return run_rules(graph, rules, problems, error=QuantizerError)
+def _run(graph: gs.Graph, chosen, problems: list | None) -> list[NeuronRecord]:
+    return run_rules(graph, chosen, problems, error=QuantizerError)
 
 
 def _is_activation(tensor: gs.Tensor) -> bool:
@@ -168,7 +168,7 @@ class _RoundingFinding:
 
     rounding_node: gs.Node
     rounding: str
-    z: gs.Tensor  # the neuron's input (after any clamps before are absorbed: their input)
+    z: gs.Tensor  # the neuron's input: the rounding's input less its shift
     v_init: float
     shift_node: gs.Node | None
     lo: float

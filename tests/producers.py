@@ -20,8 +20,17 @@ producer's activation quantizer:
   order), clamped with ``torch.maximum(torch.minimum(q, L), -L)`` (ONNX ``Min``/``Max``)
 - ``fakequant-dynamo`` / ``fakequant-legacy``: ``ReLU`` then ``torch.fake_quantize_per_tensor_affine`` on
   levels 0..127 (narrower than uint8: torch writes ``QuantizeLinear -> Clip -> DequantizeLinear``)
+- ``clampfirst-dynamo`` / ``clampfirst-legacy``: the clamp before the straight-through rounding and none
+  after it, at a bound off the level grid: ``z = clamp(x / up * L, 0, L - 0.3); q = z + (floor(z + 0.5)
+  - z).detach(); q / L * up``
+- ``relufloor-dynamo`` / ``relufloor-legacy``: ``z = relu(x / s); q = z + (floor(z) - z).detach();
+  clamp(q, max=L) * s`` (the lower bound before the rounding, the upper after it)
 - ``qdq-u8``: onnxruntime ``quantize_static``, QDQ format, uint8 activations, per-channel int8 weights
 - ``qdq-s8``: the same with symmetric int8 activations (zero point 0, the Relu stays in the graph)
+- ``qdq-a16`` / ``qdq-au16``: A16W8, int16 or uint16 activations and int8 weights: below opset 21
+  onnxruntime writes ``com.microsoft::QuantizeLinear``/``DequantizeLinear`` for every Q/DQ
+- ``qdq-c8``: uint8 activations through the same contrib ops (``UseQDQContribOps``, as AMD Quark
+  writes its 8-bit configurations)
 - ``brevitas-qonnx`` / ``brevitas-qcdq``: Brevitas ``QuantIdentity`` (8-bit input), ``QuantConv2d`` /
   ``QuantLinear`` (4-bit weights), ``QuantReLU`` (4-bit), exported with ``export_qonnx`` /
   ``export_onnx_qcdq``
@@ -54,13 +63,14 @@ SPLIT_SEED = 0  # samples/train_digits.py: stratified 80/20 split, random_state=
 TEST_FRACTION = 0.2
 
 ARCHITECTURES = ("mlp", "cnn")
-TORCH_KINDS = ("pmsm", "floor", "ste", "qcfs", "minmax", "fakequant")
+TORCH_KINDS = ("pmsm", "floor", "ste", "qcfs", "minmax", "fakequant", "clampfirst", "relufloor")
 TORCH_PRODUCERS = tuple(f"{kind}-{exporter}" for kind in TORCH_KINDS for exporter in ("dynamo", "legacy"))
-QDQ_PRODUCERS = ("qdq-u8", "qdq-s8")
+QDQ_PRODUCERS = ("qdq-u8", "qdq-s8", "qdq-a16", "qdq-au16", "qdq-c8")
 BREVITAS_PRODUCERS = ("brevitas-qonnx", "brevitas-qcdq", "brevitas-qonnx-legacy", "brevitas-qcdq-legacy")
 PRODUCERS = TORCH_PRODUCERS + QDQ_PRODUCERS + BREVITAS_PRODUCERS
 
-LEVELS = {"pmsm": 4, "floor": 7, "ste": 7, "qcfs": 4, "minmax": 15, "fakequant": 127}  # L of the torch quantizers
+LEVELS = {"pmsm": 4, "floor": 7, "ste": 7, "qcfs": 4, "minmax": 15, "fakequant": 127,  # L of the torch quantizers
+          "clampfirst": 7, "relufloor": 7}
 BREVITAS_BITS = 4  # activation and weight bit width of the Brevitas network
 CALIBRATION_IMAGES = 256
 SEED = 0
@@ -273,8 +283,38 @@ def _quantizer_classes():
         def forward(self, x):
             return torch.fake_quantize_per_tensor_affine(x, float(self.scale), 0, 0, self.levels)
 
+    class ClampFirstQuant(nn.Module):
+        """The clamp before the straight-through rounding, none after it, at a bound that is not a
+        whole level (``L - 0.3`` rounds up to ``L``)."""
+
+        whole_range = True
+
+        def __init__(self, levels: int):
+            super().__init__()
+            self.levels, self.scale = levels, 1.0
+
+        def forward(self, v):
+            up, L = self.scale, float(self.levels)
+            z = torch.clamp(v / up * L, min=0.0, max=L - 0.3)
+            q = z + (torch.floor(z + 0.5) - z).detach()
+            return q / L * up
+
+    class ReluFloorMinQuant(nn.Module):
+        """``relu``, then the straight-through floor, then ``min(., L)``."""
+
+        whole_range = False
+
+        def __init__(self, levels: int):
+            super().__init__()
+            self.levels, self.scale = levels, 1.0
+
+        def forward(self, x):
+            z = torch.relu(x / self.scale)
+            q = z + (torch.floor(z) - z).detach()
+            return torch.clamp(q, max=float(self.levels)) * self.scale
+
     return {"floor": FloorClipQuant, "ste": RoundSTEQuant, "qcfs": QCFSQuant, "minmax": MinMaxSTEQuant,
-            "fakequant": FakeQuant}
+            "fakequant": FakeQuant, "clampfirst": ClampFirstQuant, "relufloor": ReluFloorMinQuant}
 
 
 def _quantized_copy(float_model, arch: str, kind: str, data: Digits):
@@ -360,9 +400,13 @@ def export_torch(model, path: Path, dynamo: bool, batch: int = 1) -> Path:
     return path
 
 
+QDQ_ACTIVATIONS = {"u8": "QUInt8", "s8": "QInt8", "a16": "QInt16", "au16": "QUInt16", "c8": "QUInt8"}
+
+
 def quantize_qdq(float_path: Path, path: Path, data: Digits, activation: str) -> Path:
-    """onnxruntime ``quantize_static`` in QDQ format: ``activation`` "u8" (asymmetric) or "s8"
-    (symmetric), per-channel int8 weights, calibrated (MinMax) on training images one at a time."""
+    """onnxruntime ``quantize_static`` in QDQ format: ``activation`` "u8" (asymmetric), "s8"
+    (symmetric), "a16"/"au16" (int16/uint16: contrib Q/DQ below opset 21) or "c8" (uint8 through
+    the contrib Q/DQ), per-channel int8 weights, calibrated (MinMax) on training images one at a time."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     source_input = onnx.load(str(float_path)).graph.input[0]
@@ -382,12 +426,12 @@ def quantize_qdq(float_path: Path, path: Path, data: Digits, activation: str) ->
         quantize_static(
             str(float_path), str(path), Reader(),
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
+            activation_type=getattr(QuantType, QDQ_ACTIVATIONS[activation]),
             weight_type=QuantType.QInt8,
             per_channel=True,
             # int8 activations symmetric around 0 (zero point 0): ONNX Runtime then keeps the
             # Relu in front of the QuantizeLinear, while uint8 folds it into the range
-            extra_options={"ActivationSymmetric": activation == "s8"},
+            extra_options={"ActivationSymmetric": activation == "s8", "UseQDQContribOps": activation == "c8"},
         )
     return path
 

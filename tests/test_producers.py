@@ -1,14 +1,15 @@
 """Quantized networks from real producers convert to spiking ONNX and are bit-exact at T = 1.
 
-Every producer in tests/producers.py (torch's two exporters with six kinds of quantizer idiom,
-onnxruntime's quantize_static, Brevitas QONNX and QCDQ) writes a trained MLP and a trained CNN
+Every producer in tests/producers.py (torch's two exporters with eight kinds of quantizer idiom,
+onnxruntime's quantize_static at 8 and 16 bits, standard and contrib Q/DQ, Brevitas QONNX and QCDQ) writes a trained MLP and a trained CNN
 (residual add, max pool, average pool, strided convolution, flatten). Each file is converted with
 ``to_spiking_onnx`` and run on the 360 digits test images by ONNX Runtime sessions these tests build
 themselves (graph optimizations disabled, 1 and 2 intra-op threads):
 
 - T = 1, as the user runs the source: the batch-1 export one sample at a time, and the same network
   exported at a fixed batch of ``BATCH``, ``BATCH`` samples at a time. The spiking model runs at
-  the same batch size and its output equals the source's bit for bit;
+  the same batch size and its output equals the source's bit for bit, through the neuron's kernel
+  (the custom op) and through its standard-op body;
 - T = 2, 4: accuracy stays near the ANN's (printed in the summary at the end of the session);
 - the source at ONNX Runtime's default optimization level is compared too, as information.
 
@@ -55,7 +56,9 @@ DEFAULT_CASES = {
     ("qcfs-legacy", "cnn"), ("qcfs-dynamo", "mlp"),
     ("minmax-dynamo", "cnn"), ("minmax-legacy", "mlp"),
     ("fakequant-dynamo", "mlp"), ("fakequant-legacy", "cnn"),
-    ("qdq-u8", "cnn"), ("qdq-s8", "mlp"),
+    ("clampfirst-dynamo", "mlp"), ("clampfirst-legacy", "cnn"),
+    ("relufloor-dynamo", "cnn"), ("relufloor-legacy", "mlp"),
+    ("qdq-u8", "cnn"), ("qdq-s8", "mlp"), ("qdq-a16", "cnn"), ("qdq-au16", "mlp"), ("qdq-c8", "mlp"),
     ("brevitas-qonnx", "cnn"), ("brevitas-qcdq", "mlp"),
     ("brevitas-qonnx-legacy", "mlp"), ("brevitas-qcdq-legacy", "cnn"),
 }
@@ -84,6 +87,8 @@ class Verified:
     snn_t1: dict[int, np.ndarray]  # threads -> its spiking model at T = 1, one sample at a time
     ann_batch: dict[int, np.ndarray]  # threads -> the batch-BATCH export, BATCH samples at a time
     snn_batch_t1: dict[int, np.ndarray]  # threads -> its spiking model at T = 1, BATCH samples at a time
+    body_t1: np.ndarray  # the spiking model's standard-op body (no kernel registered) at T = 1, batch 1
+    body_batch_t1: np.ndarray  # the same at batch BATCH
     ann_ort_opt: np.ndarray  # the source at ONNX Runtime's default optimization level
     size_ratio: float  # spiking file / source file
     snn: dict[int, np.ndarray] = field(default_factory=dict)  # T -> mean readout
@@ -91,16 +96,18 @@ class Verified:
     checker_error: str = ""
 
 
-def ort_run(model: onnx.ModelProto, x: np.ndarray, threads: int, timesteps: int | None = None) -> np.ndarray:
+def ort_run(model: onnx.ModelProto, x: np.ndarray, threads: int, timesteps: int | None = None,
+            kernel: bool = True) -> np.ndarray:
     """``model``'s first output on ``x``, from a session built here: optimizations off, ``threads``
     intra-op threads, as many samples per run as the model's fixed batch (QONNX and neuron kernels
-    of this package registered where the model needs them)."""
+    of this package registered where the model needs them; ``kernel=False``: a spiking model runs
+    the standard-op body of its neuron, as a plain ONNX Runtime session does)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 4
     spiking = timesteps is not None
-    if spiking or ortop.uses_qonnx(model):
+    if (spiking and kernel) or ortop.uses_qonnx(model):
         options.register_custom_ops_library(ortop.get_library_path())
     runnable = model if spiking else ortop.with_qonnx_defaults(model)
     session = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -158,6 +165,8 @@ def verify(zoo: ProducerZoo, producer: str, arch: str) -> Verified:
         snn_t1={t: ort_run(spiking, x, t, timesteps=1) for t in THREADS},
         ann_batch={t: ort_run(batched_source, x, t) for t in THREADS},
         snn_batch_t1={t: ort_run(batched_spiking, x, t, timesteps=1) for t in THREADS},
+        body_t1=ort_run(spiking, x, 1, timesteps=1, kernel=False),
+        body_batch_t1=ort_run(batched_spiking, x, 1, timesteps=1, kernel=False),
         ann_ort_opt=SourceModel(source, optimized=True).run(x)[0],
         size_ratio=len(spiking.SerializeToString()) / built.path.stat().st_size,
     )
@@ -216,6 +225,13 @@ def test_t1_spiking_onnx_is_bit_exact_with_the_source_exported_and_run_at_batch_
     v = verified(producer, arch)
     for threads in THREADS:
         assert _max_diff(v.snn_batch_t1[threads], v.ann_batch[threads]) == 0.0, f"{threads} thread(s)"
+
+
+@pytest.mark.parametrize("producer, arch", CASES)
+def test_t1_standard_op_body_is_bit_exact_with_the_source_at_batch_one_and_batch_n(verified, producer, arch):
+    v = verified(producer, arch)
+    assert _max_diff(v.body_t1, v.ann[1]) == 0.0, "batch 1"
+    assert _max_diff(v.body_batch_t1, v.ann_batch[1]) == 0.0, f"batch {BATCH}"
 
 
 @pytest.mark.parametrize("producer, arch", CASES)
