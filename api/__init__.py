@@ -8,7 +8,7 @@ The Python API mirrors the command line and returns the same report::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from pmsm.runtime.base.version import __version__
 
 
 def export(model: str, target: str = "onnx", output: str | None = None, timesteps: int = 1,
@@ -16,7 +16,7 @@ def export(model: str, target: str = "onnx", output: str | None = None, timestep
     """Convert ``model`` for ``target`` and write it (to ``output`` or next to the model).
 
     Returns a :class:`pmsm.pipeline.Export` with the spiking ONNX model, the neuron layers and,
-    for ``nir``/``lava``, the NIR graph. Raises :class:`pmsm.errors.PmsmError` on bad input.
+    for ``nir``/``lava``, the NIR graph. Raises :class:`pmsm.runtime.base.errors.PmsmError` on bad input.
     """
     from pmsm.pipeline import convert, default_output, write
 

@@ -179,7 +179,7 @@ class Plan:
 
 
 def _body_backend(spiking) -> Optional[OnnxBackend]:
-    from pmsm.errors import BadInputError
+    from pmsm.runtime.base.errors import BadInputError
 
     try:
         return OnnxBackend(spiking, portable=True)

@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
-from pmsm.errors import EXIT_BAD_INPUT, PmsmError
-from pmsm.limits import MAX_TIMESTEP_VALUES, Limits
+from pmsm.runtime.base.errors import EXIT_BAD_INPUT, PmsmError
+from pmsm.runtime.base.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
 
 DESCRIPTION = """\

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pmsm.errors import EXIT_MISMATCH, EXIT_OK, BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import EXIT_MISMATCH, EXIT_OK, BadInputError, UnsupportedModelError
 
 ROOT_BACKEND = "nir"
 CRITERIA = ["lava (floating point) vs nir at every T: argmax_agreement == 1"]

@@ -24,7 +24,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 STAGING_ROOM = 64  # bytes a path grows by inside the staging folder of pmsm.outputs
 

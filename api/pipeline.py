@@ -10,11 +10,11 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from pmsm import limits as run_limits
-from pmsm.errors import EXIT_MISMATCH, EXIT_OK, BadInputError, UnsupportedModelError
-from pmsm.files import atomic_write_bytes, atomic_write_json
+from pmsm.runtime.base import limits as run_limits
+from pmsm.runtime.base.errors import EXIT_MISMATCH, EXIT_OK, BadInputError, UnsupportedModelError
+from pmsm.runtime.base.files import atomic_write_bytes, atomic_write_json
 from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
-from pmsm.memory import bytes_per_sample, check_fits
+from pmsm.runtime.base.memory import bytes_per_sample, check_fits
 from pmsm.paths import Role, check_paths
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 
@@ -134,7 +134,7 @@ def _hybrid_note(network, problems) -> str:
 
 def write(export: Export, output: str) -> str:
     """Check ``output``, post-flight the spiking model (it must load in ONNX Runtime), then write."""
-    from pmsm.postflight import check_spiking_model
+    from pmsm.exporter.postflight import check_spiking_model
 
     target = check_output_path(export.source_path, output)
     check_spiking_model(export.spiking, export.source_path)
@@ -244,7 +244,7 @@ def run_verification(export: Export, data_path, timesteps: list[int], progress=T
 def verify_dataset(plan, dataset, timesteps: list[int], sharding: Sharding, progress: bool, boundaries: list[int],
                    spike_values: Optional[int]):
     """The chunks of ``dataset`` verified where ``sharding`` says, merged."""
-    from pmsm.memory import bytes_per_sample, chunk_samples
+    from pmsm.runtime.base.memory import bytes_per_sample, chunk_samples
     from pmsm.sharding import executor_for
     from pmsm.verification import split_at, terminal_progress, verify_chunks
 
@@ -286,7 +286,7 @@ def run_command(args: argparse.Namespace) -> int:
     """The command: every argument checked first, outputs staged and moved into place at the end
     (exit 0 or 1, when they are the evidence of the mismatch), nothing left behind on exit 2."""
     from pmsm.outputs import Staging
-    from pmsm.postflight import check_spiking_model
+    from pmsm.exporter.postflight import check_spiking_model
     from pmsm.report import print_summary
 
     limits = run_limits.from_arguments(args)

@@ -18,7 +18,7 @@ import math
 import os
 from typing import Optional
 
-from pmsm.files import atomic_path
+from pmsm.runtime.base.files import atomic_path
 
 __all__ = ["write_pictures", "picture_paths"]
 

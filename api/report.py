@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 from typing import TextIO
 
+from pmsm.runtime.base.version import __version__
+
 SCHEMA = "pmsm-report/1"
 
 
 def build_report(export, verification, dataset) -> dict:
-    from pmsm import __version__
 
     tallies = verification.tallies
     roots = tallies.roots

@@ -25,9 +25,9 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
-from pmsm.children import exit_with_parent, interruption, terminate_processes
+from pmsm.runtime.base.children import exit_with_parent, interruption, terminate_processes
 from pmsm.data import Chunk
-from pmsm.errors import BadInputError, MissingExtraError, PmsmError
+from pmsm.runtime.base.errors import BadInputError, MissingExtraError, PmsmError
 from pmsm.verification import Tallies
 
 IN_FLIGHT_PER_WORKER = 2

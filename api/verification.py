@@ -148,7 +148,7 @@ def _merge_nested(a: dict, b: dict, combine) -> dict:
 
 
 def _merge_rows(a: list, b: list) -> list:
-    from pmsm.targets.nir.mismatch import merge_rows
+    from pmsm.mismatch import merge_rows
 
     return merge_rows(a, b)
 
@@ -235,7 +235,7 @@ class Verifier:
         return tallies
 
     def _explain(self, tallies: Tallies, timestep: int, x: np.ndarray, runs: dict) -> None:
-        from pmsm.targets.nir import mismatch
+        from pmsm import mismatch
 
         graph, names = self.explain
         for name in names:
@@ -294,7 +294,7 @@ def failures_of(tallies: Tallies) -> list[str]:
         for timestep, result in by_t.items():
             failures += _criteria(name, timestep, result)
     for name, by_t in tallies.mismatch_by_layer.items():
-        from pmsm.targets.nir import mismatch
+        from pmsm import mismatch
 
         for timestep, rows in by_t.items():
             failures += mismatch.failures(rows, name, timestep)
@@ -350,6 +350,6 @@ def split_at(chunks, boundaries: list[int]):
 
 def terminal_progress(label: str = "verify") -> ProgressFn:
     """A progress bar on stderr when it is a terminal; nothing in pipes and CI logs."""
-    from pmsm.progress import bar_for
+    from pmsm.runtime.base.progress import bar_for
 
     return bar_for(sys.stderr, label)

@@ -107,7 +107,7 @@ def same_bits(a, b) -> bool:
 
 
 def bench(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
-    from pmsm.exporter import portable
+    from pmsm.runtime import portable
     from pmsm.exporter.convert import to_spiking_onnx
     from pmsm.runtime.execute import SourceModel, SpikingModel
 
@@ -366,7 +366,7 @@ def written_out(spiking):
 def sessions(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
     import onnxruntime as ort
 
-    from pmsm.exporter import portable
+    from pmsm.runtime import portable
     from pmsm.exporter.convert import to_spiking_onnx
     from pmsm.runtime import ortop
 

@@ -10,7 +10,7 @@
   QONNX quantizers run through the kernels of :mod:`pmsm.runtime.ortop`.
 
 Inputs are checked before anything runs (rank, fixed dimensions, dtype, NaN/inf) and rejected with
-a one-line :class:`~pmsm.errors.BadInputError`; an error inside a kernel becomes an
+a one-line :class:`~pmsm.runtime.base.errors.BadInputError`; an error inside a kernel becomes an
 :class:`~pmsm.runtime.ortop.ExecutionError` after ``session.run`` returns, never a process abort.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import ortop
 from pmsm.runtime.ortop import ExecutionError
 from pmsm.runtime.schema import FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT
@@ -259,7 +259,7 @@ class SpikingModel:
     ``portable=False`` (the reference): the ``ai.pmsm::MultiSpikeNeuron`` kernel of
     :mod:`pmsm.runtime.ortop` (the numpy neuron) computes every neuron.
     ``portable=True``: the custom op library is not registered, so ONNX Runtime inlines the model's
-    standard-ONNX function body of the neuron (:mod:`pmsm.exporter.portable`); a model without that
+    standard-ONNX function body of the neuron (:mod:`pmsm.runtime.portable`); a model without that
     function gets it attached (in its default-domain opset) on a copy. Same numbers, bit for bit.
     ``optimized=True`` runs at ONNX Runtime's default optimization level (information only: fusions
     of the model's other ops may change the last bit of the float arithmetic the source defines).
@@ -407,7 +407,7 @@ def _with_spike_outputs(model: onnx.ModelProto, neurons: list[onnx.NodeProto]) -
 
 def _with_neuron_function(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """``model``, or a copy of it with the portable neuron body when it has no function for the op."""
-    from pmsm.exporter import portable
+    from pmsm.runtime import portable
 
     if any((f.domain, f.name) == (portable.DOMAIN, portable.OP) for f in model.functions):
         return model

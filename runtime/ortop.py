@@ -49,7 +49,7 @@ import onnx
 import onnxruntime_extensions
 from onnxruntime_extensions import PyOp, _ocos, get_library_path, onnx_op
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 from pmsm.runtime.neuron import NeuronParams, step
 from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_OP

@@ -194,7 +194,7 @@ def test_nir_target_writes_a_file_plain_nir_reads(qdq_mlp_path, tmp_path):
 
 def test_python_api_refuses_an_unknown_target_with_a_user_error(qdq_mlp_path):
     import pmsm
-    from pmsm.errors import BadInputError
+    from pmsm.runtime.base.errors import BadInputError
 
     with pytest.raises(BadInputError, match="unknown target"):
         pmsm.export(qdq_mlp_path, target="loihi")

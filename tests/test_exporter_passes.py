@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, preflight, quantizers
 from pmsm.exporter.convert import check, to_spiking_onnx
 from pmsm.exporter.quantizers import NEURON_OP, QuantizerError

@@ -107,7 +107,7 @@ def test_lava_is_refused_on_python_311_and_later_naming_python_310():
 
 def test_python_api_without_lava_raises_an_import_error_that_is_a_user_error():
     result = python_without(["lava"], "\n".join([
-        "from pmsm.errors import PmsmError",
+        "from pmsm.runtime.base.errors import PmsmError",
         "try:",
         "    import pmsm.targets.lava",
         "except ImportError as error:",

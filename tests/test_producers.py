@@ -32,7 +32,7 @@ from producers import (
     accuracy,
 )
 
-from pmsm.exporter import portable
+from pmsm.runtime import portable
 from pmsm.exporter.convert import convert, network_for_targets, to_spiking_onnx
 from pmsm.runtime import ortop
 from pmsm.runtime.execute import SourceModel, SpikingModel

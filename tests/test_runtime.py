@@ -6,7 +6,7 @@ import onnxruntime_extensions
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import ortop
 from pmsm.runtime.execute import ExecutionError, SourceModel, SpikingModel, SpikingResult
 from pmsm.exporter.convert import spiking_from_network

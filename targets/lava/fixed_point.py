@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pmsm.errors import UnsupportedModelError
+from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.targets.lava.plan import CONVERTERS, INPUT, Plan, spike_bits
 
 TARGET = "lava (fixed point)"

@@ -13,7 +13,7 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams
 from pmsm.targets.nir.dialect import FORMAT, normalise
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.lava.kernels import Convolution
 from pmsm.targets.lava.plan import INPUT

@@ -4,7 +4,7 @@ from __future__ import annotations
 import nir
 import onnx
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.targets.nir import dialect
 from pmsm.targets.nir.emit import to_nir
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune

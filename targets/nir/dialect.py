@@ -4,7 +4,7 @@ from __future__ import annotations
 import nir
 import numpy as np
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams
 
 KEY = "pmsm"

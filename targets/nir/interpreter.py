@@ -17,7 +17,7 @@ from typing import Callable
 import nir
 import numpy as np
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import neuron
 from pmsm.targets.nir import dialect, ops
 

@@ -6,7 +6,7 @@ import tempfile
 
 import nir
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.targets.nir import dialect
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.schema import NEURON_OP, TIMESTEPS_INPUT
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import nir
 import numpy as np
 
-from pmsm.errors import UnsupportedModelError
+from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import dialect, ops
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import neuron
 from pmsm.runtime.neuron import NeuronParams
 from pmsm.targets.nir import dialect

@@ -2,7 +2,7 @@
 
 The session is built the way the reference backend builds it (:class:`pmsm.runtime.execute.SpikingModel`:
 the ``ai.pmsm`` custom op library registered, graph optimizations off), in a child process
-(:mod:`pmsm.isolation`), so a model ONNX Runtime cannot load in ``--max-load-seconds`` or that
+(:mod:`pmsm.runtime.base.isolation`), so a model ONNX Runtime cannot load in ``--max-load-seconds`` or that
 crashes it is refused with one line instead of hanging or killing the command. Nothing about the
 model's structure is assumed: whatever ``SpikingModel`` runs, this checks.
 """
@@ -13,8 +13,8 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from pmsm import limits as run_limits
-from pmsm.isolation import call_isolated
+from pmsm.runtime.base import limits as run_limits
+from pmsm.runtime.base.isolation import call_isolated
 
 
 def check_spiking_model(spiking: onnx.ModelProto, label: str, probe: Optional[np.ndarray] = None,

@@ -9,8 +9,8 @@ import os
 import resource
 from typing import Optional
 
-from pmsm.errors import BadInputError
-from pmsm.limits import describe_bytes
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.limits import describe_bytes
 
 USABLE_FRACTION = 0.8  # leave room for what the estimate does not count (interpreter, libraries)
 

@@ -7,7 +7,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 
 @contextmanager
