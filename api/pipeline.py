@@ -119,7 +119,7 @@ def convert(model_path: str, target: str = "onnx", timesteps: int = 1, compensat
 
 
 def _hybrid_note(network, problems) -> str:
-    from pmsm.energy import mac_share
+    from pmsm.exporter.synapses import mac_share
     from pmsm.hybrid import deployable_part
 
     share = mac_share(network)

@@ -93,7 +93,7 @@ def comparable(report: dict) -> dict:
 
 def _network(export) -> dict:
     """Temporal compensation and where the MACs run (spiking synapses or not)."""
-    from pmsm.energy import mac_share
+    from pmsm.exporter.synapses import mac_share
     from pmsm.exporter.convert import network_for_targets
 
     return {

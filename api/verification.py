@@ -113,12 +113,12 @@ class Tallies:
     samples: int = 0
     roots: dict[str, dict[int, Scored]] = field(default_factory=dict)
     comparisons: dict[str, dict[int, Tally]] = field(default_factory=dict)
-    spike_stats: dict[int, dict] = field(default_factory=dict)  # T -> neuron -> pmsm.energy.SpikeStats
+    spike_stats: dict[int, dict] = field(default_factory=dict)  # T -> neuron -> pmsm.spike_stats.SpikeStats
     mismatch_by_layer: dict[str, dict[int, list]] = field(default_factory=dict)  # backend -> T -> LayerMismatch rows
     fixed_point: dict[int, list] = field(default_factory=dict)  # T -> lava fixed-point records
 
     def merge(self, other: "Tallies") -> "Tallies":
-        from pmsm.energy import merge_spike_stats
+        from pmsm.spike_stats import merge_spike_stats
 
         merged = Tallies(samples=self.samples + other.samples)
         merged.roots = _merge_nested(self.roots, other.roots, lambda a, b: a.merge(b))
@@ -194,7 +194,7 @@ class Verifier:
         self.explain, self.energy_backend = explain, energy_backend
 
     def run_chunk(self, start: int, x: np.ndarray, y: Optional[np.ndarray]) -> Tallies:
-        from pmsm.energy import spike_stats
+        from pmsm.spike_stats import spike_stats
 
         tallies = Tallies(samples=len(x))
         ann_run = None
