@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
+from pmsm.plan import DEFAULT_REFERENCE_SAMPLES
 from pmsm.runtime.base.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.runtime.base.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command

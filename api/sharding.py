@@ -1,6 +1,6 @@
 """Where the chunks of a verification run: this process, local worker processes, or Ray actors.
 
-Each place builds the backends once from the same :class:`pmsm.backends.Plan` and verifies the
+Each place builds the backends once from the same :class:`pmsm.plan.VerificationPlan` and verifies the
 chunks it is sent; the caller merges what comes back (:class:`pmsm.verification.Tallies`, counts
 and maxima only), so the merged result does not depend on where or in which order chunks ran.
 The data are read once, by the caller, chunk by chunk; at most two chunks per worker are in flight,

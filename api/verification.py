@@ -17,11 +17,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Optional
 
 import numpy as np
 
-ProgressFn = Optional[Callable[[int, int], None]]
+from pmsm.runtime.backend import BackendRun, ProgressFn
 
 BATCH_ONE_SAMPLES = 32  # samples also compared one at a time (batch 1), whatever batch the model takes
 # Backends whose disagreement with the reference fails verification; the others are information.
@@ -29,21 +29,6 @@ STRICT_BACKENDS = ("onnx", "nir", "torch", "lava")
 CUSTOM_OP = "onnx_custom_op"
 BATCH_ONE = "onnx_batch1"
 BATCH_ONE_FAILURE = "onnx at T=1, one sample at a time"
-
-
-@dataclass
-class BackendRun:
-    output: np.ndarray  # [N, ...] mean over T of the readout
-    spikes: dict[str, np.ndarray] = field(default_factory=dict)  # ONNX neuron node name -> [T, N, ...]
-    seconds: float = 0.0
-
-
-class Backend(Protocol):
-    name: str
-    reference: str  # the backend it is compared with; "" for a root, compared with nothing
-    sample_limit: Optional[int]  # runs on the samples with index below it only; None: every sample
-
-    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun: ...
 
 
 @dataclass
@@ -115,7 +100,7 @@ class Tallies:
     comparisons: dict[str, dict[int, Tally]] = field(default_factory=dict)
     spike_stats: dict[int, dict] = field(default_factory=dict)  # T -> neuron -> pmsm.spike_stats.SpikeStats
     mismatch_by_layer: dict[str, dict[int, list]] = field(default_factory=dict)  # backend -> T -> LayerMismatch rows
-    fixed_point: dict[int, list] = field(default_factory=dict)  # T -> lava fixed-point records
+    details: dict[str, dict[int, object]] = field(default_factory=dict)  # report key -> T -> a backend's details
 
     def merge(self, other: "Tallies") -> "Tallies":
         from pmsm.spike_stats import merge_spike_stats
@@ -125,7 +110,7 @@ class Tallies:
         merged.comparisons = _merge_nested(self.comparisons, other.comparisons, lambda a, b: a.merge(b))
         merged.spike_stats = _merge_nested(self.spike_stats, other.spike_stats, merge_spike_stats)
         merged.mismatch_by_layer = _merge_nested(self.mismatch_by_layer, other.mismatch_by_layer, _merge_rows)
-        merged.fixed_point = _merge_flat(self.fixed_point, other.fixed_point, _merge_fixed_point)
+        merged.details = _merge_nested(self.details, other.details, lambda a, b: a.merge(b))
         return merged
 
 
@@ -151,12 +136,6 @@ def _merge_rows(a: list, b: list) -> list:
     from pmsm.mismatch import merge_rows
 
     return merge_rows(a, b)
-
-
-def _merge_fixed_point(a: list, b: list) -> list:
-    from pmsm.targets.lava.fixed_point import merge_records
-
-    return merge_records(a, b)
 
 
 @dataclass
@@ -224,9 +203,8 @@ class Verifier:
                     else runs[backend.reference]
                 tallies.comparisons.setdefault(backend.name, {})[timestep] = compare(run, reference,
                                                                                      backend.reference, y)
-                reports = getattr(backend, "fixed_point_reports", None)
-                if reports and timestep in reports:
-                    tallies.fixed_point[timestep] = reports.pop(timestep)
+                if run.details is not None:
+                    tallies.details.setdefault(backend.details_key, {})[timestep] = run.details
             energy = runs.get(self.energy_backend)
             if energy is not None and energy.spikes:
                 tallies.spike_stats[timestep] = {key: spike_stats(s) for key, s in energy.spikes.items()}

@@ -109,10 +109,10 @@ def same_bits(a, b) -> bool:
 def bench(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
     from pmsm.runtime import portable
     from pmsm.exporter.convert import to_spiking_onnx
-    from pmsm.runtime.execute import SourceModel, SpikingModel
+    from pmsm.runtime.execute import AnnRunner, SpikingModel
 
     spiking, neurons = to_spiking_onnx(source)
-    ann = SourceModel(source)
+    ann = AnnRunner(source)
     paths = {"custom op": (SpikingModel(spiking), None), "standard-op body": (SpikingModel(spiking, portable=True), None)}
     if before:
         old = onnx.ModelProto()

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -30,7 +29,7 @@ from pmsm.exporter.preflight import unsupported_for_onnx
 from pmsm.exporter.proof import prove
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
 from pmsm.runtime.base.version import __version__
-from pmsm.runtime.schema import FORMAT, NEURON_DOMAIN_VERSION
+from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, NEURON_DOMAIN_VERSION
 
 IR_VERSION = 10
 
@@ -171,7 +170,7 @@ def _finish_model(spiking: onnx.ModelProto, source_sha256: str, timesteps: int, 
 
     spiking.producer_version = __version__
     onnx.helper.set_model_props(spiking, {
-        "pmsm.format": FORMAT,
+        "pmsm.format": SPIKING_ONNX_FORMAT,
         "pmsm.source_sha256": source_sha256,
         "pmsm.default_timesteps": str(timesteps),
         "pmsm.compensation": "on" if compensation else "off",

@@ -28,7 +28,7 @@ PROTOBUF_LIMIT = (1 << 31) - 1  # a ModelProto larger than this cannot be serial
 
 
 @dataclass(frozen=True)
-class SourceModel:
+class ValidatedSource:
     path: str
     sha256: str
     model: onnx.ModelProto
@@ -42,7 +42,7 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_source(path: str) -> SourceModel:
+def load_source(path: str) -> ValidatedSource:
     """Load and validate an ONNX file with its external data (see the module's text)."""
     limits = run_limits.current()
     model = read_model(path)
@@ -54,7 +54,7 @@ def load_source(path: str) -> SourceModel:
         # Down-converting the IR version is harmless for the ops we read; say nothing.
         model.ir_version = MAX_IR_VERSION
     _check_runs_on_onnxruntime(model, path, limits)
-    return SourceModel(path=path, sha256=file_sha256(path), model=model)
+    return ValidatedSource(path=path, sha256=file_sha256(path), model=model)
 
 
 def read_model(path: str) -> onnx.ModelProto:
@@ -172,7 +172,7 @@ def _check_values(model: onnx.ModelProto, inferred: Optional[onnx.ModelProto], p
 
 def _check_runs_on_onnxruntime(model: onnx.ModelProto, path: str, limits: run_limits.Limits) -> None:
     from pmsm.runtime.base.isolation import call_isolated
-    from pmsm.runtime.execute import SourceModel as Runner  # imported here, not once per child
+    from pmsm.runtime.execute import AnnRunner as Runner  # imported here, not once per child
 
     def load_and_run_one_sample() -> None:
         runner = Runner(model)

@@ -4,7 +4,7 @@
   ``ai.pmsm::MultiSpikeNeuron`` kernel, with graph optimizations disabled (the reference); with
   ``portable=True``, through the standard-ONNX function body the file carries instead (no custom op
   library registered: what a plain ``onnxruntime.InferenceSession`` runs), bit-exact with the kernel.
-- :class:`SourceModel` runs the quantized ANN on stock ONNX Runtime: with optimizations disabled
+- :class:`AnnRunner` runs the quantized ANN on stock ONNX Runtime: with optimizations disabled
   (backend ``ann``, the ONNX specification's semantics, the reference) or at ONNX Runtime's default
   level (backend ``ann_ort_opt``, which fuses QDQ pairs into integer kernels; information only).
   QONNX quantizers run through the kernels of :mod:`pmsm.runtime.ortop`.
@@ -26,7 +26,7 @@ import onnxruntime as ort
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import ortop
 from pmsm.runtime.ortop import ExecutionError
-from pmsm.runtime.schema import FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT
+from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT
 
 __all__ = [
     "MAX_IR_VERSION",
@@ -34,7 +34,7 @@ __all__ = [
     "ExecutionError",
     "SpikingResult",
     "SpikingModel",
-    "SourceModel",
+    "AnnRunner",
     "load_model",
 ]
 
@@ -372,9 +372,9 @@ def _time_loop(model: onnx.ModelProto, label: str) -> onnx.NodeProto:
     formats = {p.key: p.value for p in model.metadata_props}
     found = formats.get("pmsm.format")
     loops = [node for node in model.graph.node if node.op_type == "Loop" and node.name == TIME_LOOP]
-    if found != FORMAT or len(loops) != 1:
+    if found != SPIKING_ONNX_FORMAT or len(loops) != 1:
         raise BadInputError(
-            f"{label}: not a {FORMAT} model (format {found or 'not given'}); convert the source again "
+            f"{label}: not a {SPIKING_ONNX_FORMAT} model (format {found or 'not given'}); convert the source again "
             "with this version of pmsm-export"
         )
     return loops[0]
@@ -427,7 +427,7 @@ def _with_neuron_function(model: onnx.ModelProto, label: str) -> onnx.ModelProto
 # ---------------------------------------------------------------------------------------------
 
 
-class SourceModel:
+class AnnRunner:
     """The quantized ANN on stock ONNX Runtime (QONNX quantizers through this package's kernels).
 
     ``optimized=False`` (backend ``ann``): graph optimizations disabled, the reference semantics.

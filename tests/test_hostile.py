@@ -214,7 +214,7 @@ def test_verify_whose_memory_estimate_exceeds_free_memory_is_refused_before_runn
 
 
 def test_the_verification_estimate_counts_spikes_of_every_backend_at_the_largest_timestep():
-    from pmsm.runtime.base.memory import INPUT_COPIES, SPIKING_BACKENDS, bytes_per_sample
+    from pmsm.plan import INPUT_COPIES, SPIKING_BACKENDS, bytes_per_sample
 
     one = bytes_per_sample(64, 100, [1], "onnx")
     inputs = 4 * INPUT_COPIES * 64
@@ -237,7 +237,7 @@ def test_chunks_fit_the_budget_and_a_quarter_of_free_memory():
 @pytest.mark.lava
 def test_the_spiking_backend_count_of_the_estimate_matches_what_verification_runs(tmp_path):
     from pmsm.data import open_data
-    from pmsm.runtime.base.memory import SPIKING_BACKENDS
+    from pmsm.plan import SPIKING_BACKENDS
     from pmsm.pipeline import convert, plan_for
 
     path = tmp_path / "m.onnx"

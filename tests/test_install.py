@@ -46,7 +46,7 @@ def python_without(blocked, code: str) -> subprocess.CompletedProcess:
 def test_importing_the_package_and_its_converter_loads_no_optional_package():
     """torch is left out of this check: onnxruntime-extensions 0.15.2 imports it by itself when it
     is installed (its ``cvt`` module); the commands below show that nothing needs it."""
-    code = ("import sys, pmsm, pmsm.cli, pmsm.pipeline, pmsm.backends, pmsm.exporter.convert, "
+    code = ("import sys, pmsm, pmsm.cli, pmsm.pipeline, pmsm.plan, pmsm.exporter.convert, "
             "pmsm.runtime.execute, pmsm.targets.nir\n"
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'lava', 'onnxscript', 'brevitas', 'ray'}}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

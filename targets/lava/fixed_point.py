@@ -295,3 +295,11 @@ def merge_records(a: list, b: list) -> list:
             changes["overflow"] = any(flags) if flags else None
         merged.append(dataclasses.replace(x, **changes))
     return merged
+
+
+class FixedPointRecords(list):
+    """The per-layer records of one fixed-point run; those of runs on other samples merge into one
+    (:func:`merge_records`), wherever the runs took place."""
+
+    def merge(self, other: list) -> "FixedPointRecords":
+        return FixedPointRecords(merge_records(self, other))

@@ -15,7 +15,7 @@ import numpy as np
 
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.targets.nir.dialect import FORMAT, normalise
+from pmsm.targets.nir.dialect import DIALECT_FORMAT, normalise
 
 TARGET = "lava"
 GRAPH = "<graph>"
@@ -94,8 +94,8 @@ def analyse(path_or_graph) -> GraphView:
         if reason:
             bad(name, reason)
     meta = _meta(graph).get("pmsm", {})
-    if isinstance(meta, dict) and meta.get("format", FORMAT) != FORMAT:
-        bad(GRAPH, f"graph format {meta.get('format')!r} is not {FORMAT!r}")
+    if isinstance(meta, dict) and meta.get("format", DIALECT_FORMAT) != DIALECT_FORMAT:
+        bad(GRAPH, f"graph format {meta.get('format')!r} is not {DIALECT_FORMAT!r}")
     if isinstance(meta, dict) and meta.get("readout", "mean") != "mean":
         bad(GRAPH, f"graph readout {meta.get('readout')!r} is not supported (only 'mean')")
 

@@ -20,7 +20,6 @@ import numpy as np
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.lava.kernels import Convolution
-from pmsm.targets.lava.plan import INPUT
 from pmsm.targets.lava.processes.pool import pool2d
 
 WORD_BITS = 24

@@ -24,7 +24,6 @@ from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import dialect, ops
 
-FORMAT = dialect.STANDARD_FORMAT
 KEY = "pmsm_standard"  # node metadata naming the PMSM neuron and level a unit encodes (reports only)
 MAX_UNITS = 16  # K = hi - lo; above, the weights between two layers grow by more than 256x
 
@@ -306,7 +305,7 @@ def to_standard(graph: nir.NIRGraph, label: str = "<nir graph>") -> tuple[nir.NI
         raise UnsupportedModelError(label, "nir --nir-profile standard", too_many)
     std = _Rewrite(graph, label).run()
     meta = dict(dialect.normalise(graph.metadata or {}).get(dialect.KEY, {}))
-    meta.update(format=FORMAT, exact_timesteps=1)
+    meta.update(format=dialect.STANDARD_FORMAT, exact_timesteps=1)
     std.metadata = {dialect.KEY: meta}
     growth = Growth(neuron_count(graph), neuron_count(std), weight_count(graph), weight_count(std), max(ks))
     return std, growth
