@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Optional
 from pmsm.runtime.base.children import exit_with_parent, interruption, terminate_processes
 from pmsm.data import Chunk
 from pmsm.runtime.base.errors import BadInputError, MissingExtraError, PmsmError
+from pmsm.runtime.base.sessions import set_threads
 from pmsm.verification import Tallies
 
 IN_FLIGHT_PER_WORKER = 2
@@ -88,8 +89,6 @@ _WORKER_VERIFIER = None
 
 def _start_worker(plan, timesteps: list[int], threads: int) -> None:
     global _WORKER_VERIFIER
-    from pmsm.runtime import execute
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
 
@@ -97,7 +96,7 @@ def _start_worker(plan, timesteps: list[int], threads: int) -> None:
     # fails if one is set already, so the choice is left open again, as in a fresh interpreter.
     multiprocessing.set_start_method(None, force=True)
 
-    execute.set_threads(threads)
+    set_threads(threads)
     try:
         _WORKER_VERIFIER = plan.verifier(timesteps)
     except PmsmError as error:
@@ -240,9 +239,7 @@ class RayWorkers:
 
 class _RayVerifier:
     def __init__(self, plan, timesteps: list[int]):
-        from pmsm.runtime import execute
-
-        execute.set_threads(1)
+        set_threads(1)
         try:
             self.verifier = plan.verifier(timesteps)
         except PmsmError as error:

@@ -337,6 +337,7 @@ def written_out(spiking):
     from onnx import helper, numpy_helper
 
     from pmsm.runtime import ortop
+    from pmsm.runtime.schema import is_neuron
 
     model = onnx.ModelProto()
     model.CopyFrom(spiking)
@@ -344,7 +345,7 @@ def written_out(spiking):
     body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
     nodes = []
     for node in body.node:
-        if not ortop.is_neuron(node):
+        if not is_neuron(node):
             nodes.append(node)
             continue
         p = ortop.neuron_params_of(node)

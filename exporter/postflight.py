@@ -47,12 +47,7 @@ def _zeros_like_input(model) -> Optional[np.ndarray]:
 
 
 def _bare_session(spiking: onnx.ModelProto) -> None:
-    import onnxruntime as ort
-
     from pmsm.runtime import ortop
+    from pmsm.runtime.base.sessions import inference_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    options.register_custom_ops_library(ortop.get_library_path())
-    ort.InferenceSession(spiking.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    inference_session(spiking, custom_ops_library=ortop.get_library_path())

@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIMESTEPS_INPUT
+from pmsm.runtime.base.sessions import inference_session
+from pmsm.runtime.schema import NEURON_DOMAIN, TIMESTEPS_INPUT, is_neuron
 
 __all__ = ["ANALOG_INPUT", "SYNAPTIC_OPS", "SynapticLayer", "mac_share", "neuron_keys", "static_shapes",
            "synaptic_layers"]
@@ -79,15 +80,11 @@ class SynapticLayer:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_neuron(node: onnx.NodeProto) -> bool:
-    return node.domain == NEURON_DOMAIN and node.op_type == NEURON_OP
-
-
 def neuron_keys(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Neuron nodes keyed as :class:`pmsm.runtime.execute.SpikingModel` keys their spikes."""
     keys: dict[str, onnx.NodeProto] = {}
     for node in model.graph.node:
-        if _is_neuron(node):
+        if is_neuron(node):
             key = node.name or node.output[0]
             if key in keys:
                 key = f"{key}:{node.output[0]}"
@@ -107,7 +104,7 @@ def _constant_tensors(model: onnx.ModelProto) -> set[str]:
     constant |= {init.values.name for init in model.graph.sparse_initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" or (
-            not _is_neuron(node) and node.input and all(not i or i in constant for i in node.input)
+            not is_neuron(node) and node.input and all(not i or i in constant for i in node.input)
         ):
             constant.update(o for o in node.output if o)
     return constant
@@ -161,7 +158,7 @@ def _shape_copy(model: onnx.ModelProto, data: Optional[str]) -> onnx.ModelProto:
         graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64), TIMESTEPS_INPUT))
     for node in graph.node:
         fold = node.op_type == "Tile" and len(node.input) > 1 and node.input[1] in timestep_dependent
-        if _is_neuron(node) or fold:
+        if is_neuron(node) or fold:
             keep_input, keep_output = node.input[0], node.output[0]
             del node.input[:], node.output[:], node.attribute[:]
             node.input.append(keep_input)
@@ -214,8 +211,6 @@ def static_shapes(model: onnx.ModelProto, wanted: Optional[set[str]] = None) -> 
 def _measured_shapes(copy: onnx.ModelProto, data: str, names: list[str]) -> dict[str, tuple]:
     """Shapes of ``names`` from one ONNX Runtime run of the batch-1 copy on zeros; {} on failure."""
     try:
-        import onnxruntime as ort
-
         vi = next(v for v in copy.graph.input if v.name == data)
         tt = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
@@ -229,10 +224,7 @@ def _measured_shapes(copy: onnx.ModelProto, data: str, names: list[str]) -> dict
         for name in names:
             if name not in present:
                 run.graph.output.append(helper.make_empty_tensor_value_info(name))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 4
-        session = ort.InferenceSession(run.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        session = inference_session(run)
         values = session.run(names, {data: np.zeros(dims, dtype=dtype)})
         return {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(names, values)}
     except Exception:  # noqa: BLE001 - a best effort; the caller reports what stays unknown
@@ -299,7 +291,7 @@ class _Tracer:
         self.data = _data_input(model)
         self.producer = {o: node for node in model.graph.node for o in node.output if o}
         self.neuron_key = {id(node): key for key, node in neuron_keys(model).items()}
-        neuron_outputs = {n.output[0] for n in model.graph.node if _is_neuron(n)}
+        neuron_outputs = {n.output[0] for n in model.graph.node if is_neuron(n)}
         self.spiking = _downstream_of(model, neuron_outputs)
 
     def _ratio(self, out: str, inp: str) -> float:
@@ -331,7 +323,7 @@ class _Tracer:
         node = self.producer.get(tensor)
         if node is None:
             return Source("analog", f"graph input '{tensor}'", mult, False), []
-        if _is_neuron(node):
+        if is_neuron(node):
             return Source("neuron", self.neuron_key[id(node)], mult), []
         op = node.op_type
         live = [i for i in node.input if i and i not in self.constant]

@@ -24,9 +24,10 @@ import onnx
 import onnxruntime as ort
 
 from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime import ortop
 from pmsm.runtime.ortop import ExecutionError
-from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT
+from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
 
 __all__ = [
     "MAX_IR_VERSION",
@@ -71,27 +72,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-_THREADS: int | None = None  # intra-op threads of the sessions created from now on; None: ONNX Runtime's default
-
-
-def set_threads(threads: int | None) -> None:
-    """Threads each session created from now on may use (None: one per core). Verification
-    workers that share the machine's cores each take their part."""
-    global _THREADS
-    _THREADS = None if threads is None else max(1, int(threads))
-
-
 def _session(model: onnx.ModelProto, label: str, *, optimized: bool, custom_ops: bool) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    if _THREADS is not None:
-        so.intra_op_num_threads = _THREADS
-    if not optimized:  # otherwise ONNX Runtime's default level
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4  # failures are reported through the exception below
-    if custom_ops:
-        so.register_custom_ops_library(ortop.get_library_path())
     try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return inference_session(model, optimized=optimized,
+                                 custom_ops_library=ortop.get_library_path() if custom_ops else None)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind exception types
         raise BadInputError(f"{label}: ONNX Runtime cannot load the model: {_first_line(exc)}") from None
 
@@ -286,7 +270,7 @@ class SpikingModel:
         self.loop = _time_loop(self.model, self.label)
         self.neurons: dict[str, onnx.NodeProto] = {}
         for node in self.loop.attribute[0].g.node:
-            if ortop.is_neuron(node):
+            if is_neuron(node):
                 ortop.neuron_params_of(node)  # attributes complete and valid, or BadInputError naming the node
                 key = node.name or node.output[0]
                 if key in self.neurons:

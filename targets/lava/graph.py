@@ -13,6 +13,7 @@ from pathlib import Path
 import nir
 import numpy as np
 
+from pmsm.runtime.base.order import topological_order
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams
 from pmsm.targets.nir.dialect import DIALECT_FORMAT, normalise
@@ -113,7 +114,7 @@ def analyse(path_or_graph) -> GraphView:
     outputs = [n for n, v in nodes.items() if isinstance(v, nir.Output)]
     if len(inputs) != 1 or len(outputs) != 1:
         bad(GRAPH, f"need exactly one Input and one Output node, found {len(inputs)} and {len(outputs)}")
-    order = _topological(nodes, preds, succs)
+    order = topological_order(nodes, [(src, dst) for src, dsts in succs.items() for dst in dsts])
     for name in nodes:
         if name not in order:
             bad(name, "lies on a cycle: recurrent connections are not supported")
@@ -326,20 +327,6 @@ def _shape(value) -> tuple[int, ...]:
     if value is None:
         raise _Problem("shape is not given")
     return tuple(int(v) for v in np.ravel(value))
-
-
-def _topological(nodes, preds, succs) -> list[str]:
-    indeg = {n: len(preds[n]) for n in nodes}
-    ready = [n for n in nodes if indeg[n] == 0]
-    order = []
-    while ready:
-        name = ready.pop(0)
-        order.append(name)
-        for nxt in succs[name]:
-            indeg[nxt] -= 1
-            if indeg[nxt] == 0:
-                ready.append(nxt)
-    return order
 
 
 def _reaching(outputs, preds) -> set[str]:
