@@ -8,14 +8,14 @@ is wrong for non-square kernels and for ``'same'`` padding with stride 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import nir
 import numpy as np
 
 from pmsm.runtime.base.order import topological_order
-from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams
+from pmsm.targets.nir.io import read_nir
 from pmsm.targets.nir.dialect import DIALECT_FORMAT, normalise
 
 TARGET = "lava"
@@ -60,15 +60,11 @@ class _Problem(Exception):
 
 
 def load(path_or_graph) -> tuple[nir.NIRGraph, str]:
+    """The graph, and its label for messages; a path is read by the NIR target's reader (type
+    checked, the dialect checked, metadata as plain Python)."""
     if isinstance(path_or_graph, nir.NIRGraph):
         return path_or_graph, GRAPH
-    path = str(path_or_graph)
-    if not Path(path).is_file():
-        raise BadInputError(f"{path}: no such NIR file")
-    try:
-        return nir.read(path), path
-    except Exception as exc:  # nir/h5py raise many types for a damaged file
-        raise BadInputError(f"{path}: cannot read NIR file: {exc}") from None
+    return read_nir(str(path_or_graph)), str(path_or_graph)
 
 
 def unsupported_nir_nodes(path_or_graph) -> list[tuple[str, str, str]]:

@@ -9,9 +9,8 @@ import os
 from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.targets.interface import ConvertOptions, Export, Target
 from pmsm.targets.nir.backend import NirBackend
-from pmsm.targets.nir.convert import network_to_nir
+from pmsm.targets.nir.convert import translate_network, translated_to_nir
 from pmsm.targets.nir.deployable import refusal_note
-from pmsm.targets.nir.preflight import unsupported_nodes
 
 
 class NirTarget(Target):
@@ -21,11 +20,12 @@ class NirTarget(Target):
     def convert(self, source, options: ConvertOptions) -> Export:
         export = super().convert(source, options)
         network = export.folded
-        problems = unsupported_nodes(network)
+        name = os.path.basename(source.path)
+        translation, problems = translate_network(network, network.graph.name or "<model>")
         if problems:
             raise UnsupportedModelError(source.path, self.name, problems, note=refusal_note(network, problems))
-        export.nir_graph = network_to_nir(network, source_sha256=source.sha256,
-                                          source_name=os.path.basename(source.path), timesteps=options.timesteps)
+        export.nir_graph = translated_to_nir(translation, source_sha256=source.sha256, source_name=name,
+                                             timesteps=options.timesteps)
         if options.nir_profile == "standard":
             from pmsm.targets.nir.standard import to_standard
 
