@@ -1,4 +1,4 @@
-"""The `pmsm-export` command (DESIGN §10)."""
+"""The `pmsm-export` command (README: Exit codes)."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""The verification report (schema ``pmsm-report/1``, DESIGN §9) and its terminal summary."""
+"""The verification report (schema ``pmsm-report/1``, docs/verification.md) and its terminal summary."""
 from __future__ import annotations
 
 import os

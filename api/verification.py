@@ -1,4 +1,4 @@
-"""Run several backends on the same inputs, chunk by chunk, and compare them (DESIGN §9).
+"""Run several backends on the same inputs, chunk by chunk, and compare them (docs/verification.md).
 
 The source ANN (``ann``, ONNX Runtime with optimizations disabled) is the reference of the spiking
 ONNX (``onnx``) at T = 1; every other backend is compared with ``onnx`` at each T. ``onnx`` runs the
@@ -262,7 +262,7 @@ def _timed(call) -> BackendRun:
 
 
 def failures_of(tallies: Tallies) -> list[str]:
-    """The criteria (DESIGN §9) applied to the merged tallies."""
+    """The criteria (docs/verification.md) applied to the merged tallies."""
     failures = []
     batch_one = tallies.comparisons.get(BATCH_ONE, {}).get(1)
     if batch_one is not None and batch_one.max_abs_diff != 0:

@@ -21,7 +21,7 @@ float ViT.
 For export, each batch norm is folded into the Conv/Linear before it (so no
 BatchNormalization node is left), and the model is exported with torch's default (dynamo)
 exporter at batch 1. Reported accuracies are those of the exported files, run by ONNX Runtime
-with graph optimizations disabled (the reference semantics, DESIGN §9). Extra seeds (not
+with graph optimizations disabled (the reference semantics, docs/verification.md). Extra seeds (not
 exported) measure the run-to-run spread, evaluated in torch on the BN-folded model. The ViT's
 spiking ONNX model is measured too (T = 1, 2, 4, with and without temporal compensation).
 

@@ -1,4 +1,4 @@
-"""The `pmsm-export` command: contract of DESIGN §10 (targets, flags, exit codes, no tracebacks)."""
+"""The `pmsm-export` command: contract of the README's Exit codes (targets, flags, exit codes, no tracebacks)."""
 from __future__ import annotations
 
 import json

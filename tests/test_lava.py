@@ -1,4 +1,4 @@
-"""Lava lowering of PMSM NIR graphs (DESIGN §8), checked against a direct numpy evaluation,
+"""Lava lowering of PMSM NIR graphs (docs/lava.md), checked against a direct numpy evaluation,
 against the project's NIR interpreter, and lowering against lowering.
 
 The graphs are built by hand in the PMSM dialect with dyadic weights and inputs (multiples of

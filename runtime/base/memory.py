@@ -1,7 +1,7 @@
 """How much memory this process may still take, and whether a planned piece of work fits in it.
 
 A run that needs more than is free is refused before it starts, with the estimate and what is
-free, instead of being killed by the kernel or a memory cap half way (DESIGN §10: exit 2).
+free, instead of being killed by the kernel or a memory cap half way (exit 2, README "Exit codes").
 """
 from __future__ import annotations
 
