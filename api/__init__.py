@@ -26,7 +26,7 @@ def export(model: str, target: str = "onnx", output: str | None = None, timestep
     and, for ``nir``/``lava``, the NIR graph. Raises :class:`pmsm.runtime.base.errors.PmsmError` on
     bad input.
     """
-    from pmsm.pipeline import convert, default_output, write  # the flow imports every layer: on first use
+    from pmsm.pipeline import convert, default_output, write  # the flow imports every layer: `import pmsm` stays light
 
     result = convert(model, target, timesteps=timesteps, compensation=compensation)
     write(result, output or default_output(model, target))
@@ -41,7 +41,7 @@ def verify(model: str, target: str = "onnx", data: str | None = None, timesteps=
     ``report["verification"]["passed"]`` tells whether the equivalence criteria held. A NIR file as
     ``model`` (target lava) is simulated against the NIR interpreter; nothing is written but the report.
     """
-    from pmsm.pipeline import Request, run  # the flow imports every layer: on first use
+    from pmsm.pipeline import Request, run  # the flow imports every layer: `import pmsm` stays light
 
     request = Request(model=model, target=target, output=output, timesteps=tuple(timesteps),
                       compensation=compensation, verify=True, data=data, report=report, pictures=pictures,

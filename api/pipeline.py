@@ -31,6 +31,10 @@ from pmsm.runtime.base.memory import check_fits, chunk_samples
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 from pmsm.targets.interface import TARGET_NAMES, ConvertOptions, Export, target_named
 from pmsm.verification import split_at, terminal_progress, verify_chunks
+from pmsm.targets.nir import write_nir
+from pmsm.runtime.execute import SpikingModel
+from pmsm.ci_outputs import write_junit, write_summary_markdown
+from pmsm.sharding import executor_for
 
 TARGETS = TARGET_NAMES
 
@@ -153,8 +157,6 @@ def _nir_file_bytes(export: Export) -> bytes:
     """The NIR file the export's graph makes, written to a scratch file."""
     import tempfile
 
-    from pmsm.targets.nir import write_nir
-
     with tempfile.TemporaryDirectory(prefix="pmsm-nir-") as folder:
         path = os.path.join(folder, "model.nir")
         write_nir(export.nir_graph, path)
@@ -178,8 +180,6 @@ def run_verification(export: Export, data_path, timesteps: list[int], progress=T
 def verify_dataset(plan: VerificationPlan, dataset, timesteps: list[int], sharding: Sharding, progress: bool,
                    boundaries: list[int], spike_values: Optional[int]):
     """The chunks of ``dataset`` verified where ``sharding`` says, merged."""
-    from pmsm.sharding import executor_for  # Ray and worker processes only when the run shards
-
     per_sample = bytes_per_sample(dataset.sample_values, spike_values or 0, timesteps, plan.target)
     size = chunk_samples(per_sample)
     executor = executor_for(plan, timesteps, sharding.workers, sharding.ray_address, sharding.ray)
@@ -199,8 +199,6 @@ def _spike_values(export: Export, dataset) -> Optional[int]:
         import numpy as np
 
         return sum(int(np.size(node.r)) for node in export.nir_graph.nodes.values() if isinstance(node, nir.IF))
-    from pmsm.runtime.execute import SpikingModel
-
     result = SpikingModel(export.spiking).run(dataset.first(), 1, collect_spikes=True)
     return int(sum(s.size for s in result.spikes.values()))
 
@@ -212,7 +210,7 @@ def finish_report(report: dict, path: Optional[str], pictures: bool = True) -> l
     atomic_write_json(path, report)
     written = [path]
     if pictures:
-        from pmsm.plots import write_pictures  # matplotlib only when pictures are drawn
+        from pmsm.plots import write_pictures  # matplotlib takes seconds to import: only when pictures are drawn
 
         folder = os.path.dirname(os.path.abspath(path))
         written += write_pictures(report, folder, os.path.splitext(os.path.basename(path))[0])
@@ -353,7 +351,7 @@ def report_roles(report: Optional[str], pictures: bool = True, flag: str = "--re
     """The report and the pictures drawn next to it, as outputs to check."""
     if report is None:
         return []
-    from pmsm.plots import picture_paths  # matplotlib only when pictures are drawn
+    from pmsm.plots import picture_paths  # matplotlib takes seconds to import: only when pictures are drawn
 
     folder, name = os.path.split(report)
     drawn = picture_paths(folder, os.path.splitext(name)[0]) if pictures else []
@@ -367,8 +365,6 @@ def _ci_roles(junit: Optional[str], summary_md: Optional[str]) -> list[Role]:
 
 def _stage_ci_outputs(report: dict, junit: Optional[str], summary_md: Optional[str], resolved: dict[str, str],
                       staging) -> None:
-    from pmsm.ci_outputs import write_junit, write_summary_markdown
-
     if junit:
         write_junit(report, staging.path(resolved[junit]))
     if summary_md:
@@ -379,6 +375,6 @@ def _stage_report(report: dict, path: str, resolved: dict[str, str], staging, pi
     target = resolved[path]
     atomic_write_json(staging.path(target), report)
     if pictures:
-        from pmsm.plots import write_pictures  # matplotlib only when pictures are drawn
+        from pmsm.plots import write_pictures  # matplotlib takes seconds to import: only when pictures are drawn
 
         write_pictures(report, staging.folder_for(target), os.path.splitext(os.path.basename(target))[0])

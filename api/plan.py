@@ -14,6 +14,7 @@ from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.memory import INPUT_COPIES, spiking_bytes_per_sample
 from pmsm.targets.interface import EXPLAINED_TARGETS, SPIKING_BACKENDS, target_named
 from pmsm.verification import CUSTOM_OP, Verifier
+from pmsm.targets.nir import read_nir
 
 DEFAULT_REFERENCE_SAMPLES = 256  # samples the custom op runs on besides the standard-op body
 
@@ -78,8 +79,6 @@ class VerificationPlan:
     def nir_graph(self):
         """The NIR graph: the one read in this process, or the file's bytes read once here."""
         if self.graph is None and self.nir is not None:
-            from pmsm.targets.nir import read_nir
-
             with tempfile.TemporaryDirectory(prefix="pmsm-verify-") as folder:
                 path = os.path.join(folder, "model.nir")
                 with open(path, "wb") as handle:

@@ -21,7 +21,11 @@ from typing import Optional
 
 import numpy as np
 
+from pmsm import mismatch
+from pmsm.data import Chunk
 from pmsm.runtime.backend import BackendRun, ProgressFn
+from pmsm.runtime.base.progress import bar_for
+from pmsm.spike_stats import merge_spike_stats, spike_stats
 
 BATCH_ONE_SAMPLES = 32  # samples also compared one at a time (batch 1), whatever batch the model takes
 # Backends whose disagreement with the reference fails verification; the others are information.
@@ -103,8 +107,6 @@ class Tallies:
     details: dict[str, dict[int, object]] = field(default_factory=dict)  # report key -> T -> a backend's details
 
     def merge(self, other: "Tallies") -> "Tallies":
-        from pmsm.spike_stats import merge_spike_stats
-
         merged = Tallies(samples=self.samples + other.samples)
         merged.roots = _merge_nested(self.roots, other.roots, lambda a, b: a.merge(b))
         merged.comparisons = _merge_nested(self.comparisons, other.comparisons, lambda a, b: a.merge(b))
@@ -133,9 +135,7 @@ def _merge_nested(a: dict, b: dict, combine) -> dict:
 
 
 def _merge_rows(a: list, b: list) -> list:
-    from pmsm.mismatch import merge_rows
-
-    return merge_rows(a, b)
+    return mismatch.merge_rows(a, b)
 
 
 @dataclass
@@ -173,8 +173,6 @@ class Verifier:
         self.explain, self.energy_backend = explain, energy_backend
 
     def run_chunk(self, start: int, x: np.ndarray, y: Optional[np.ndarray]) -> Tallies:
-        from pmsm.spike_stats import spike_stats
-
         tallies = Tallies(samples=len(x))
         ann_run = None
         if self.ann is not None:
@@ -213,8 +211,6 @@ class Verifier:
         return tallies
 
     def _explain(self, tallies: Tallies, timestep: int, x: np.ndarray, runs: dict) -> None:
-        from pmsm import mismatch
-
         graph, names = self.explain
         for name in names:
             if name in runs and runs[name].spikes:
@@ -272,8 +268,6 @@ def failures_of(tallies: Tallies) -> list[str]:
         for timestep, result in by_t.items():
             failures += _criteria(name, timestep, result)
     for name, by_t in tallies.mismatch_by_layer.items():
-        from pmsm import mismatch
-
         for timestep, rows in by_t.items():
             failures += mismatch.failures(rows, name, timestep)
     return failures
@@ -316,8 +310,6 @@ def verify_chunks(executor, chunks, samples: int, timesteps: list[int], progress
 def split_at(chunks, boundaries: list[int]):
     """``chunks`` with every chunk that spans one of ``boundaries`` (sample indices) cut there,
     so that a backend limited to the first n samples runs on whole chunks."""
-    from pmsm.data import Chunk
-
     for chunk in chunks:
         cuts = sorted(b - chunk.start for b in boundaries if chunk.start < b < chunk.stop)
         begin = 0
@@ -328,6 +320,4 @@ def split_at(chunks, boundaries: list[int]):
 
 def terminal_progress(label: str = "verify") -> ProgressFn:
     """A progress bar on stderr when it is a terminal; nothing in pipes and CI logs."""
-    from pmsm.runtime.base.progress import bar_for
-
     return bar_for(sys.stderr, label)

@@ -30,6 +30,7 @@ from pmsm.exporter.proof import prove
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
 from pmsm.runtime.base.version import __version__
 from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, NEURON_DOMAIN_VERSION
+from pmsm.runtime.portable import attach_neuron_function
 
 IR_VERSION = 10
 
@@ -163,8 +164,6 @@ def _set_opsets(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
 
 def _finish_model(spiking: onnx.ModelProto, source_sha256: str, timesteps: int, compensation: bool) -> None:
     spiking.ir_version = IR_VERSION
-    from pmsm.runtime.portable import attach_neuron_function
-
     attach_neuron_function(spiking)  # the standard-ONNX body ORT runs when no ai.pmsm kernel is registered
     spiking.producer_name = "pmsm-export"
 

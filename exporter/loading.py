@@ -22,6 +22,9 @@ from pmsm.runtime.base import limits as run_limits
 from pmsm.runtime.base.errors import BadInputError, first_line, one_line
 from pmsm.exporter import validation
 from pmsm.runtime.base import proto
+from pmsm.runtime.base.memory import available_bytes
+from pmsm.runtime.base.isolation import call_isolated
+from pmsm.runtime.execute import AnnRunner as Runner
 
 MAX_IR_VERSION = 11  # onnxruntime 1.23 refuses newer files
 PROTOBUF_LIMIT = (1 << 31) - 1  # a ModelProto larger than this cannot be serialized in memory
@@ -160,8 +163,6 @@ def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _check_values(model: onnx.ModelProto, inferred: Optional[onnx.ModelProto], path: str) -> None:
-    from pmsm.runtime.base.memory import available_bytes
-
     found = validation.problems(model)
     if inferred is not None:
         found += validation.tensor_size_problems(model, inferred, available_bytes())
@@ -171,9 +172,6 @@ def _check_values(model: onnx.ModelProto, inferred: Optional[onnx.ModelProto], p
 
 
 def _check_runs_on_onnxruntime(model: onnx.ModelProto, path: str, limits: run_limits.Limits) -> None:
-    from pmsm.runtime.base.isolation import call_isolated
-    from pmsm.runtime.execute import AnnRunner as Runner  # imported here, not once per child
-
     def load_and_run_one_sample() -> None:
         runner = Runner(model)
         dims = runner.input.dims

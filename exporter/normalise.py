@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 from pmsm.exporter.graph import add_node, constant_value, fresh_name, producer, replace_uses, scalar_value, split_constant_operand
 from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.qonnx import QONNX_DOMAINS
+from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 
 
 def drop_initializer_inputs(graph: gs.Graph) -> gs.Graph:
@@ -51,8 +52,6 @@ def expand_qonnx_weight_quantizers(graph: gs.Graph) -> gs.Graph:
     and pick other GEMM kernels, which differ in the last bit for a single row. Rounding modes with no
     ONNX op are folded with the numpy kernel instead.
     """
-    from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
-
     for node in list(graph.nodes):
         if node.domain not in QONNX_DOMAINS or node.op not in ("Quant", "IntQuant", "BipolarQuant"):
             continue

@@ -15,6 +15,9 @@ import onnx
 
 from pmsm.runtime.base import limits as run_limits
 from pmsm.runtime.base.isolation import call_isolated
+from pmsm.runtime import ortop
+from pmsm.runtime.base.sessions import inference_session
+from pmsm.runtime.execute import SpikingModel
 
 
 def check_spiking_model(spiking: onnx.ModelProto, label: str, probe: Optional[np.ndarray] = None,
@@ -22,8 +25,6 @@ def check_spiking_model(spiking: onnx.ModelProto, label: str, probe: Optional[np
     """Load ``spiking`` in ONNX Runtime and run one sample at T = 1 (``probe``, or zeros when the
     input shape is fixed); returns the spike values that sample makes in one timestep over all
     neurons, or None when there was nothing to run (an input of unknown shape and no probe)."""
-    from pmsm.runtime.execute import SpikingModel  # imported here, not once per child
-
     seconds = run_limits.current().max_load_seconds if seconds is None else seconds
 
     def load_and_run() -> Optional[int]:
@@ -47,7 +48,4 @@ def _zeros_like_input(model) -> Optional[np.ndarray]:
 
 
 def _bare_session(spiking: onnx.ModelProto) -> None:
-    from pmsm.runtime import ortop
-    from pmsm.runtime.base.sessions import inference_session
-
     inference_session(spiking, custom_ops_library=ortop.get_library_path())

@@ -28,6 +28,7 @@ from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime import ortop
 from pmsm.runtime.ortop import ExecutionError
 from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
+from pmsm.runtime import portable
 
 __all__ = [
     "MAX_IR_VERSION",
@@ -391,8 +392,6 @@ def _with_spike_outputs(model: onnx.ModelProto, neurons: list[onnx.NodeProto]) -
 
 def _with_neuron_function(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """``model``, or a copy of it with the portable neuron body when it has no function for the op."""
-    from pmsm.runtime import portable
-
     if any((f.domain, f.name) == (portable.DOMAIN, portable.OP) for f in model.functions):
         return model
     copy = onnx.ModelProto()

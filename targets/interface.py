@@ -24,6 +24,8 @@ from typing import Optional
 
 import onnx
 
+from pmsm.exporter.convert import convert as convert_model
+from pmsm.exporter.convert import network_for_targets
 from pmsm.runtime.base.errors import BadInputError
 
 TARGET_NAMES = ("onnx", "nir", "lava")
@@ -87,8 +89,6 @@ class Export:
     @property
     def folded(self) -> Optional[onnx.ModelProto]:
         if self._folded is None and self.network is not None:
-            from pmsm.exporter.convert import network_for_targets
-
             self._folded = network_for_targets(self.network)
         return self._folded
 
@@ -98,7 +98,7 @@ class Export:
 
 
 class Target:
-    """The calls every target answers; the defaults are those of a target that writes NIR."""
+    """The calls every target answers, and what most targets share."""
 
     name = ""
     suffix = ".nir"  # of the default output, next to the model
@@ -121,8 +121,6 @@ class Target:
 
     def convert(self, source, options: ConvertOptions) -> Export:
         """The spiking ONNX of ``source`` (a validated :class:`pmsm.exporter.loading.ValidatedSource`)."""
-        from pmsm.exporter.convert import convert as convert_model
-
         compensation = options.compensation and self.keeps_compensation
         converted = convert_model(source.model, path=source.path, source_sha256=source.sha256,
                                   default_timesteps=options.timesteps, compensation=compensation)
@@ -134,17 +132,12 @@ class Target:
                             f"target '{self.name}' takes the source ONNX model")
 
     def write(self, export: Export, path: str) -> None:
-        from pmsm.targets.nir import write_nir
-
-        write_nir(export.nir_graph, path)
+        """Write the export's output file to ``path`` atomically."""
+        raise NotImplementedError
 
     def check_written(self, export: Export, path: str) -> None:
-        """Post-flight of the written file: it reads back; the graph read back is the one verified."""
-        from pmsm.targets.nir import read_nir
-
-        export.nir_graph = read_nir(path)
-        with open(path, "rb") as handle:
-            export.nir_file = handle.read()
+        """Post-flight of the written file (it reads back as it must), before it is verified."""
+        raise NotImplementedError
 
     def plan_options(self, export: Export, dataset) -> dict:
         """What this target's backends need of the run besides the files (``VerificationPlan`` fields)."""

@@ -14,6 +14,7 @@ from pmsm.targets.lava.backend import LavaBackend
 from pmsm.targets.lava.graph import unsupported_nir_nodes
 from pmsm.targets.nir import NirInterpreter, read_nir
 from pmsm.targets.nir.target import NirTarget
+from pmsm.targets.lava.processes.network import Network
 
 NIR_SOURCE_ROOT = "nir"
 NIR_SOURCE_CRITERIA = ["lava (floating point) vs nir at every T: argmax_agreement == 1"]
@@ -64,8 +65,6 @@ class LavaTarget(NirTarget):
 
     def lowering_summary(self, export: Export, timesteps: int) -> str:
         """What lowering the NIR source gives, without simulating it."""
-        from pmsm.targets.lava.processes.network import Network
-
         network = Network(export.nir_graph, timesteps=timesteps)
         return (f"lowered to Lava processes, {network.depth} step(s) deep "
                 "(nothing written; --verify simulates it against the NIR interpreter)")

@@ -23,6 +23,7 @@ import numpy as np
 from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import dialect, ops
+from pmsm.targets.nir.interpreter import topological
 
 KEY = "pmsm_standard"  # node metadata naming the PMSM neuron and level a unit encodes (reports only)
 MAX_UNITS = 16  # K = hi - lo; above, the weights between two layers grow by more than 256x
@@ -128,8 +129,6 @@ class _Rewrite:
     ``GraphExecutor``, used by norse and sinabs) still run."""
 
     def __init__(self, graph: nir.NIRGraph, label: str):
-        from pmsm.targets.nir.interpreter import topological
-
         self.g = graph
         self.label = label
         self.order = topological(graph, label)

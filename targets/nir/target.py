@@ -11,6 +11,8 @@ from pmsm.targets.interface import ConvertOptions, Export, Target
 from pmsm.targets.nir.backend import NirBackend
 from pmsm.targets.nir.convert import translate_network, translated_to_nir
 from pmsm.targets.nir.deployable import refusal_note
+from pmsm.targets.nir.io import read_nir, write_nir
+from pmsm.targets.nir.standard import to_standard
 
 
 class NirTarget(Target):
@@ -27,10 +29,18 @@ class NirTarget(Target):
         export.nir_graph = translated_to_nir(translation, source_sha256=source.sha256, source_name=name,
                                              timesteps=options.timesteps)
         if options.nir_profile == "standard":
-            from pmsm.targets.nir.standard import to_standard
-
             export.nir_graph, export.nir_growth = to_standard(export.nir_graph, source.path)
         return export
+
+    def write(self, export: Export, path: str) -> None:
+        write_nir(export.nir_graph, path)
+
+    def check_written(self, export: Export, path: str) -> None:
+        """What was written reads back (type checked, dialect checked); the graph read back is the
+        one verified, and the file's bytes are what workers verify."""
+        export.nir_graph = read_nir(path)
+        with open(path, "rb") as handle:
+            export.nir_file = handle.read()
 
     def plan_options(self, export: Export, dataset) -> dict:
         return {"torch": export.nir_growth is None and all(map(_importable, ("pmsm.targets.torch", "nirtorch")))}
