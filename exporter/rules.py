@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import onnx_graphsurgeon as gs
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 
 class PatternError(BadInputError):

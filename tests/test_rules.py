@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 from test_exporter_passes import RNG, X, assert_t1_bit_exact, const, model, neuron_bounds, node, ops, run_source
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import quantizers
 from pmsm.exporter.convert import check, to_spiking_onnx
 from pmsm.exporter.loading import load_source

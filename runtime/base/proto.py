@@ -5,6 +5,8 @@ from collections import defaultdict
 
 import onnx
 
+from pmsm.runtime.base.order import topological_order
+
 
 def all_graphs(model: onnx.ModelProto):
     """The main graph and every subgraph in node attributes (If, Loop and Scan bodies)."""
@@ -73,14 +75,20 @@ def node_label(node: onnx.NodeProto) -> str:
     return f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type})"
 
 
+def onnx_node_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` ordered so that every node comes after the producers of its inputs (in the same
+    graph; names produced elsewhere are inputs); nodes on a cycle are left out."""
+    producers = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    edges = [(producers[name], index) for index, node in enumerate(nodes) for name in node.input if name in producers]
+    return [nodes[index] for index in topological_order(range(len(nodes)), edges)]
+
+
 def sort_topologically(graph: onnx.GraphProto) -> bool:
     """Put ``graph``'s nodes (and those of its subgraphs) in an order where every node comes after
-    the nodes whose outputs it reads, keeping the written order wherever it already is one (the
-    earliest written node whose inputs are ready comes next). Returns False when no such order
+    the nodes whose outputs it reads (the order of
+    :func:`~pmsm.runtime.base.order.topological_order`). Returns False when no such order
     exists (a cycle); a name no node writes is left for onnx's checker to name.
     """
-    import heapq
-
     for node in graph.node:
         for attribute in node.attribute:
             subgraphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
@@ -88,23 +96,9 @@ def sort_topologically(graph: onnx.GraphProto) -> bool:
                 return False
     nodes = list(graph.node)
     writer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
-    waiting_on = [0] * len(nodes)
-    readers = defaultdict(list)
-    for index, node in enumerate(nodes):
-        needed = {writer[name] for name in _names_read(node) if name in writer and writer[name] != index}
-        waiting_on[index] = len(needed)
-        for source in needed:
-            readers[source].append(index)
-    ready = [index for index, count in enumerate(waiting_on) if count == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        index = heapq.heappop(ready)
-        order.append(index)
-        for reader in readers[index]:
-            waiting_on[reader] -= 1
-            if waiting_on[reader] == 0:
-                heapq.heappush(ready, reader)
+    edges = {(writer[name], index) for index, node in enumerate(nodes) for name in _names_read(node)
+             if name in writer and writer[name] != index}
+    order = topological_order(range(len(nodes)), sorted(edges))
     if len(order) != len(nodes):
         return False
     if order != list(range(len(nodes))):
