@@ -47,7 +47,7 @@ def _back_through(node: Node, coef: np.ndarray) -> np.ndarray | None:
     v = per_channel(coef)
     if v is None or (node.kind == "maxpool" and not np.all(v > 0)):
         return None
-    return np.broadcast_to(v.reshape(-1, 1, 1), node.in_shape).copy()
+    return np.broadcast_to(v.reshape((-1,) + (1,) * (len(node.in_shape) - 1)), node.in_shape).copy()
 
 
 def _push_up(work: WorkGraph, edge: Edge, coef: np.ndarray, apply: bool) -> bool:
@@ -60,7 +60,7 @@ def _push_up(work: WorkGraph, edge: Edge, coef: np.ndarray, apply: bool) -> bool
         if v is None:
             return False
         if apply:
-            p["weight"] = p["weight"] * v[:, None, None, None]
+            p["weight"] = p["weight"] * v.reshape((-1,) + (1,) * (p["weight"].ndim - 1))
             p["bias"] = p["bias"] * v
         return True
     if src.kind == "affine":
@@ -106,7 +106,7 @@ def _push_down(work: WorkGraph, edge: Edge) -> bool:
         groups = p["groups"]
         # Input channel j of group g feeds output channels g*og .. (g+1)*og - 1.
         factor = np.repeat(v.reshape(groups, w.shape[1]), w.shape[0] // groups, axis=0)
-        p["weight"] = w * factor[:, :, None, None]
+        p["weight"] = w * factor.reshape(factor.shape + (1,) * (w.ndim - 2))
     for e in ins:
         e.coef = np.ones_like(e.coef)
     return True
@@ -154,13 +154,13 @@ def _push_bias(work: WorkGraph, edge: Edge, bias: np.ndarray, apply: bool) -> bo
         return True
     if src.kind == "flatten":
         back = bias.reshape(src.in_shape)
-    elif src.kind == "maxpool" or (src.kind == "sumpool" and src.params["padding"] == (0, 0)):
+    elif src.kind == "maxpool" or (src.kind == "sumpool" and not any(src.params["padding"])):
         v = per_channel(bias)
         if v is None:
             return False
         if src.kind == "sumpool":  # each output sums kh*kw copies of the offset
-            v = v / float(src.params["kernel"][0] * src.params["kernel"][1])
-        back = np.broadcast_to(v.reshape(-1, 1, 1), src.in_shape).copy()
+            v = v / float(np.prod(src.params["kernel"]))
+        back = np.broadcast_to(v.reshape((-1,) + (1,) * (len(src.in_shape) - 1)), src.in_shape).copy()
     else:
         return False
     for inner in work.into(src):
