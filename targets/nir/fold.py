@@ -183,6 +183,8 @@ def fold_biases(work: WorkGraph) -> list[Problem]:
                 _push_bias(work, edge, bias, apply=True)
                 break
         else:
+            if _insert_bias_conv1d(work, node, bias):
+                continue
             origin = node.params.get("bias_from") or (node.onnx_node or node.name, node.kind)
             problems.append((origin[0], origin[1],
                              f"adds a constant offset (reaching '{node.onnx_node or node.name}') that NIR cannot "
@@ -190,3 +192,21 @@ def fold_biases(work: WorkGraph) -> list[Problem]:
                              "it, and there is none (e.g. an offset after a neuron with no linear layer after it, "
                              "or an offset on the input of a zero-padded Conv)"))
     return problems
+
+
+def _insert_bias_conv1d(work: WorkGraph, node: Node, bias: np.ndarray) -> bool:
+    """An offset per channel on a ``[C, L]`` value (e.g. a token-wise bias added after a QDQ
+    quantizer of a MatMul's output) with no layer to absorb it: a ``Conv1d`` of kernel 1 with identity
+    weights carries it. Its input is what reached ``node`` (the same sum), its output that plus the
+    offset: the identity weights are exact, and so is the sum in float64 (docs/nir.md §4a)."""
+    v = per_channel(bias)
+    if len(node.in_shape) != 2 or v is None:
+        return False
+    channels = node.in_shape[0]
+    carrier = work.add("conv", f"{node.name}_bias", node.in_shape, node.in_shape, onnx_node=node.onnx_node,
+                       weight=np.eye(channels)[:, :, None], bias=v.copy(), stride=(1,), padding=(0,), dilation=(1,),
+                       groups=1)
+    for edge in work.into(node):
+        edge.dst = carrier.name
+    work.edges.append(Edge(carrier.name, node.name, np.ones(node.in_shape)))
+    return True
