@@ -46,16 +46,29 @@ def _verify(models, arch, producer, target="nir", data=None, timesteps=TIMESTEPS
     return code, json.loads(stem.with_suffix(".json").read_text()), f"{stem}.nir"
 
 
+@pytest.fixture(scope="module")
+def verified(models):
+    """``--target nir --verify`` of each model on the 360 test sequences at T = 1, 2, 4, run once."""
+    cache = {}
+
+    def get(arch, producer):
+        if (arch, producer) not in cache:
+            cache[arch, producer] = _verify(models, arch, producer)
+        return cache[arch, producer]
+    return get
+
+
 def _agreement(report, backend):
     rows = report["verification"]["backends"][backend]
     return ({t: rows[t]["argmax_agreement"] for t in rows},
             {t: sum(r["unexplained"] for r in rows[t]["mismatch_by_layer"]) for t in rows})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,producer", [("kws", "pmsm"), ("token", "pmsm"), ("token", "qdq")])
 def test_nir_interpreter_and_torch_agree_with_the_spiking_onnx_on_every_prediction_at_t_1_2_4(
-        models, arch, producer):
-    code, report, path = _verify(models, arch, producer)
+        verified, arch, producer):
+    code, report, path = verified(arch, producer)
     assert code == 0
     for backend in ("nir", "torch"):
         agreement, unexplained = _agreement(report, backend)
@@ -66,30 +79,33 @@ def test_nir_interpreter_and_torch_agree_with_the_spiking_onnx_on_every_predicti
     assert any(isinstance(n, nir.Conv1d) for n in graph.nodes.values())
 
 
-def test_qdq_1d_cnn_agrees_at_t_1_2_and_every_spike_difference_is_a_float_rounding_boundary(models):
+@pytest.mark.slow
+def test_qdq_1d_cnn_agrees_at_t_1_2_and_every_spike_difference_is_a_float_rounding_boundary(verified):
     """onnxruntime's QDQ average pool divides float32 products by 2 in ONNX; NIR sums the counts and
     folds the factor, exactly: a membrane on a tie (0.5) rounds half to even in NIR and wherever the
     float32 noise puts it in the spiking ONNX. Every such count is explained as a boundary; at
     T = 4 two of the 360 predictions (near-ties of the logits) differ, measured, not hidden."""
-    code, report, _ = _verify(models, "kws", "qdq")
+    code, report, path = verified("kws", "qdq")
     for backend in ("nir", "torch"):
         agreement, unexplained = _agreement(report, backend)
         assert agreement["1"] == agreement["2"] == 1.0
         assert agreement["4"] >= 0.99
         assert unexplained == {t: 0 for t in TIMESTEPS}
     assert code == (0 if all(_agreement(report, b)[0]["4"] == 1.0 for b in ("nir", "torch")) else 1)
+    assert {type(n).__name__ for n in nir.read(path).nodes.values()} <= STANDARD_NODES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,producer", [("kws", "pmsm"), ("kws", "qdq"), ("token", "pmsm"), ("token", "qdq")])
-def test_t1_nir_is_the_quantized_ann_on_the_digits_sequences(models, arch, producer):
-    _, report, _ = _verify(models, arch, producer, timesteps=("1",))
-    ann = report["accuracy"]["ann"]
-    assert report["verification"]["backends"]["nir"]["1"]["accuracy"] == ann
+def test_t1_nir_is_the_quantized_ann_on_the_digits_sequences(verified, arch, producer):
+    _, report, _ = verified(arch, producer)
     assert report["verification"]["backends"]["onnx"]["1"]["max_abs_diff"] == 0
+    assert report["verification"]["backends"]["nir"]["1"]["accuracy"] == report["accuracy"]["ann"]
 
 
-def test_token_layers_are_conv1d_of_kernel_one_over_features_first_and_the_input_says_so(models):
-    _, _, path = _verify(models, "token", "pmsm", timesteps=("1",))
+@pytest.mark.slow
+def test_token_layers_are_conv1d_of_kernel_one_over_features_first_and_the_input_says_so(verified):
+    _, _, path = verified("token", "pmsm")
     graph = nir.read(path)
     inputs = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
     assert list(inputs[0].input_type["input"]) == [8, 8]
@@ -193,3 +209,126 @@ def test_a_transpose_between_conv1d_and_a_token_matmul_costs_no_node_and_no_roun
         assert np.array_equal(result.spikes["/q2"][t], s2)
         total = total + s2.transpose(0, 2, 1)
     assert np.array_equal(result.output, (total / 2).astype(np.float32))
+
+
+def _spiking(network):
+    from pmsm.exporter.convert import spiking_from_network
+    from pmsm.runtime.execute import SpikingModel
+
+    return SpikingModel(spiking_from_network(network, compensation=False).model)
+
+
+def _same_spikes_as_the_spiking_onnx(model, x, timesteps):
+    graph = network_to_nir(model, timesteps=timesteps)
+    ours = NirInterpreter(graph).run(x, timesteps, collect_spikes=True)
+    ref = _spiking(model).run(x, timesteps, collect_spikes=True)
+    assert set(ours.spikes) == set(ref.spikes)
+    for name, s in ref.spikes.items():
+        assert ours.spikes[name].shape == s.shape
+        assert int(np.sum(ours.spikes[name] != s)) == 0, name
+    np.testing.assert_allclose(ours.output, ref.output, rtol=1e-5, atol=1e-5)
+    return graph
+
+
+def _conv1d_model():
+    """[N, 4, 11] -> Conv(groups 2, dilation 2, pads 2/2) -> neuron -> Conv(stride 2, pads 1/1) -> neuron
+    -> AveragePool(3, stride 2, pads 1/1, count_include_pad 0) -> neuron -> GlobalAveragePool -> Flatten
+    -> Gemm."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["xt", "w1", "b1"], ["c1"], name="/c1", group=2, dilations=[2],
+                              kernel_shape=[3], pads=[2, 2]),
+             _neuron("c1", "s1", "/q1"),
+             helper.make_node("Mul", ["s1", "theta"], ["a1"], name="/q1/Mul"),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], name="/c2", strides=[2], pads=[1, 1]),
+             _neuron("c2", "s2", "/q2"),
+             helper.make_node("AveragePool", ["s2"], ["p"], name="/pool", kernel_shape=[3], strides=[2],
+                              pads=[1, 1], count_include_pad=0),
+             helper.make_node("Mul", ["p", "four"], ["p4"], name="/pool/Mul"),
+             _neuron("p4", "s3", "/q3"),
+             helper.make_node("GlobalAveragePool", ["s3"], ["g"], name="/gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="/flat"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], name="/fc", transB=1)]
+    inits = [_c("w1", rng.normal(size=(6, 2, 3))), _c("b1", rng.normal(size=6)), _c("theta", 0.375),
+             _c("w2", rng.normal(size=(5, 6, 4)) * 0.5), _c("four", 4.0),
+             _c("w3", rng.normal(size=(3, 5))), _c("b3", rng.normal(size=3))]
+    return _untimed(nodes, inits, (4, 11), (3,))
+
+
+@pytest.mark.parametrize("timesteps", [1, 3])
+def test_conv1d_with_groups_dilation_stride_padding_and_1d_average_pooling_matches_the_spiking_onnx(timesteps):
+    x = np.random.default_rng(4).normal(size=(6, 4, 11)).astype(np.float32)
+    graph = _same_spikes_as_the_spiking_onnx(_conv1d_model(), x, timesteps)
+    kinds = sorted(type(n).__name__ for n in graph.nodes.values())
+    assert kinds.count("Conv1d") == 4 and "Affine" in kinds  # two convolutions, two window sums, the Gemm
+
+
+def _token_model(bias_after_quantizer: bool):
+    """[N, 5, 6] tokens -> Div(s) neuron Mul(s) (input quantizer) -> MatMul W1 [+ b1] -> neuron -> Mul ->
+    (+ b1 after the quantizer, as onnxruntime's QDQ places it) -> MatMul W2 -> residual Add -> neuron ->
+    ReduceMean over tokens (keepdims 0) -> MatMul -> logits."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Div", ["xt", "s_in"], ["z0"], name="/q0/Div"),
+             _neuron("z0", "s0", "/q0"),
+             helper.make_node("Mul", ["s0", "s_in"], ["a0"], name="/q0/Mul"),
+             helper.make_node("MatMul", ["a0", "w1"], ["h1"], name="/fc1")]
+    if bias_after_quantizer:
+        nodes += [_neuron("h1", "s1", "/q1"),
+                  helper.make_node("Mul", ["s1", "theta"], ["a1q"], name="/q1/Mul"),
+                  helper.make_node("Add", ["a1q", "b1"], ["a1b"], name="/fc1/Add"),
+                  helper.make_node("Div", ["a1b", "theta"], ["z1b"], name="/q1b/Div"),
+                  _neuron("z1b", "s1b", "/q1b"),
+                  helper.make_node("Mul", ["s1b", "theta"], ["a1"], name="/q1b/Mul")]
+    else:
+        nodes += [helper.make_node("Add", ["b1", "h1"], ["h1b"], name="/fc1/Add"),
+                  _neuron("h1b", "s1", "/q1"),
+                  helper.make_node("Mul", ["s1", "theta"], ["a1"], name="/q1/Mul")]
+    nodes += [helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="/fc2"),
+              helper.make_node("Add", ["h2", "a1"], ["r"], name="/res"),
+              _neuron("r", "s2", "/q2"),
+              helper.make_node("ReduceMean", ["s2"], ["m"], name="/mean", axes=[1], keepdims=0),
+              helper.make_node("MatMul", ["m", "w3"], ["y"], name="/head")]
+    inits = [_c("s_in", 0.25), _c("w1", rng.normal(size=(6, 7))), _c("b1", rng.normal(size=7)), _c("theta", 0.5),
+             _c("w2", rng.normal(size=(7, 7)) * 0.5), _c("w3", rng.normal(size=(7, 3)))]
+    return _untimed(nodes, inits, (5, 6), (3,))
+
+
+@pytest.mark.parametrize("bias_after_quantizer", [False, True])
+@pytest.mark.parametrize("timesteps", [1, 3])
+def test_token_wise_matmuls_residual_and_token_mean_match_the_spiking_onnx(bias_after_quantizer, timesteps):
+    x = np.random.default_rng(6).normal(size=(6, 5, 6)).astype(np.float32)
+    graph = _same_spikes_as_the_spiking_onnx(_token_model(bias_after_quantizer), x, timesteps)
+    (inp,) = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
+    assert list(inp.input_type["input"]) == [6, 5] and list(inp.metadata["pmsm"]["layout"]) == [2, 1]
+
+
+def test_token_mlp_through_a_file_and_torch_runtime_in_onnx_axis_order(tmp_path):
+    from pmsm.targets.nir import read_nir, write_nir
+    from pmsm.targets.torch import to_torch
+
+    x = np.random.default_rng(7).normal(size=(4, 5, 6)).astype(np.float32)
+    write_nir(network_to_nir(_token_model(True), timesteps=2), tmp_path / "t.nir")
+    nir.read(str(tmp_path / "t.nir"))  # type-checked by nir itself
+    graph = read_nir(tmp_path / "t.nir")
+    ours = NirInterpreter(graph).run(x, 2, collect_spikes=True)
+    torch_run = to_torch(graph).run(x, 2, collect_spikes=True)
+    assert set(ours.spikes) == set(torch_run.spikes)
+    for name in ours.spikes:
+        assert np.array_equal(ours.spikes[name], torch_run.spikes[name])
+    assert ours.spikes["/q1"].shape == (2, 4, 5, 7)  # [T, N, tokens, features]: ONNX's order
+    assert np.array_equal(ours.output, torch_run.output)
+
+
+def test_a_token_matmul_over_the_wrong_axis_is_listed_with_the_reason():
+    """MLP-Mixer token mixing: Transpose to [N, F, T] and MatMul over the tokens. NIR holds the
+    features first for the first MatMul; the second would need the tokens first: no transpose. Of
+    the two input layouts, each fails one MatMul; the writer keeps the one that converts more of
+    the network before its first problem."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("MatMul", ["xt", "w1"], ["h"], name="/channel_mix"),
+             _neuron("h", "s", "/q"),
+             helper.make_node("Transpose", ["s"], ["st"], name="/t", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["st", "w2"], ["y"], name="/token_mix")]
+    model = _untimed(nodes, [_c("w1", rng.normal(size=(6, 4))), _c("w2", rng.normal(size=(5, 5)))], (5, 6), (4, 5))
+    problems = unsupported_nodes(model)
+    assert [(p[0], p[1]) for p in problems] == [("/token_mix", "MatMul")]
+    assert "no transpose" in problems[0][2]
