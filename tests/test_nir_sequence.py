@@ -332,3 +332,21 @@ def test_a_token_matmul_over_the_wrong_axis_is_listed_with_the_reason():
     problems = unsupported_nodes(model)
     assert [(p[0], p[1]) for p in problems] == [("/token_mix", "MatMul")]
     assert "no transpose" in problems[0][2]
+
+
+@pytest.mark.lava
+@pytest.mark.parametrize("which", ["conv1d", "token"])
+def test_every_lava_lowering_gives_the_interpreters_spikes_on_1d_and_token_graphs(which):
+    from pmsm.targets.lava import run_lava
+
+    model, shape = (_conv1d_model(), (4, 11)) if which == "conv1d" else (_token_model(True), (5, 6))
+    graph = network_to_nir(model, timesteps=2)
+    # data on a 1/16 grid, as the digits: Lava's own Conv/Dense models (synapse lowering) sum in float32
+    x = (np.round(np.random.default_rng(9).normal(size=(3,) + shape) * 16) / 16).astype(np.float32)
+    ref = NirInterpreter(graph).run(x, 2, collect_spikes=True)
+    for lowering in ("layer", "network", "synapse"):
+        run = run_lava(graph, x, 2, collect_spikes=True, lowering=lowering)
+        assert set(run.spikes) == set(ref.spikes)
+        for name in ref.spikes:
+            assert np.array_equal(run.spikes[name], ref.spikes[name]), (lowering, name)
+        np.testing.assert_allclose(run.output, ref.output, rtol=0, atol=1e-6)
