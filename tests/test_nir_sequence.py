@@ -350,3 +350,11 @@ def test_every_lava_lowering_gives_the_interpreters_spikes_on_1d_and_token_graph
         for name in ref.spikes:
             assert np.array_equal(run.spikes[name], ref.spikes[name]), (lowering, name)
         np.testing.assert_allclose(run.output, ref.output, rtol=0, atol=1e-6)
+
+
+def test_exactness_certificate_reads_token_data_in_onnx_order():
+    from pmsm.targets.nir import arithmetic
+
+    graph = network_to_nir(_token_model(False), timesteps=1)
+    x = (np.round(np.random.default_rng(10).normal(size=(3, 5, 6)) * 16) / 16).astype(np.float32)
+    assert arithmetic.certify(graph, x).exact
