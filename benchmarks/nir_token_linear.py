@@ -12,9 +12,11 @@ refuses never reaches it.)
 
 Measured 2026-12-07 (nir 1.0.8, nirtorch 2.6, torch 2.x, CPU):
 
-    Affine on (T,F): NIRGraph(type_check=True) -> FAILS: ValueError Type inference error: type mismatch: input.output: [[5 4]] -> lin.input: [[4]]
-    Affine on (T,F): nir.read (type check) -> FAILS: ValueError Type inference error: type mismatch: ...
-    Affine on (T,F): nirtorch 2.6 default map -> max |y - x W^T - b| = 1.88, 2.42 in another run (its Affine leaves the bias uninitialised)
+    Affine on (T,F): NIRGraph(type_check=True) -> FAILS: ValueError Type inference error:
+        type mismatch: input.output: [[5 4]] -> lin.input: [[4]]
+    Affine on (T,F): nir.read (type check) -> FAILS: the same
+    Affine on (T,F): nirtorch 2.6 default map -> max |y - x W^T - b| = 1.88
+        (2.42 in another run: its Affine leaves the bias uninitialised)
     Conv1d k=1 on (F,T): NIRGraph(type_check=True) -> NIRGraph
     Conv1d k=1 on (F,T): nir.read (type check) -> NIRGraph
     Conv1d k=1 on (F,T): nirtorch 2.6 default map -> max |y - x W^T - b| = 2.38e-07   (float32)
