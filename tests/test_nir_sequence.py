@@ -358,3 +358,19 @@ def test_exactness_certificate_reads_token_data_in_onnx_order():
     graph = network_to_nir(_token_model(False), timesteps=1)
     x = (np.round(np.random.default_rng(10).normal(size=(3, 5, 6)) * 16) / 16).astype(np.float32)
     assert arithmetic.certify(graph, x).exact
+
+
+def test_standard_profile_of_a_token_network_is_exact_at_t1_in_onnx_axis_order():
+    """Binary units stacked along the features axis, the recombination in kernel-1 Conv1d weights."""
+    from pmsm.targets.nir.literal import LiteralInterpreter
+    from pmsm.targets.nir.standard import to_standard
+
+    graph = network_to_nir(_token_model(False), timesteps=1)
+    std, growth = to_standard(graph)
+    assert {type(n).__name__ for n in std.nodes.values()} <= STANDARD_NODES
+    x = np.random.default_rng(11).normal(size=(5, 5, 6)).astype(np.float32)
+    pmsm_run = NirInterpreter(graph).run(x, 1, collect_spikes=True)
+    literal = LiteralInterpreter(std).run(x, 1, collect_spikes=True)
+    for name, s in pmsm_run.spikes.items():
+        assert np.array_equal(literal.spikes[name], s), name
+    np.testing.assert_allclose(literal.output, pmsm_run.output, rtol=0, atol=1e-5)
