@@ -335,11 +335,12 @@ def test_a_token_matmul_over_the_wrong_axis_is_listed_with_the_reason():
 
 
 @pytest.mark.lava
-@pytest.mark.parametrize("which", ["conv1d", "token"])
+@pytest.mark.parametrize("which", ["conv1d", "token", "flatten"])
 def test_every_lava_lowering_gives_the_interpreters_spikes_on_1d_and_token_graphs(which):
     from pmsm.targets.lava import run_lava
 
-    model, shape = (_conv1d_model(), (4, 11)) if which == "conv1d" else (_token_model(True), (5, 6))
+    model, shape = {"conv1d": (_conv1d_model(), (4, 11)), "token": (_token_model(True), (5, 6)),
+                    "flatten": (_flatten_model(True), (5, 6))}[which]
     graph = network_to_nir(model, timesteps=2)
     # data on a 1/16 grid, as the digits: Lava's own Conv/Dense models (synapse lowering) sum in float32
     x = (np.round(np.random.default_rng(9).normal(size=(3,) + shape) * 16) / 16).astype(np.float32)
@@ -374,3 +375,30 @@ def test_standard_profile_of_a_token_network_is_exact_at_t1_in_onnx_axis_order()
     for name, s in pmsm_run.spikes.items():
         assert np.array_equal(literal.spikes[name], s), name
     np.testing.assert_allclose(literal.output, pmsm_run.output, rtol=0, atol=1e-5)
+
+
+def _flatten_model(quantized_flatten: bool):
+    """[N, 5, 6] tokens -> MatMul -> neuron -> Flatten [-> Mul, neuron] -> Gemm."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("MatMul", ["xt", "w1"], ["h"], name="/fc1"),
+             _neuron("h", "s", "/q1"),
+             helper.make_node("Flatten", ["s"], ["f"], name="/flatten", axis=1)]
+    if quantized_flatten:
+        nodes += [helper.make_node("Mul", ["f", "half"], ["fh"], name="/qf/Mul"),
+                  _neuron("fh", "fs", "/qf"),
+                  helper.make_node("Gemm", ["fs", "w2", "b2"], ["y"], name="/head", transB=1)]
+    else:
+        nodes += [helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], name="/head", transB=1)]
+    inits = [_c("w1", rng.normal(size=(6, 4))), _c("half", 0.5), _c("w2", rng.normal(size=(3, 20))),
+             _c("b2", rng.normal(size=3))]
+    return _untimed(nodes, inits, (5, 6), (3,))
+
+
+@pytest.mark.parametrize("quantized_flatten", [False, True])
+def test_flattening_tokens_for_a_classifier_puts_them_back_in_onnx_order_exactly(quantized_flatten):
+    """A token network ending in Flatten -> Gemm (and, as onnxruntime's QDQ does, a quantizer on the
+    flattened value): NIR flattens (F, T), a permutation Affine restores ONNX's order."""
+    x = np.random.default_rng(13).normal(size=(4, 5, 6)).astype(np.float32)
+    for timesteps in (1, 3):
+        graph = _same_spikes_as_the_spiking_onnx(_flatten_model(quantized_flatten), x, timesteps)
+    assert sum(isinstance(n, nir.Affine) for n in graph.nodes.values()) == 2  # the permutation, the head
