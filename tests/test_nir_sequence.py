@@ -1,7 +1,8 @@
 """NIR and Lava targets on networks over one axis: a keyword-spotting-style 1-D CNN (``Conv`` over
-``[N, C, L]`` as NIR ``Conv1d``) and a token MLP (``MatMul`` on the last axis of ``[N, T, F]`` as
-``Conv1d`` of kernel 1 over ``(F, T)``), trained on the digits and exported by torch, quantized with
-the PMSM layer and by onnxruntime's ``quantize_static`` (tests/sequence_models.py).
+``[N, C, L]`` as NIR ``Conv1d``) and token MLPs (``MatMul`` on the last axis of ``[N, T, F]`` as
+``Conv1d`` of kernel 1 over ``(F, T)``; classifying the mean of the tokens, or all tokens flattened),
+trained on the digits and exported by torch, quantized with the PMSM layer and by onnxruntime's
+``quantize_static`` (tests/sequence_models.py).
 
 Each converts with ``--target nir`` into one plain NIR 1.0.8 file that ``nir.read`` type-checks,
 and ``--verify`` runs it in the NIR interpreter and the torch runtime against the spiking ONNX at
@@ -34,7 +35,7 @@ def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sequences")
     data = digits_as_sequences()
     paths = {(arch, producer): build(arch, producer, folder, data)
-             for arch in ("kws", "token") for producer in ("pmsm", "qdq")}
+             for arch in ("kws", "token", "token_flat") for producer in ("pmsm", "qdq")}
     return folder, paths, save_data(folder, data, len(data.x_test))
 
 
@@ -65,7 +66,8 @@ def _agreement(report, backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,producer", [("kws", "pmsm"), ("token", "pmsm"), ("token", "qdq")])
+@pytest.mark.parametrize("arch,producer", [("kws", "pmsm"), ("token", "pmsm"), ("token", "qdq"),
+                                           ("token_flat", "pmsm"), ("token_flat", "qdq")])
 def test_nir_interpreter_and_torch_agree_with_the_spiking_onnx_on_every_prediction_at_t_1_2_4(
         verified, arch, producer):
     code, report, path = verified(arch, producer)
@@ -96,7 +98,8 @@ def test_qdq_1d_cnn_agrees_at_t_1_2_and_every_spike_difference_is_a_float_roundi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,producer", [("kws", "pmsm"), ("kws", "qdq"), ("token", "pmsm"), ("token", "qdq")])
+@pytest.mark.parametrize("arch,producer", [("kws", "pmsm"), ("kws", "qdq"), ("token", "pmsm"), ("token", "qdq"),
+                                           ("token_flat", "pmsm"), ("token_flat", "qdq")])
 def test_t1_nir_is_the_quantized_ann_on_the_digits_sequences(verified, arch, producer):
     _, report, _ = verified(arch, producer)
     assert report["verification"]["backends"]["onnx"]["1"]["max_abs_diff"] == 0
