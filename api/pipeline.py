@@ -51,8 +51,8 @@ def is_nir_file(path: str) -> bool:
 
 
 def default_output(model_path: str, target: str) -> str:
-    stem, _ = os.path.splitext(model_path)
-    return stem + (".spiking.onnx" if target == "onnx" else ".nir")
+    """Where ``target`` writes when no -o is given: next to the model."""
+    return target_named(target).default_output(model_path)
 
 
 def check_output_path(model_path: str, output: str) -> str:
