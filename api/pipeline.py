@@ -165,13 +165,13 @@ def input_shape(model: onnx.ModelProto):
 def open_verification_data(export: Export, data):
     """``data`` as a :class:`pmsm.data.DataSet`: a path (file or folder), ``(x, y)`` arrays, a
     data set already, or None for the seeded probe batch."""
-    from pmsm.data import DataSet, from_arrays, open_data
+    from pmsm.data import DataSet, from_arrays, open_model_data
 
     if isinstance(data, DataSet):
         return data
     if isinstance(data, tuple):
         return from_arrays(*data)
-    return open_data(data, input_shape(onnx.load(export.source_path, load_external_data=False)))
+    return open_model_data(data, onnx.load(export.source_path, load_external_data=False))
 
 
 @dataclass(frozen=True)
