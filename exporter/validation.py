@@ -9,9 +9,9 @@ node, so the user knows where to look.
 
 A constant that is not a weight may be infinite: the padding mask of an attention,
 ``Where(mask, 0, -inf)`` added to the scores a ``Softmax`` normalises, which every Hugging Face
-style export writes, or a clip bound at infinity. Such a constant is recognised by where its
-values go (:func:`_masking_only`); NaN, and an infinity that reaches a weight, a bias, a quantizer
-or any other arithmetic, stay refused.
+style export writes. Such a constant is recognised by where its values go (:func:`_masking_only`);
+NaN, and an infinity that reaches a weight, a bias, a quantizer or any other arithmetic, stay
+refused.
 """
 from __future__ import annotations
 
@@ -164,8 +164,9 @@ _SCORE_PATH = _CARRIERS | {"Add", "Sub", "Mul", "Div", "Where", "Min", "Max", "C
 class _Masks:
     """Which non-finite constants are masks, not weights: an infinity (never a NaN) whose every use,
     through constant computations and ops that only move values, is a value operand of ``Where``
-    (``masked_fill``), a bound of ``Clip``/``Min``/``Max``, or an ``Add``/``Sub`` whose result
-    reaches a ``Softmax`` (or another normaliser) on every path."""
+    (``masked_fill``) or an ``Add``/``Sub`` whose result reaches a ``Softmax`` (or another
+    normaliser) on every path. An infinite clip bound stays refused: a quantizer's bound must be
+    a level."""
 
     def __init__(self, model: onnx.ModelProto, readers: dict):
         self.readers = readers
@@ -195,8 +196,6 @@ def _masking_only(start: str, masks: _Masks) -> bool:
             if op in _CARRIERS or all(o in masks.constant for o in node.output if o):
                 stack.extend(o for o in node.output if o)
             elif op == "Where" and 0 not in positions:
-                continue
-            elif op in ("Min", "Max") or (op == "Clip" and 0 not in positions):
                 continue
             elif op in ("Add", "Sub") and _reaches_normaliser(node.output[0], masks):
                 continue
