@@ -120,6 +120,7 @@ def train(model, data: TextDigits, epochs: int = 8):
     import torch
 
     torch.manual_seed(SEED)
+    torch.set_num_threads(1)  # a small network: more threads only contend with the rest of the machine
     feeds = {name: torch.from_numpy(data.train[name]) for name in INPUTS}
     labels = torch.from_numpy(data.y_train)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -144,15 +145,18 @@ def _quiet():
             yield
 
 
-def export(model, path: Path) -> Path:
-    """TorchScript export at a symbolic batch size (``Where(mask, 0, -inf)`` as a constant)."""
+def export(model, path: Path, dynamo: bool = False) -> Path:
+    """Export at a symbolic batch size with torch's TorchScript exporter (opset 17) or its dynamo
+    exporter (opset 18); both write ``Where(mask, 0, -inf)`` with ``-inf`` as a constant."""
     import torch
 
     example = tuple(torch.ones(2, SEQUENCE, dtype=torch.int64) for _ in INPUTS)
     with _quiet():
-        torch.onnx.export(model.eval(), example, str(path), dynamo=False, input_names=list(INPUTS),
+        torch.onnx.export(model.eval(), example, str(path), dynamo=dynamo, input_names=list(INPUTS),
                           output_names=["logits"], dynamic_axes={name: {0: "batch"} for name in INPUTS + ("logits",)},
-                          opset_version=17)
+                          opset_version=18 if dynamo else 17)
+    proto = onnx.load(str(path))
+    onnx.save_model(proto, str(path), save_as_external_data=False)
     return path
 
 
@@ -186,9 +190,32 @@ def _made_by(model: onnx.ModelProto, tensor: str, op_type: str) -> bool:
     return any(node.op_type == op_type and tensor in node.output for node in model.graph.node)
 
 
-def build(folder: Path, quantize_mask: bool = False) -> tuple[Path, TextDigits]:
-    """The quantized three-input model in ``folder`` and its data."""
+@dataclass(frozen=True)
+class Built:
+    data: TextDigits
+    network: object  # the trained torch module
+    float_paths: dict  # exporter ("legacy", "dynamo") -> float ONNX file, once exported
+    quantized: dict  # exporter -> quantize_static's QDQ file (the mask left out)
+    mask_quantized: Path  # the TorchScript export quantized with the mask's Add included (scale inf)
+
+
+def build(folder: Path, exporters=("legacy",)) -> Built:
+    """The network trained once, exported by each of ``exporters`` ("legacy": TorchScript,
+    "dynamo"), each export quantized; and its data."""
+    folder = Path(folder)
     data = digits_as_text()
-    float_path = export(train(build_network(), data), Path(folder) / "text_float.onnx")
-    name = "text_mask_quantized.onnx" if quantize_mask else "text_qdq.onnx"
-    return quantize(float_path, Path(folder) / name, data, quantize_mask), data
+    network = train(build_network(), data)
+    built = Built(data, network, {}, {}, folder / "text_mask_quantized.onnx")
+    for kind in exporters:
+        add_export(built, folder, kind)
+    quantize(built.float_paths["legacy"], built.mask_quantized, data, quantize_mask=True)
+    return built
+
+
+def add_export(built: Built, folder: Path, kind: str) -> Path:
+    """Export ``built``'s network with exporter ``kind`` and quantize it (once)."""
+    if kind not in built.quantized:
+        path = export(built.network, Path(folder) / f"text_float_{kind}.onnx", dynamo=kind == "dynamo")
+        built.float_paths[kind] = path
+        built.quantized[kind] = quantize(path, Path(folder) / f"text_qdq_{kind}.onnx", built.data)
+    return built.quantized[kind]
