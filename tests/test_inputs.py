@@ -306,13 +306,26 @@ def test_a_model_with_one_input_refuses_both_x_and_its_name(tmp_path, capfd):
     assert_refused(outcome, before, snapshot(tmp_path), "holds both 'x' and 'input_ids'")
 
 
-@pytest.mark.slow
-def test_verify_in_worker_processes_takes_several_inputs(text_model, capfd):
-    folder, model, data, _ = text_model
-    report = folder / "report.json"
-    outcome = run_command([model, "--verify", "--data", data, "--timesteps", "1", "--workers", "2",
-                           "--report", report, "-o", folder / "t.onnx"], capfd)
+def _report(model, data, folder, name, capfd, *flags) -> dict:
+    report = folder / f"{name}.json"
+    outcome = run_command([model, "--verify", "--data", data, "--timesteps", "1,2", "--report", report,
+                           "-o", folder / "text.spiking.onnx", *flags], capfd)
     assert outcome.code == 0, outcome.err
-    document = json.loads(report.read_text())
-    assert document["verification"]["execution"]["workers"] == 2
-    assert document["verification"]["backends"]["onnx"]["1"]["max_abs_diff"] == 0
+    return json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("where, flags", [
+    ("processes", ("--workers", "2")),
+    pytest.param("ray", ("--ray", "--workers", "2"), marks=[pytest.mark.ray, pytest.mark.slow]),
+])
+def test_sharded_verification_of_several_inputs_gives_the_report_of_one_process(where, flags, text_model, capfd,
+                                                                                monkeypatch):
+    from pmsm import memory
+    from pmsm.report import comparable
+
+    folder, model, data, _ = text_model
+    single = _report(model, data, folder, "single", capfd)
+    monkeypatch.setattr(memory, "MAX_CHUNK_SAMPLES", 8)  # several chunks per worker
+    sharded = _report(model, data, folder, where, capfd, *flags)
+    assert sharded["verification"]["execution"]["kind"] == where
+    assert comparable(sharded) == comparable(single)
