@@ -28,10 +28,11 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from pmsm import limits as run_limits
-from pmsm.errors import BadInputError, first_line
+from pmsm.runtime.base import limits as run_limits
+from pmsm.runtime.base.errors import BadInputError, first_line
 from pmsm.npz import Declared, declared_arrays, read_npy_header
-from pmsm.runtime.inputs import PROBE_SAMPLES, PROBE_SEED, InputSpec, Samples  # noqa: F401 - re-exported
+from pmsm.runtime.inputs import (PROBE_SAMPLES, PROBE_SEED, InputSpec, Samples,  # noqa: F401 - re-exported
+                                 probe_batch, specs_of, unfeedable)
 
 LABELS = "y"
 SINGLE = "x"  # the array of a model with one input, whatever its name
@@ -262,8 +263,6 @@ def open_data(path: Optional[str], input_shape, model=None) -> DataSet:
     samples, valid for every input: :func:`pmsm.runtime.inputs.probe_batch`)."""
     inputs = _as_specs(input_shape)
     if path is None:
-        from pmsm.runtime.inputs import probe_batch
-
         if inputs is None:
             raise BadInputError(f"the model input has no fixed shape ({input_shape}); give --data X.npz")
         probe = probe_batch(model, inputs) if model is not None else _float_probe(inputs)
@@ -286,8 +285,6 @@ def open_data(path: Optional[str], input_shape, model=None) -> DataSet:
 def open_model_data(path: Optional[str], model) -> DataSet:
     """The data set at ``path`` (or the seeded probe batch) for the inputs of ``model`` (a
     ModelProto; its weights need not be loaded)."""
-    from pmsm.runtime.inputs import specs_of, unfeedable
-
     label = path or "the seeded probe batch"
     inputs = specs_of(model, label)
     for name, why in unfeedable(inputs):

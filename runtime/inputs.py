@@ -24,7 +24,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 
 PROBE_SAMPLES = 64

@@ -16,9 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hostile import run_command, snapshot, assert_refused
 from masked_attention import MASKS, VOCABULARY, build_masked_attention, text_batch
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.exporter import validation
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 from pmsm.runtime.inputs import InputSpec, Samples, index_bounds, probe_batch, specs_of
 
 
@@ -54,7 +54,7 @@ def test_t1_spiking_onnx_with_an_infinite_mask_is_bit_exact_at_batch_one_and_n_c
     model = build_masked_attention(mask)
     feeds = text_batch(16, mask=mask != "causal")
     spiking = _spiking(model)
-    source = SourceModel(model)
+    source = AnnRunner(model)
     for portable in (False, True):
         runner = SpikingModel(spiking, portable=portable)
         assert np.array_equal(runner.run(feeds, 1).output, source.run(feeds)[0])
@@ -116,7 +116,7 @@ def test_a_quantized_mask_with_an_infinite_scale_stays_refused(tmp_path, capfd):
 def test_runners_take_one_array_per_input_name_as_a_mapping_or_samples():
     model = build_masked_attention("where")
     feeds = text_batch(8)
-    source = SourceModel(model)
+    source = AnnRunner(model)
     assert [spec.name for spec in source.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
     assert np.array_equal(source.run(feeds)[0], source.run(Samples(feeds))[0])
     halves = [source.run(Samples(feeds)[:4])[0], source.run(Samples(feeds)[4:])[0]]
@@ -133,12 +133,12 @@ def test_a_runner_names_the_input_that_is_missing_mistyped_or_unknown(change, me
     feeds = text_batch(8)
     change(feeds)
     with pytest.raises(BadInputError, match=mentions):
-        SourceModel(build_masked_attention("where")).run(feeds)
+        AnnRunner(build_masked_attention("where")).run(feeds)
 
 
 def test_a_model_with_several_inputs_does_not_take_one_bare_array():
     with pytest.raises(BadInputError, match="takes 3 inputs"):
-        SourceModel(build_masked_attention("where")).run(text_batch(4)["input_ids"])
+        AnnRunner(build_masked_attention("where")).run(text_batch(4)["input_ids"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_the_probe_batch_draws_ids_below_each_table_and_attends_to_every_token()
     assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < VOCABULARY and len(np.unique(ids)) > 10
     assert set(np.unique(types)) == {0, 1}
     assert np.all(mask == 1)
-    assert np.all(np.isfinite(SourceModel(model).run(probe)[0]))
+    assert np.all(np.isfinite(AnnRunner(model).run(probe)[0]))
 
 
 def test_the_probe_finds_the_table_behind_a_dequantized_embedding_in_the_spiking_model():
@@ -320,7 +320,7 @@ def _report(model, data, folder, name, capfd, *flags) -> dict:
 ])
 def test_sharded_verification_of_several_inputs_gives_the_report_of_one_process(where, flags, text_model, capfd,
                                                                                 monkeypatch):
-    from pmsm import memory
+    from pmsm.runtime.base import memory
     from pmsm.report import comparable
 
     folder, model, data, _ = text_model

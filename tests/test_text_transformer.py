@@ -17,7 +17,7 @@ import pytest
 import text_models
 from hostile import assert_refused, run_command, snapshot
 from pmsm.exporter.convert import to_spiking_onnx
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 
 pytestmark = pytest.mark.torch
 
@@ -59,7 +59,7 @@ def three_npz(built, tmp_path):
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_the_quantized_transformer_is_a_real_classifier_in_onnx_runtime(built, exported, exporter):
     path, _ = exported(exporter)
-    logits = SourceModel(str(path)).run(built.data.test)[0]
+    logits = AnnRunner(str(path)).run(built.data.test)[0]
     assert np.mean(logits.argmax(axis=1) == built.data.y_test) > 0.45  # 10 classes: chance is 0.1
 
 
@@ -78,7 +78,7 @@ def test_the_export_writes_the_mask_as_where_with_an_infinite_constant(exported,
 @pytest.mark.parametrize("portable", [False, True], ids=["custom_op", "standard_op_body"])
 def test_t1_spiking_onnx_is_bit_exact_on_three_int64_inputs_at_batch_n_and_one(built, exported, exporter, portable):
     path, spiking = exported(exporter)
-    source = SourceModel(str(path))
+    source = AnnRunner(str(path))
     runner = SpikingModel(spiking, portable=portable)
     test = built.data.test
     assert np.array_equal(runner.run(test, 1).output, source.run(test)[0])
