@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-from pmsm.data import DataSet, data_files, from_arrays, open_data
+from pmsm.data import DataSet, data_files, from_arrays, open_data, open_model_data
 from pmsm.exporter.loading import external_data_files, load_source, read_model
 from pmsm.exporter.postflight import check_spiking_model
 from pmsm.outputs import Staging
@@ -127,7 +127,9 @@ def open_verification_data(export: Export, data) -> DataSet:
         return data
     if isinstance(data, tuple):
         return from_arrays(*data)
-    return open_data(data, input_shape(export))
+    if export.source is None:  # a NIR source: one float input known by its shape
+        return open_data(data, input_shape(export))
+    return open_model_data(data, export.source)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pmsm.runtime.base import proto
 from pmsm.runtime.base.memory import available_bytes
 from pmsm.runtime.base.isolation import call_isolated
 from pmsm.runtime.execute import AnnRunner as Runner
+from pmsm.runtime.inputs import probe_batch, specs_of, unfeedable
 
 MAX_IR_VERSION = 11  # onnxruntime 1.23 refuses newer files
 PROTOBUF_LIMIT = (1 << 31) - 1  # a ModelProto larger than this cannot be serialized in memory
@@ -53,6 +54,7 @@ def load_source(path: str) -> ValidatedSource:
     _load_external_data(model, path)
     inferred = _check_structure(model, path)
     _check_values(model, inferred, path)
+    _check_inputs(model, path)
     if model.ir_version > MAX_IR_VERSION:
         # Down-converting the IR version is harmless for the ops we read; say nothing.
         model.ir_version = MAX_IR_VERSION
@@ -171,12 +173,20 @@ def _check_values(model: onnx.ModelProto, inferred: Optional[onnx.ModelProto], p
         raise BadInputError(f"{path}: {found[0]}{more}")
 
 
+def _check_inputs(model: onnx.ModelProto, path: str) -> None:
+    """Every data input is one samples can be fed to (numbers or bool, with a batch axis)."""
+    specs = specs_of(model, path)
+    if not specs:
+        raise BadInputError(f"{path}: the model has no data input")
+    for name, why in unfeedable(specs):
+        raise BadInputError(f"{path}: input '{name}' {why}")
+
+
 def _check_runs_on_onnxruntime(model: onnx.ModelProto, path: str, limits: run_limits.Limits) -> None:
     def load_and_run_one_sample() -> None:
         runner = Runner(model)
-        dims = runner.input.dims
-        if dims and all(isinstance(d, int) and d > 0 for d in dims[1:]):
-            runner.run(np.zeros([1] + list(dims[1:]), dtype=runner.input.dtype))
+        if all(spec.sample_dims is not None for spec in runner.inputs):
+            runner.run(probe_batch(model, runner.inputs, samples=1))
 
     call_isolated(load_and_run_one_sample, limits.max_load_seconds, path,
                   "ONNX Runtime loading and running the model",
