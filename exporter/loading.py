@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
