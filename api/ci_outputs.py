@@ -12,7 +12,7 @@ import os
 import re
 from xml.etree import ElementTree
 
-from pmsm.files import atomic_write_bytes
+from pmsm.runtime.base.files import atomic_write_bytes
 from pmsm.verification import BATCH_ONE, BATCH_ONE_FAILURE
 
 

@@ -1,12 +1,12 @@
-"""The `pmsm-export` command (DESIGN §10)."""
+"""The `pmsm-export` command (README: Exit codes)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
-from pmsm.errors import EXIT_BAD_INPUT, PmsmError
-from pmsm.limits import MAX_TIMESTEP_VALUES, Limits
+from pmsm.plan import DEFAULT_REFERENCE_SAMPLES
+from pmsm.runtime.base.errors import EXIT_BAD_INPUT, PmsmError
+from pmsm.runtime.base.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
 
 DESCRIPTION = """\

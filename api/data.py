@@ -21,8 +21,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from pmsm import limits as run_limits
-from pmsm.errors import BadInputError, first_line
+from pmsm.runtime.base import limits as run_limits
+from pmsm.runtime.base.errors import BadInputError, first_line
 from pmsm.npz import Declared, declared_arrays, read_npy_header
 
 PROBE_SAMPLES = 64

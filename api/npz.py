@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pmsm.errors import BadInputError, first_line
+from pmsm.runtime.base.errors import BadInputError, first_line
 
 MAX_HEADER_BYTES = 1 << 16
 

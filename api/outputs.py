@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.paths import check_output_target
 
 STAGING_PREFIX = ".pmsm-staging-"

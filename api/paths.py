@@ -1,4 +1,4 @@
-"""Checking every path of a run before anything is written (DESIGN §10: never overwrite an input).
+"""Checking every path of a run before anything is written (docs/input-checks.md §1: never overwrite an input).
 
 Inputs (the model, its external data, ``--data``) must be readable regular files. Each output
 (``-o``, ``--report`` and the pictures drawn next to it) is written by renaming a finished file
@@ -24,7 +24,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 STAGING_ROOM = 64  # bytes a path grows by inside the staging folder of pmsm.outputs
 

@@ -18,7 +18,7 @@ import math
 import os
 from typing import Optional
 
-from pmsm.files import atomic_path
+from pmsm.runtime.base.files import atomic_path
 
 __all__ = ["write_pictures", "picture_paths"]
 
@@ -62,14 +62,7 @@ def _figure(width: float, height: float):
 
 def _save(figure, path: str) -> None:
     with atomic_path(path, suffix=".png") as temporary:
-        figure.savefig(temporary, format="png")
-        os.chmod(temporary, 0o666 & ~_umask())  # the temporary file is private; the picture need not be
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        figure.savefig(temporary, format="png")  # into the file atomic_path made, with the usual mode
 
 
 def _title(report: dict) -> str:

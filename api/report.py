@@ -1,19 +1,22 @@
-"""The verification report (schema ``pmsm-report/1``, DESIGN §9) and its terminal summary."""
+"""The verification report (schema ``pmsm-report/1``, docs/verification.md) and its terminal summary."""
 from __future__ import annotations
 
 import os
 from typing import TextIO
 
+from pmsm.energy import energy_report
+from pmsm.exporter.synapses import mac_share
+from pmsm.runtime.base.version import __version__
+
 SCHEMA = "pmsm-report/1"
 
 
 def build_report(export, verification, dataset) -> dict:
-    from pmsm import __version__
 
     tallies = verification.tallies
     roots = tallies.roots
     ann = roots.get("ann", {}).get(1)
-    root = getattr(export, "root", None)  # a NIR source: the backend the others are compared with
+    root = export.root  # a NIR source: the backend the others are compared with
     backends = {name: {str(t): c.to_json() for t, c in sorted(by_t.items())}
                 for name, by_t in sorted(tallies.comparisons.items(), key=lambda item: _backend_rank(item[0]))}
     for name, by_t in tallies.mismatch_by_layer.items():
@@ -38,7 +41,7 @@ def build_report(export, verification, dataset) -> dict:
             "wall_seconds": round(verification.wall_seconds, 4),
             "execution": dict(verification.execution),
             "backends": backends,
-            "criteria": getattr(export, "criteria", None) or list(CRITERIA),
+            "criteria": export.criteria or list(CRITERIA),
             "failures": list(verification.failures),
             "passed": verification.passed,
         },
@@ -48,14 +51,14 @@ def build_report(export, verification, dataset) -> dict:
             or {str(t): r.accuracy for t, r in sorted(roots.get(root, {}).items())},
         },
         "energy": _energy(export, tallies) if export.spiking is not None else {},
-        "network": _network(export) if getattr(export, "network", None) is not None else {},
+        "network": _network(export) if export.network is not None else {},
     }
     if root:
         report["verification"]["root"] = root
         report["verification"]["root_seconds"] = {str(t): round(r.seconds, 4)
                                                   for t, r in sorted(roots.get(root, {}).items())}
-    if tallies.fixed_point:
-        report["lava_fixed_point"] = {str(t): _jsonable(r) for t, r in sorted(tallies.fixed_point.items())}
+    for key, by_t in sorted(tallies.details.items()):
+        report[key] = {str(t): _jsonable(r) for t, r in sorted(by_t.items())}
     return report
 
 
@@ -92,22 +95,16 @@ def comparable(report: dict) -> dict:
 
 def _network(export) -> dict:
     """Temporal compensation and where the MACs run (spiking synapses or not)."""
-    from pmsm.energy import mac_share
-    from pmsm.exporter.convert import network_for_targets
-
     return {
         "compensation": {"on": export.compensation, "ops": [
             {"node": name, "op": op} for name, op in export.compensated]},
         "uncompensated": [{"node": name, "op": op, "why": why} for name, op, why in export.uncompensated],
-        "macs": mac_share(network_for_targets(export.network)),
+        "macs": mac_share(export.folded),
     }
 
 
 def _energy(export, tallies) -> dict:
-    from pmsm.energy import energy_report
-    from pmsm.exporter.convert import network_for_targets
-
-    return energy_report(network_for_targets(export.network), tallies.spike_stats, tallies.samples)
+    return energy_report(export.folded, tallies.spike_stats, tallies.samples)
 
 
 def _jsonable(value):

@@ -1,6 +1,6 @@
 """Where the chunks of a verification run: this process, local worker processes, or Ray actors.
 
-Each place builds the backends once from the same :class:`pmsm.backends.Plan` and verifies the
+Each place builds the backends once from the same :class:`pmsm.plan.VerificationPlan` and verifies the
 chunks it is sent; the caller merges what comes back (:class:`pmsm.verification.Tallies`, counts
 and maxima only), so the merged result does not depend on where or in which order chunks ran.
 The data are read once, by the caller, chunk by chunk; at most two chunks per worker are in flight,
@@ -25,9 +25,10 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
-from pmsm.children import exit_with_parent, interruption, terminate_processes
+from pmsm.runtime.base.children import exit_with_parent, interruption, terminate_processes
 from pmsm.data import Chunk
-from pmsm.errors import BadInputError, MissingExtraError, PmsmError
+from pmsm.runtime.base.errors import BadInputError, MissingExtraError, PmsmError
+from pmsm.runtime.base.sessions import set_threads
 from pmsm.verification import Tallies
 
 IN_FLIGHT_PER_WORKER = 2
@@ -88,8 +89,6 @@ _WORKER_VERIFIER = None
 
 def _start_worker(plan, timesteps: list[int], threads: int) -> None:
     global _WORKER_VERIFIER
-    from pmsm.runtime import execute
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
 
@@ -97,7 +96,7 @@ def _start_worker(plan, timesteps: list[int], threads: int) -> None:
     # fails if one is set already, so the choice is left open again, as in a fresh interpreter.
     multiprocessing.set_start_method(None, force=True)
 
-    execute.set_threads(threads)
+    set_threads(threads)
     try:
         _WORKER_VERIFIER = plan.verifier(timesteps)
     except PmsmError as error:
@@ -240,9 +239,7 @@ class RayWorkers:
 
 class _RayVerifier:
     def __init__(self, plan, timesteps: list[int]):
-        from pmsm.runtime import execute
-
-        execute.set_threads(1)
+        set_threads(1)
         try:
             self.verifier = plan.verifier(timesteps)
         except PmsmError as error:

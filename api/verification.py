@@ -1,4 +1,4 @@
-"""Run several backends on the same inputs, chunk by chunk, and compare them (DESIGN §9).
+"""Run several backends on the same inputs, chunk by chunk, and compare them (docs/verification.md).
 
 The source ANN (``ann``, ONNX Runtime with optimizations disabled) is the reference of the spiking
 ONNX (``onnx``) at T = 1; every other backend is compared with ``onnx`` at each T. ``onnx`` runs the
@@ -17,11 +17,15 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Optional
 
 import numpy as np
 
-ProgressFn = Optional[Callable[[int, int], None]]
+from pmsm import mismatch
+from pmsm.data import Chunk
+from pmsm.runtime.backend import BackendRun, ProgressFn
+from pmsm.runtime.base.progress import bar_for
+from pmsm.spike_stats import merge_spike_stats, spike_stats
 
 BATCH_ONE_SAMPLES = 32  # samples also compared one at a time (batch 1), whatever batch the model takes
 # Backends whose disagreement with the reference fails verification; the others are information.
@@ -29,21 +33,6 @@ STRICT_BACKENDS = ("onnx", "nir", "torch", "lava")
 CUSTOM_OP = "onnx_custom_op"
 BATCH_ONE = "onnx_batch1"
 BATCH_ONE_FAILURE = "onnx at T=1, one sample at a time"
-
-
-@dataclass
-class BackendRun:
-    output: np.ndarray  # [N, ...] mean over T of the readout
-    spikes: dict[str, np.ndarray] = field(default_factory=dict)  # ONNX neuron node name -> [T, N, ...]
-    seconds: float = 0.0
-
-
-class Backend(Protocol):
-    name: str
-    reference: str  # the backend it is compared with; "" for a root, compared with nothing
-    sample_limit: Optional[int]  # runs on the samples with index below it only; None: every sample
-
-    def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun: ...
 
 
 @dataclass
@@ -113,19 +102,17 @@ class Tallies:
     samples: int = 0
     roots: dict[str, dict[int, Scored]] = field(default_factory=dict)
     comparisons: dict[str, dict[int, Tally]] = field(default_factory=dict)
-    spike_stats: dict[int, dict] = field(default_factory=dict)  # T -> neuron -> pmsm.energy.SpikeStats
+    spike_stats: dict[int, dict] = field(default_factory=dict)  # T -> neuron -> pmsm.spike_stats.SpikeStats
     mismatch_by_layer: dict[str, dict[int, list]] = field(default_factory=dict)  # backend -> T -> LayerMismatch rows
-    fixed_point: dict[int, list] = field(default_factory=dict)  # T -> lava fixed-point records
+    details: dict[str, dict[int, object]] = field(default_factory=dict)  # report key -> T -> a backend's details
 
     def merge(self, other: "Tallies") -> "Tallies":
-        from pmsm.energy import merge_spike_stats
-
         merged = Tallies(samples=self.samples + other.samples)
         merged.roots = _merge_nested(self.roots, other.roots, lambda a, b: a.merge(b))
         merged.comparisons = _merge_nested(self.comparisons, other.comparisons, lambda a, b: a.merge(b))
         merged.spike_stats = _merge_nested(self.spike_stats, other.spike_stats, merge_spike_stats)
         merged.mismatch_by_layer = _merge_nested(self.mismatch_by_layer, other.mismatch_by_layer, _merge_rows)
-        merged.fixed_point = _merge_flat(self.fixed_point, other.fixed_point, _merge_fixed_point)
+        merged.details = _merge_nested(self.details, other.details, lambda a, b: a.merge(b))
         return merged
 
 
@@ -148,15 +135,7 @@ def _merge_nested(a: dict, b: dict, combine) -> dict:
 
 
 def _merge_rows(a: list, b: list) -> list:
-    from pmsm.targets.nir.mismatch import merge_rows
-
-    return merge_rows(a, b)
-
-
-def _merge_fixed_point(a: list, b: list) -> list:
-    from pmsm.targets.lava.fixed_point import merge_records
-
-    return merge_records(a, b)
+    return mismatch.merge_rows(a, b)
 
 
 @dataclass
@@ -194,8 +173,6 @@ class Verifier:
         self.explain, self.energy_backend = explain, energy_backend
 
     def run_chunk(self, start: int, x: np.ndarray, y: Optional[np.ndarray]) -> Tallies:
-        from pmsm.energy import spike_stats
-
         tallies = Tallies(samples=len(x))
         ann_run = None
         if self.ann is not None:
@@ -224,9 +201,8 @@ class Verifier:
                     else runs[backend.reference]
                 tallies.comparisons.setdefault(backend.name, {})[timestep] = compare(run, reference,
                                                                                      backend.reference, y)
-                reports = getattr(backend, "fixed_point_reports", None)
-                if reports and timestep in reports:
-                    tallies.fixed_point[timestep] = reports.pop(timestep)
+                if run.details is not None:
+                    tallies.details.setdefault(backend.details_key, {})[timestep] = run.details
             energy = runs.get(self.energy_backend)
             if energy is not None and energy.spikes:
                 tallies.spike_stats[timestep] = {key: spike_stats(s) for key, s in energy.spikes.items()}
@@ -235,8 +211,6 @@ class Verifier:
         return tallies
 
     def _explain(self, tallies: Tallies, timestep: int, x: np.ndarray, runs: dict) -> None:
-        from pmsm.targets.nir import mismatch
-
         graph, names = self.explain
         for name in names:
             if name in runs and runs[name].spikes:
@@ -284,7 +258,7 @@ def _timed(call) -> BackendRun:
 
 
 def failures_of(tallies: Tallies) -> list[str]:
-    """The criteria (DESIGN §9) applied to the merged tallies."""
+    """The criteria (docs/verification.md) applied to the merged tallies."""
     failures = []
     batch_one = tallies.comparisons.get(BATCH_ONE, {}).get(1)
     if batch_one is not None and batch_one.max_abs_diff != 0:
@@ -294,8 +268,6 @@ def failures_of(tallies: Tallies) -> list[str]:
         for timestep, result in by_t.items():
             failures += _criteria(name, timestep, result)
     for name, by_t in tallies.mismatch_by_layer.items():
-        from pmsm.targets.nir import mismatch
-
         for timestep, rows in by_t.items():
             failures += mismatch.failures(rows, name, timestep)
     return failures
@@ -338,8 +310,6 @@ def verify_chunks(executor, chunks, samples: int, timesteps: list[int], progress
 def split_at(chunks, boundaries: list[int]):
     """``chunks`` with every chunk that spans one of ``boundaries`` (sample indices) cut there,
     so that a backend limited to the first n samples runs on whole chunks."""
-    from pmsm.data import Chunk
-
     for chunk in chunks:
         cuts = sorted(b - chunk.start for b in boundaries if chunk.start < b < chunk.stop)
         begin = 0
@@ -350,6 +320,4 @@ def split_at(chunks, boundaries: list[int]):
 
 def terminal_progress(label: str = "verify") -> ProgressFn:
     """A progress bar on stderr when it is a terminal; nothing in pipes and CI logs."""
-    from pmsm.progress import bar_for
-
     return bar_for(sys.stderr, label)

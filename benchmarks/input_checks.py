@@ -25,11 +25,11 @@ SAMPLE_MODELS = {"mlp": "digits_mlp_pmsm_L2.onnx", "cnn": "digits_cnn_pmsm_L2.on
 
 
 def bench(path: str, repeats: int) -> dict:
-    from pmsm import limits
+    from pmsm.runtime.base import limits
     from pmsm.exporter import loading, validation
     from pmsm.exporter.convert import to_spiking_onnx
-    from pmsm.memory import available_bytes
-    from pmsm.postflight import check_spiking_model
+    from pmsm.runtime.base.memory import available_bytes
+    from pmsm.exporter.postflight import check_spiking_model
 
     model = loading.read_model(path)
     loading._load_external_data(model, path)

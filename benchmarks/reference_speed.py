@@ -107,12 +107,12 @@ def same_bits(a, b) -> bool:
 
 
 def bench(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
-    from pmsm.exporter import portable
+    from pmsm.runtime import portable
     from pmsm.exporter.convert import to_spiking_onnx
-    from pmsm.runtime.execute import SourceModel, SpikingModel
+    from pmsm.runtime.execute import AnnRunner, SpikingModel
 
     spiking, neurons = to_spiking_onnx(source)
-    ann = SourceModel(source)
+    ann = AnnRunner(source)
     paths = {"custom op": (SpikingModel(spiking), None), "standard-op body": (SpikingModel(spiking, portable=True), None)}
     if before:
         old = onnx.ModelProto()
@@ -337,6 +337,7 @@ def written_out(spiking):
     from onnx import helper, numpy_helper
 
     from pmsm.runtime import ortop
+    from pmsm.runtime.schema import is_neuron
 
     model = onnx.ModelProto()
     model.CopyFrom(spiking)
@@ -344,7 +345,7 @@ def written_out(spiking):
     body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
     nodes = []
     for node in body.node:
-        if not ortop.is_neuron(node):
+        if not is_neuron(node):
             nodes.append(node)
             continue
         p = ortop.neuron_params_of(node)
@@ -366,7 +367,7 @@ def written_out(spiking):
 def sessions(name: str, source, x: np.ndarray, batch, timesteps: list[int], rounds: int, before: str | None) -> None:
     import onnxruntime as ort
 
-    from pmsm.exporter import portable
+    from pmsm.runtime import portable
     from pmsm.exporter.convert import to_spiking_onnx
     from pmsm.runtime import ortop
 

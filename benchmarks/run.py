@@ -87,7 +87,7 @@ def bench(path: str, batch: int, repeats: int) -> dict:
 
     from pmsm.exporter.convert import to_spiking_onnx
     from pmsm.exporter.loading import load_source
-    from pmsm.runtime.execute import SourceModel, SpikingModel
+    from pmsm.runtime.execute import AnnRunner, SpikingModel
 
     folder = os.path.dirname(path)
     figures = {"parameters_mb": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
@@ -98,8 +98,8 @@ def bench(path: str, batch: int, repeats: int) -> dict:
     figures["neuron_layers"] = len(neurons)
     x = np.random.default_rng(0).uniform(0, 1, (batch, 3, 32, 32)).astype(np.float32)
     unbatched = onnx.load(path)
-    ann = SourceModel(unbatched)
-    ann_optimized = SourceModel(unbatched, optimized=True)
+    ann = AnnRunner(unbatched)
+    ann_optimized = AnnRunner(unbatched, optimized=True)
     snn = SpikingModel(spiking)
     portable = SpikingModel(spiking, portable=True)
     ann.run(x[:1]), ann_optimized.run(x[:1]), snn.run(x[:2], 1), portable.run(x[:2], 1)  # warm up every session

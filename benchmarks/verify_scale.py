@@ -89,11 +89,11 @@ def throughput(images: int, timesteps: list[int], workers: list[int], reference_
 
 
 def _ann_seconds(model: str, data: str) -> float:
-    from pmsm.runtime.execute import SourceModel
+    from pmsm.runtime.execute import AnnRunner
 
     with np.load(data) as archive:
         x = archive["x"].astype(np.float32)
-    source = SourceModel(model)
+    source = AnnRunner(model)
     source.run(x[:8])
     start = time.perf_counter()
     source.run(x)

@@ -84,7 +84,7 @@ def quantize(float_path: str, op_types: str) -> str:
 def bench(path: str, images: int, repeats: int) -> dict:
     from pmsm.exporter.convert import convert
     from pmsm.exporter.loading import load_source
-    from pmsm.runtime.execute import SourceModel, SpikingModel
+    from pmsm.runtime.execute import AnnRunner, SpikingModel
 
     source = load_source(path)
     figures = {"mb": os.path.getsize(path) / 1e6}
@@ -94,7 +94,7 @@ def bench(path: str, images: int, repeats: int) -> dict:
     figures["neurons"] = len(conversion.neurons)
     figures["compensated"] = len(conversion.compensated)
     x = np.random.default_rng(0).normal(size=(images, 3, IMAGE, IMAGE)).astype(np.float32)
-    ann = SourceModel(source.model)
+    ann = AnnRunner(source.model)
     snn = SpikingModel(conversion.spiking)
     portable = SpikingModel(conversion.spiking, portable=True)
     ann.run(x[:1]), snn.run(x[:1], 1), portable.run(x[:1], 1)  # warm up every session

@@ -19,17 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, quantizers
 from pmsm.exporter.timeloop import TimedModel, loop_over_time
 from pmsm.exporter.preflight import unsupported_for_onnx
 from pmsm.exporter.proof import prove
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
-from pmsm.runtime.schema import FORMAT, NEURON_DOMAIN_VERSION
+from pmsm.runtime.base.version import __version__
+from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, NEURON_DOMAIN_VERSION
+from pmsm.runtime.portable import attach_neuron_function
 
 IR_VERSION = 10
 
@@ -163,15 +164,12 @@ def _set_opsets(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
 
 def _finish_model(spiking: onnx.ModelProto, source_sha256: str, timesteps: int, compensation: bool) -> None:
     spiking.ir_version = IR_VERSION
-    from pmsm.exporter.portable import attach_neuron_function
-
     attach_neuron_function(spiking)  # the standard-ONNX body ORT runs when no ai.pmsm kernel is registered
     spiking.producer_name = "pmsm-export"
-    from pmsm import __version__
 
     spiking.producer_version = __version__
     onnx.helper.set_model_props(spiking, {
-        "pmsm.format": FORMAT,
+        "pmsm.format": SPIKING_ONNX_FORMAT,
         "pmsm.source_sha256": source_sha256,
         "pmsm.default_timesteps": str(timesteps),
         "pmsm.compensation": "on" if compensation else "off",

@@ -1,7 +1,7 @@
 """Reading a source ONNX file, with errors a user can act on.
 
 Nothing is converted unless the source is a model ONNX Runtime itself loads and runs: the file
-fits the size limits (:mod:`pmsm.limits`), its external data stays inside the model's folder,
+fits the size limits (:mod:`pmsm.runtime.base.limits`), its external data stays inside the model's folder,
 onnx's full checker (with strict shape inference) accepts it, its numbers are sane
 (:mod:`pmsm.exporter.validation`), and an ONNX Runtime session of it, built in a child process
 within ``--max-load-seconds``, runs one sample. Every failure is one ``BadInputError`` line
@@ -18,16 +18,20 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from pmsm import limits as run_limits
-from pmsm.errors import BadInputError, first_line, one_line
-from pmsm.exporter import proto, validation
+from pmsm.runtime.base import limits as run_limits
+from pmsm.runtime.base.errors import BadInputError, first_line, one_line
+from pmsm.exporter import validation
+from pmsm.runtime.base import proto
+from pmsm.runtime.base.memory import available_bytes
+from pmsm.runtime.base.isolation import call_isolated
+from pmsm.runtime.execute import AnnRunner as Runner
 
 MAX_IR_VERSION = 11  # onnxruntime 1.23 refuses newer files
 PROTOBUF_LIMIT = (1 << 31) - 1  # a ModelProto larger than this cannot be serialized in memory
 
 
 @dataclass(frozen=True)
-class SourceModel:
+class ValidatedSource:
     path: str
     sha256: str
     model: onnx.ModelProto
@@ -41,7 +45,7 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_source(path: str) -> SourceModel:
+def load_source(path: str) -> ValidatedSource:
     """Load and validate an ONNX file with its external data (see the module's text)."""
     limits = run_limits.current()
     model = read_model(path)
@@ -53,7 +57,7 @@ def load_source(path: str) -> SourceModel:
         # Down-converting the IR version is harmless for the ops we read; say nothing.
         model.ir_version = MAX_IR_VERSION
     _check_runs_on_onnxruntime(model, path, limits)
-    return SourceModel(path=path, sha256=file_sha256(path), model=model)
+    return ValidatedSource(path=path, sha256=file_sha256(path), model=model)
 
 
 def read_model(path: str) -> onnx.ModelProto:
@@ -159,8 +163,6 @@ def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _check_values(model: onnx.ModelProto, inferred: Optional[onnx.ModelProto], path: str) -> None:
-    from pmsm.memory import available_bytes
-
     found = validation.problems(model)
     if inferred is not None:
         found += validation.tensor_size_problems(model, inferred, available_bytes())
@@ -170,9 +172,6 @@ def _check_values(model: onnx.ModelProto, inferred: Optional[onnx.ModelProto], p
 
 
 def _check_runs_on_onnxruntime(model: onnx.ModelProto, path: str, limits: run_limits.Limits) -> None:
-    from pmsm.isolation import call_isolated
-    from pmsm.runtime.execute import SourceModel as Runner  # imported here, not once per child
-
     def load_and_run_one_sample() -> None:
         runner = Runner(model)
         dims = runner.input.dims

@@ -12,7 +12,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from pmsm.exporter.graph import add_node, constant_value, fresh_name, producer, replace_uses, scalar_value, split_constant_operand
+from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.qonnx import QONNX_DOMAINS
+from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 
 
 def drop_initializer_inputs(graph: gs.Graph) -> gs.Graph:
@@ -50,8 +52,6 @@ def expand_qonnx_weight_quantizers(graph: gs.Graph) -> gs.Graph:
     and pick other GEMM kernels, which differ in the last bit for a single row. Rounding modes with no
     ONNX op are folded with the numpy kernel instead.
     """
-    from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
-
     for node in list(graph.nodes):
         if node.domain not in QONNX_DOMAINS or node.op not in ("Quant", "IntQuant", "BipolarQuant"):
             continue
@@ -190,17 +190,12 @@ def _ancestors(tensor: gs.Tensor, nodes: list[gs.Node]) -> list[gs.Node]:
 
 def _evaluate(graph: gs.Graph, nodes: list[gs.Node], outputs: list[gs.Tensor]):
     """Outputs of a subgraph without inputs, computed by ONNX Runtime with optimizations off."""
-    import onnxruntime as ort
-
     subgraph = gs.Graph(nodes=nodes, inputs=[], outputs=outputs, opset=graph.opset,
                         import_domains=graph.import_domains)
     try:
         model = gs.export_onnx(subgraph, do_type_check=False)
         model.ir_version = min(model.ir_version, 10)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 4
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = inference_session(model)
         return session.run([t.name for t in outputs], {})
     except Exception:  # noqa: BLE001 - ORT raises its own exception types; nothing is folded then
         return None

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
 from pmsm.runtime import ortop
+from pmsm.runtime.base.proto import onnx_node_order
+from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.runtime.schema import NEURON_DOMAIN_VERSION, NEURON_OP, TIMESTEPS_INPUT
+from pmsm.runtime.schema import NEURON_DOMAIN_VERSION, NEURON_OP, TIMESTEPS_INPUT, is_neuron
 
 Problem = tuple[str, str, str]
 ULPS = 4  # floats probed on each side of a rounding boundary
@@ -102,7 +103,7 @@ def _cases(source: "_View", rewritten: "_View", record: NeuronRecord, source_ent
         if before is None or after is None:
             return ("the quantizer reads tensors other than its input, so it cannot be proven; "
                     "write it as an element-wise chain of its input and constants")
-        neuron = next((n for n in after if n.domain == NEURON_DOMAIN and n.op_type == NEURON_OP), None)
+        neuron = next((n for n in after if is_neuron(n)), None)
         if neuron is None:
             continue
         tail = _tail_shape(source, before, source_entry)
@@ -227,7 +228,7 @@ def _one_step(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """The region with each neuron as its first timestep: ``MultiSpikeNeuron(z, v_init)``."""
     out = []
     for node in nodes:
-        if node.domain == NEURON_DOMAIN and node.op_type == NEURON_OP:
+        if is_neuron(node):
             v_init = next(a.f for a in node.attribute if a.name == "v_init")
             membrane = f"{node.output[0]}/membrane0"
             out.append(helper.make_node("Constant", [], [membrane], name=membrane,
@@ -285,7 +286,7 @@ def _evaluate(view: "_View", pack: list[_Job]) -> list[np.ndarray]:
             nodes.setdefault(tuple(node.output), node)
     order = {id(n): i for i, n in enumerate(view.model.graph.node)}
     ordered = sorted(nodes.values(), key=lambda n: order.get(id(n), -1))
-    ordered = _topological(ordered)
+    ordered = onnx_node_order(ordered)
     graph = helper.make_graph(
         ordered, "quantizers",
         [helper.make_tensor_value_info(job.entry, TensorProto.FLOAT, list(job.x.shape)) for job in pack],
@@ -299,34 +300,11 @@ def _evaluate(view: "_View", pack: list[_Job]) -> list[np.ndarray]:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               ir_version=min(view.model.ir_version or 10, 10))
     model = ortop.with_qonnx_defaults(model)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    options.register_custom_ops_library(ortop.get_library_path())
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = inference_session(model, custom_ops_library=ortop.get_library_path())
         ortop.clear_op_errors()
         values = session.run([job.exit for job in pack], {job.entry: job.x for job in pack})
         ortop.raise_op_errors()
     except Exception as error:  # noqa: BLE001 - ORT's own exception types
         raise _EvaluationError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
     return [np.asarray(v, dtype=np.float32) for v in values]
-
-
-def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """``nodes`` ordered so that every node comes after the producers of its inputs."""
-    producers = {o: n for n in nodes for o in n.output if o}
-    done, ordered = set(), []
-
-    def visit(node):
-        if id(node) in done:
-            return
-        done.add(id(node))
-        for name in node.input:
-            if name in producers:
-                visit(producers[name])
-        ordered.append(node)
-
-    for node in nodes:
-        visit(node)
-    return ordered

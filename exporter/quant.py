@@ -4,7 +4,7 @@ Importing this module imports torch (the ``[torch]`` extra; without it the impor
 ImportError saying so); ``pmsm.exporter`` never imports it implicitly, so the converter itself
 runs without torch installed.
 
-Forward (DESIGN §4), with levels ``L``, trainable ``lambda`` (the parameter ``up``) and shift
+Forward (docs/spiking-onnx.md), with levels ``L``, trainable ``lambda`` (the parameter ``up``) and shift
 ``phi = 0.5``::
 
     Q(x) = clip(floor(x / lambda * L + 0.5), lo, hi) / L * lambda
@@ -13,7 +13,7 @@ Forward (DESIGN §4), with levels ``L``, trainable ``lambda`` (the parameter ``u
 The step of one spike is ``theta = lambda / L``.
 
 The operations are written one by one, in this order, because the exported ONNX graph must be
-exactly the chain the exporter matches (DESIGN §5)::
+exactly the chain the exporter matches (docs/spiking-onnx.md, How quantizers are recognised)::
 
     Div(x, up) Mul(L) Add(0.5) Floor Clip(lo, hi) Div(L) Mul(up)
 
@@ -47,7 +47,7 @@ except ImportError as error:
     raise ImportError(f"pmsm.exporter.quant needs torch ({error}): pip install 'pmsm-export[torch]'",
                       name="torch") from error
 
-PHI = 0.5  # the shift that turns floor into round-half-up (DESIGN §4)
+PHI = 0.5  # the shift that turns floor into round-half-up (docs/spiking-onnx.md)
 
 # Candidate lambdas are percentiles of the activation magnitude, so the grid follows the data's
 # own scale. The entropy optimum sits at a high percentile (each clip level should hold about

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pmsm.exporter.compensation import Compensation, compensate
 from pmsm.exporter.linearity import FLOAT_TYPES
-from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT
+from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
 
 VALUE_FREE_OPS = {"Shape", "Size"}  # their outputs do not change when their input's values do
 
@@ -37,10 +37,6 @@ class TimedModel:
     model: onnx.ModelProto
     compensated: list[tuple[str, str]] = field(default_factory=list)  # (node, op)
     uncompensated: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, why)
-
-
-def is_neuron(node: onnx.NodeProto) -> bool:
-    return node.domain == NEURON_DOMAIN and node.op_type == NEURON_OP
 
 
 class Names:

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from pmsm.exporter import proto
-from pmsm.limits import describe_bytes
+from pmsm.runtime.base import proto
+from pmsm.runtime.base.limits import describe_bytes
 from pmsm.runtime.qonnx import QONNX_DOMAINS
 
 MAX_QONNX_BITS = 32  # float32 arithmetic of the quantizer: levels beyond 2^24 are not even exact

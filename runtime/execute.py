@@ -4,13 +4,13 @@
   ``ai.pmsm::MultiSpikeNeuron`` kernel, with graph optimizations disabled (the reference); with
   ``portable=True``, through the standard-ONNX function body the file carries instead (no custom op
   library registered: what a plain ``onnxruntime.InferenceSession`` runs), bit-exact with the kernel.
-- :class:`SourceModel` runs the quantized ANN on stock ONNX Runtime: with optimizations disabled
+- :class:`AnnRunner` runs the quantized ANN on stock ONNX Runtime: with optimizations disabled
   (backend ``ann``, the ONNX specification's semantics, the reference) or at ONNX Runtime's default
   level (backend ``ann_ort_opt``, which fuses QDQ pairs into integer kernels; information only).
   QONNX quantizers run through the kernels of :mod:`pmsm.runtime.ortop`.
 
 Inputs are checked before anything runs (rank, fixed dimensions, dtype, NaN/inf) and rejected with
-a one-line :class:`~pmsm.errors.BadInputError`; an error inside a kernel becomes an
+a one-line :class:`~pmsm.runtime.base.errors.BadInputError`; an error inside a kernel becomes an
 :class:`~pmsm.runtime.ortop.ExecutionError` after ``session.run`` returns, never a process abort.
 """
 from __future__ import annotations
@@ -23,10 +23,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime import ortop
 from pmsm.runtime.ortop import ExecutionError
-from pmsm.runtime.schema import FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT
+from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
+from pmsm.runtime import portable
 
 __all__ = [
     "MAX_IR_VERSION",
@@ -34,7 +36,7 @@ __all__ = [
     "ExecutionError",
     "SpikingResult",
     "SpikingModel",
-    "SourceModel",
+    "AnnRunner",
     "load_model",
 ]
 
@@ -71,27 +73,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-_THREADS: int | None = None  # intra-op threads of the sessions created from now on; None: ONNX Runtime's default
-
-
-def set_threads(threads: int | None) -> None:
-    """Threads each session created from now on may use (None: one per core). Verification
-    workers that share the machine's cores each take their part."""
-    global _THREADS
-    _THREADS = None if threads is None else max(1, int(threads))
-
-
 def _session(model: onnx.ModelProto, label: str, *, optimized: bool, custom_ops: bool) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    if _THREADS is not None:
-        so.intra_op_num_threads = _THREADS
-    if not optimized:  # otherwise ONNX Runtime's default level
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4  # failures are reported through the exception below
-    if custom_ops:
-        so.register_custom_ops_library(ortop.get_library_path())
     try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return inference_session(model, optimized=optimized,
+                                 custom_ops_library=ortop.get_library_path() if custom_ops else None)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind exception types
         raise BadInputError(f"{label}: ONNX Runtime cannot load the model: {_first_line(exc)}") from None
 
@@ -259,7 +244,7 @@ class SpikingModel:
     ``portable=False`` (the reference): the ``ai.pmsm::MultiSpikeNeuron`` kernel of
     :mod:`pmsm.runtime.ortop` (the numpy neuron) computes every neuron.
     ``portable=True``: the custom op library is not registered, so ONNX Runtime inlines the model's
-    standard-ONNX function body of the neuron (:mod:`pmsm.exporter.portable`); a model without that
+    standard-ONNX function body of the neuron (:mod:`pmsm.runtime.portable`); a model without that
     function gets it attached (in its default-domain opset) on a copy. Same numbers, bit for bit.
     ``optimized=True`` runs at ONNX Runtime's default optimization level (information only: fusions
     of the model's other ops may change the last bit of the float arithmetic the source defines).
@@ -286,7 +271,7 @@ class SpikingModel:
         self.loop = _time_loop(self.model, self.label)
         self.neurons: dict[str, onnx.NodeProto] = {}
         for node in self.loop.attribute[0].g.node:
-            if ortop.is_neuron(node):
+            if is_neuron(node):
                 ortop.neuron_params_of(node)  # attributes complete and valid, or BadInputError naming the node
                 key = node.name or node.output[0]
                 if key in self.neurons:
@@ -372,9 +357,9 @@ def _time_loop(model: onnx.ModelProto, label: str) -> onnx.NodeProto:
     formats = {p.key: p.value for p in model.metadata_props}
     found = formats.get("pmsm.format")
     loops = [node for node in model.graph.node if node.op_type == "Loop" and node.name == TIME_LOOP]
-    if found != FORMAT or len(loops) != 1:
+    if found != SPIKING_ONNX_FORMAT or len(loops) != 1:
         raise BadInputError(
-            f"{label}: not a {FORMAT} model (format {found or 'not given'}); convert the source again "
+            f"{label}: not a {SPIKING_ONNX_FORMAT} model (format {found or 'not given'}); convert the source again "
             "with this version of pmsm-export"
         )
     return loops[0]
@@ -407,8 +392,6 @@ def _with_spike_outputs(model: onnx.ModelProto, neurons: list[onnx.NodeProto]) -
 
 def _with_neuron_function(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """``model``, or a copy of it with the portable neuron body when it has no function for the op."""
-    from pmsm.exporter import portable
-
     if any((f.domain, f.name) == (portable.DOMAIN, portable.OP) for f in model.functions):
         return model
     copy = onnx.ModelProto()
@@ -427,7 +410,7 @@ def _with_neuron_function(model: onnx.ModelProto, label: str) -> onnx.ModelProto
 # ---------------------------------------------------------------------------------------------
 
 
-class SourceModel:
+class AnnRunner:
     """The quantized ANN on stock ONNX Runtime (QONNX quantizers through this package's kernels).
 
     ``optimized=False`` (backend ``ann``): graph optimizations disabled, the reference semantics.

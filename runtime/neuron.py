@@ -1,6 +1,6 @@
 """The PMSM multi-spike neuron: the one implementation every Python backend calls.
 
-Semantics (DESIGN §4), in level units, per element and per sample::
+Semantics (docs/spiking-onnx.md, `ai.pmsm::MultiSpikeNeuron`), in level units, per element and per sample::
 
     u <- v_init
     for t in 0..T-1:

@@ -47,8 +47,8 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from pmsm.errors import BadInputError
 from pmsm.runtime import extensions
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 from pmsm.runtime.neuron import NeuronParams, step
 from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_OP
@@ -64,7 +64,6 @@ __all__ = [
     "ExecutionError",
     "get_library_path",
     "neuron_params_of",
-    "is_neuron",
     "is_qonnx_quantizer",
     "uses_qonnx",
     "with_qonnx_defaults",
@@ -222,10 +221,6 @@ def _neuron_kernel(z, u, lo, hi, v_init, rounding):
         u = u.reshape(())  # u + z then has the shape of z, so u_next does too
     u_next, s = step(u, z, _params(lo, hi, v_init, rounding))
     return s, u_next
-
-
-def is_neuron(node: onnx.NodeProto) -> bool:
-    return node.domain == PMSM_DOMAIN and node.op_type == NEURON_OP
 
 
 def neuron_params_of(node: onnx.NodeProto) -> NeuronParams:

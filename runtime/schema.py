@@ -7,4 +7,9 @@ NEURON_ATTRIBUTES = ("lo", "hi", "v_init", "rounding")
 TIMESTEPS_INPUT = "timesteps"
 TIME_LOOP = "pmsm_time/loop"  # the Loop node over timesteps
 TIME_PREFIX = "pmsm_time/"  # every node and tensor the time representation adds
-FORMAT = "spiking-onnx/2"
+SPIKING_ONNX_FORMAT = "spiking-onnx/2"
+
+
+def is_neuron(node) -> bool:
+    """Whether an ONNX node (``onnx.NodeProto``) is a PMSM neuron."""
+    return node.domain == NEURON_DOMAIN and node.op_type == NEURON_OP

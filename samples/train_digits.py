@@ -21,7 +21,7 @@ float ViT.
 For export, each batch norm is folded into the Conv/Linear before it (so no
 BatchNormalization node is left), and the model is exported with torch's default (dynamo)
 exporter at batch 1. Reported accuracies are those of the exported files, run by ONNX Runtime
-with graph optimizations disabled (the reference semantics, DESIGN §9). Extra seeds (not
+with graph optimizations disabled (the reference semantics, docs/verification.md). Extra seeds (not
 exported) measure the run-to-run spread, evaluated in torch on the BN-folded model. The ViT's
 spiking ONNX model is measured too (T = 1, 2, 4, with and without temporal compensation).
 
@@ -50,7 +50,7 @@ from torch import nn
 
 from pmsm.exporter.convert import convert
 from pmsm.exporter.quant import PMSMQuant, calibrate_model, quantizer_parameters
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 
 HERE = Path(__file__).resolve().parent
 SPLIT_SEED = 0
@@ -359,7 +359,7 @@ def spiking_accuracies(path: Path, x: np.ndarray, y: np.ndarray) -> dict:
     compensation (``on``, the default) and without (``off``): accuracy at each T, the largest
     ``|SNN - source|`` of the logits at T = 1, and the nodes compensated (count by op type)."""
     source = onnx.load(str(path))
-    reference = SourceModel(source).run(x)[0]
+    reference = AnnRunner(source).run(x)[0]
     figures: dict = {"timesteps": list(SNN_TIMESTEPS), "acc": {}, "t1_max_abs_diff": {}}
     for compensation in ("on", "off"):
         conversion = convert(source, compensation=compensation == "on")

@@ -17,7 +17,7 @@ import pytest
 
 from pmsm.exporter.convert import convert
 from pmsm.runtime import ortop
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -162,7 +162,7 @@ def test_compensation_makes_the_mean_over_time_of_a_nonlinear_op_its_value_at_th
     np.testing.assert_allclose(off.output, (per_step / per_step.sum(axis=2, keepdims=True)).mean(axis=0), rtol=1e-5)
     assert not np.allclose(on.output, off.output)
     assert np.array_equal(SpikingModel(spiking_from_network(network).model).run(x, 1).output,
-                          SourceModel(network_as_source(network)).run(x)[0])
+                          AnnRunner(network_as_source(network)).run(x)[0])
 
 
 def network_as_source(network):

@@ -1,4 +1,4 @@
-"""The `pmsm-export` command: contract of DESIGN §10 (targets, flags, exit codes, no tracebacks)."""
+"""The `pmsm-export` command: contract of the README's Exit codes (targets, flags, exit codes, no tracebacks)."""
 from __future__ import annotations
 
 import json
@@ -194,7 +194,7 @@ def test_nir_target_writes_a_file_plain_nir_reads(qdq_mlp_path, tmp_path):
 
 def test_python_api_refuses_an_unknown_target_with_a_user_error(qdq_mlp_path):
     import pmsm
-    from pmsm.errors import BadInputError
+    from pmsm.runtime.base.errors import BadInputError
 
     with pytest.raises(BadInputError, match="unknown target"):
         pmsm.export(qdq_mlp_path, target="loihi")

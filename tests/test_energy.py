@@ -1,4 +1,4 @@
-"""Energy estimate and spike statistics (DESIGN §9 "Energy"), checked against hand computations."""
+"""Energy estimate and spike statistics (README: Verification and report), checked against hand computations."""
 import json
 
 import numpy as np

@@ -13,11 +13,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, preflight, quantizers
 from pmsm.exporter.convert import check, to_spiking_onnx
 from pmsm.exporter.quantizers import NEURON_OP, QuantizerError
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 from pmsm.runtime.neuron import NeuronParams, run
 
 RNG = np.random.default_rng(0)
@@ -57,7 +57,7 @@ def neuron_bounds(graph: gs.Graph) -> list[tuple[int, int, float, str]]:
 
 
 def run_source(m: onnx.ModelProto, x=X) -> np.ndarray:
-    return SourceModel(m).run(x)[0]
+    return AnnRunner(m).run(x)[0]
 
 
 def run_spiking(m: onnx.ModelProto, timesteps: int, x=X) -> np.ndarray:

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import SAMPLES, build_qdq_mlp
 from hostile import (DeviceGuard, assert_refused, build_qonnx_mlp, initializer, run_command, set_initializer,
                      snapshot, zip_bomb)
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 SAMPLE = os.path.join(SAMPLES, "digits_mlp_pmsm_L2.onnx")
 
@@ -214,7 +214,7 @@ def test_verify_whose_memory_estimate_exceeds_free_memory_is_refused_before_runn
 
 
 def test_the_verification_estimate_counts_spikes_of_every_backend_at_the_largest_timestep():
-    from pmsm.memory import INPUT_COPIES, SPIKING_BACKENDS, bytes_per_sample
+    from pmsm.plan import INPUT_COPIES, SPIKING_BACKENDS, bytes_per_sample
 
     one = bytes_per_sample(64, 100, [1], "onnx")
     inputs = 4 * INPUT_COPIES * 64
@@ -226,7 +226,7 @@ def test_the_verification_estimate_counts_spikes_of_every_backend_at_the_largest
 
 
 def test_chunks_fit_the_budget_and_a_quarter_of_free_memory():
-    from pmsm.memory import CHUNK_BUDGET, MAX_CHUNK_SAMPLES, chunk_samples
+    from pmsm.runtime.base.memory import CHUNK_BUDGET, MAX_CHUNK_SAMPLES, chunk_samples
 
     assert chunk_samples(1, free=1 << 40) == MAX_CHUNK_SAMPLES
     assert chunk_samples(CHUNK_BUDGET // 10, free=1 << 40) == 10
@@ -237,7 +237,7 @@ def test_chunks_fit_the_budget_and_a_quarter_of_free_memory():
 @pytest.mark.lava
 def test_the_spiking_backend_count_of_the_estimate_matches_what_verification_runs(tmp_path):
     from pmsm.data import open_data
-    from pmsm.memory import SPIKING_BACKENDS
+    from pmsm.plan import SPIKING_BACKENDS
     from pmsm.pipeline import convert, plan_for
 
     path = tmp_path / "m.onnx"
@@ -250,7 +250,7 @@ def test_the_spiking_backend_count_of_the_estimate_matches_what_verification_run
 
 
 def test_memory_that_does_not_fit_is_refused_with_the_estimate_and_what_is_free(monkeypatch):
-    from pmsm import memory
+    from pmsm.runtime.base import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 30)
     memory.check_fits(1 << 20, "a small run", "-")
@@ -423,7 +423,7 @@ def test_the_source_is_loaded_by_onnx_runtime_within_the_time_bound(work, capfd)
 
 
 def test_a_call_in_the_child_process_reports_its_error_its_crash_and_its_time_out():
-    from pmsm.isolation import call_isolated
+    from pmsm.runtime.base.isolation import call_isolated
 
     assert call_isolated(lambda: {"spikes": 3}, 30, "m", "loading", "-") == {"spikes": 3}
     with pytest.raises(BadInputError, match=r"^m: division by zero$"):
@@ -473,7 +473,7 @@ def test_the_python_api_post_flights_before_writing_too(work, monkeypatch):
 
 def test_the_post_flight_is_bounded_in_time(tmp_path):
     from pmsm.pipeline import convert
-    from pmsm.postflight import check_spiking_model
+    from pmsm.exporter.postflight import check_spiking_model
 
     path = tmp_path / "m.onnx"
     onnx.save(build_qdq_mlp(), str(path))
@@ -594,7 +594,7 @@ def test_weights_over_the_limit_are_refused_and_the_limit_can_be_raised(work, ca
 
 
 def test_a_file_far_larger_than_the_weight_limit_is_refused_before_it_is_parsed():
-    from pmsm.limits import Limits, check_file_size
+    from pmsm.runtime.base.limits import Limits, check_file_size
 
     check_file_size("m.onnx", 100 << 20, Limits(max_weight_bytes=64 << 20))
     with pytest.raises(BadInputError, match="the file is 3 GiB, more than the 64 MiB of weights allowed"):

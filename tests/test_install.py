@@ -46,7 +46,7 @@ def python_without(blocked, code: str) -> subprocess.CompletedProcess:
 def test_importing_the_package_and_its_converter_loads_no_optional_package():
     """torch is left out of this check: onnxruntime-extensions 0.15.2 imports it by itself when it
     is installed (its ``cvt`` module); the commands below show that nothing needs it."""
-    code = ("import sys, pmsm, pmsm.cli, pmsm.pipeline, pmsm.backends, pmsm.exporter.convert, "
+    code = ("import sys, pmsm, pmsm.cli, pmsm.pipeline, pmsm.plan, pmsm.exporter.convert, "
             "pmsm.runtime.execute, pmsm.targets.nir\n"
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'lava', 'onnxscript', 'brevitas', 'ray'}}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -107,7 +107,7 @@ def test_lava_is_refused_on_python_311_and_later_naming_python_310():
 
 def test_python_api_without_lava_raises_an_import_error_that_is_a_user_error():
     result = python_without(["lava"], "\n".join([
-        "from pmsm.errors import PmsmError",
+        "from pmsm.runtime.base.errors import PmsmError",
         "try:",
         "    import pmsm.targets.lava",
         "except ImportError as error:",

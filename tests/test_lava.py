@@ -1,4 +1,4 @@
-"""Lava lowering of PMSM NIR graphs (DESIGN §8), checked against a direct numpy evaluation,
+"""Lava lowering of PMSM NIR graphs (docs/lava.md), checked against a direct numpy evaluation,
 against the project's NIR interpreter, and lowering against lowering.
 
 The graphs are built by hand in the PMSM dialect with dyadic weights and inputs (multiples of
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.lava
 
 from lava.proc.conv import utils as conv_utils  # noqa: E402
 
-from pmsm.errors import UnsupportedModelError  # noqa: E402
+from pmsm.runtime.base.errors import UnsupportedModelError  # noqa: E402
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step  # noqa: E402
 from pmsm.targets.lava import Network, NeuronQuantization, SynapseQuantization, check_graph, run_lava  # noqa: E402
 from pmsm.targets.lava.kernels import Convolution  # noqa: E402

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("pmsm.targets.lava", exc_type=ImportError)  # the reason says how to get lava-nc
 
-from pmsm.errors import BadInputError  # noqa: E402
+from pmsm.runtime.base.errors import BadInputError  # noqa: E402
 from pmsm.targets.lava import LavaProcessError, run_lava  # noqa: E402
 from test_lava import RNG, residual_graph  # noqa: E402
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pmsm.energy import EXACT_LEVELS, merge_spike_stats, spike_stats
+from pmsm.spike_stats import EXACT_LEVELS, merge_spike_stats, spike_stats
 from pmsm.exporter.convert import convert
 from pmsm.runtime.execute import SourceModel, SpikingModel
 

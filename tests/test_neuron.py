@@ -1,4 +1,4 @@
-"""Behaviour of the one PMSM neuron implementation (DESIGN §4)."""
+"""Behaviour of the one PMSM neuron implementation (docs/spiking-onnx.md)."""
 import numpy as np
 import pytest
 

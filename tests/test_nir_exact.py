@@ -14,12 +14,12 @@ import torch
 
 from conftest import SAMPLES, build_qdq_mlp
 from pmsm import pipeline
-from pmsm.errors import UnsupportedModelError
+from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.runtime.execute import SpikingModel
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import NirInterpreter, arithmetic, write_nir
 from pmsm.targets.nir.literal import LiteralInterpreter
-from pmsm.targets.nir.mismatch import explain, failures
+from pmsm.mismatch import explain, failures
 from pmsm.targets.nir.standard import MAX_UNITS, to_standard, units
 from pmsm.targets.torch import NIRTORCH_VERSION, to_torch
 

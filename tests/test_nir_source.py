@@ -14,7 +14,7 @@ import pmsm
 from conftest import SAMPLES
 
 from pmsm.cli import main
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The standard-ONNX body of ai.pmsm::MultiSpikeNeuron (pmsm.exporter.portable) against the reference.
+"""The standard-ONNX body of ai.pmsm::MultiSpikeNeuron (pmsm.runtime.portable) against the reference.
 
 Equality here is bit for bit (float32 bit patterns, so the sign of a zero spike counts too): the
 function body run by stock ONNX Runtime against the numpy neuron, and whole spiking models run with
@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SAMPLES, build_qdq_mlp
-from pmsm.errors import BadInputError
-from pmsm.exporter import portable
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime import portable
 from pmsm.exporter.convert import to_spiking_onnx
 from pmsm.runtime import ortop
 from pmsm.runtime.execute import ExecutionError, SpikingModel

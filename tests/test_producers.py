@@ -32,10 +32,10 @@ from producers import (
     accuracy,
 )
 
-from pmsm.exporter import portable
+from pmsm.runtime import portable
 from pmsm.exporter.convert import convert, network_for_targets, to_spiking_onnx
 from pmsm.runtime import ortop
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 from pmsm.runtime.schema import TIME_LOOP
 
 pytestmark = pytest.mark.torch  # every producer trains its network in torch
@@ -158,7 +158,7 @@ def verify(zoo: ProducerZoo, producer: str, arch: str) -> Verified:
         snn_t1={t: ort_run(spiking, x, t, timesteps=1) for t in THREADS},
         ann_batch={t: ort_run(batched_source, x, t) for t in THREADS},
         snn_batch_t1={t: ort_run(batched_spiking, x, t, timesteps=1) for t in THREADS},
-        ann_ort_opt=SourceModel(source, optimized=True).run(x)[0],
+        ann_ort_opt=AnnRunner(source, optimized=True).run(x)[0],
         size_ratio=len(spiking.SerializeToString()) / built.path.stat().st_size,
     )
     loop = next(n for n in spiking.graph.node if n.name == TIME_LOOP)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from pmsm.progress import ProgressBar, bar_for
+from pmsm.runtime.base.progress import ProgressBar, bar_for
 
 
 class Terminal(io.StringIO):

@@ -1,4 +1,4 @@
-"""The PyTorch PMSM quantization layer (DESIGN §4) and the ONNX it exports (DESIGN §5)."""
+"""The PyTorch PMSM quantization layer (exporter/quant.py) and the ONNX it exports (docs/spiking-onnx.md)."""
 import numpy as np
 import onnx
 import onnxruntime as ort

@@ -6,9 +6,9 @@ import onnxruntime_extensions
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import ortop
-from pmsm.runtime.execute import ExecutionError, SourceModel, SpikingModel, SpikingResult
+from pmsm.runtime.execute import ExecutionError, AnnRunner, SpikingModel, SpikingResult
 from pmsm.exporter.convert import spiking_from_network
 from pmsm.runtime.neuron import NeuronParams, run, step
 from pmsm.runtime.schema import NEURON_DOMAIN_VERSION
@@ -101,7 +101,7 @@ def test_t1_equals_numpy_neuron_and_qdq_source_bit_for_bit(case, opset):
     spikes = run(z[None], params)[0]
     np.testing.assert_array_equal(res.spikes["neuron_0"][0], spikes)
     assert np.array_equal(res.output, (spikes * scale).astype(np.float32))
-    (ann,) = SourceModel(qdq_model(scale, zp, dtype)).run(x)
+    (ann,) = AnnRunner(qdq_model(scale, zp, dtype)).run(x)
     assert float(np.max(np.abs(res.output - ann))) == 0.0
     assert spikes.min() == params.lo and spikes.max() == params.hi  # both clip bounds are exercised
 
@@ -266,7 +266,7 @@ def test_input_mismatch_is_a_bad_input_error_naming_the_input():
     with pytest.raises(BadInputError, match="NaN"):
         model.run(x, 1)
     with pytest.raises(BadInputError, match="inf"):
-        SourceModel(qdq_model(np.float32(0.25), 0, np.int8)).run(np.full((2, K), 1e39))
+        AnnRunner(qdq_model(np.float32(0.25), 0, np.int8)).run(np.full((2, K), 1e39))
     # float64 and integer data are converted
     np.testing.assert_array_equal(model.run(np.ones((3, K)), 1).output, model.run(np.ones((3, K), np.int64), 1).output)
 
@@ -295,7 +295,7 @@ def test_model_level_errors():
     with pytest.raises(BadInputError, match="convert the source again"):
         SpikingModel(old_format)
     with pytest.raises(BadInputError, match="no such file"):
-        SourceModel("/nonexistent/model.onnx")
+        AnnRunner("/nonexistent/model.onnx")
 
 
 def test_registered_kernel_wins_over_a_model_local_function():
@@ -341,12 +341,12 @@ def test_qonnx_quant_source_model_equals_a_hand_computation(domain, op):
         (("signed", 0),): [[0.0, 1.0, 0.0, 0.0], [1.5, 3.0, 0.0, 0.0]],  # levels 0..7
     }
     for attrs, want in expected.items():
-        (y,) = SourceModel(qonnx_model(domain, dict(attrs), op)).run(QONNX_X)
+        (y,) = AnnRunner(qonnx_model(domain, dict(attrs), op)).run(QONNX_X)
         np.testing.assert_array_equal(y, np.array(want, np.float32), err_msg=str(attrs))
-    (y,) = SourceModel(qonnx_model(domain, {}, "BipolarQuant")).run(QONNX_X)
+    (y,) = AnnRunner(qonnx_model(domain, {}, "BipolarQuant")).run(QONNX_X)
     np.testing.assert_array_equal(y, np.where(QONNX_X >= 0, 0.5, -0.5).astype(np.float32))
     # per-channel scale: channel 1 at scale 1 -> [1, 3 (clip)], the others as above
-    (y,) = SourceModel(qonnx_model(domain, {}, op, scale=[[0.5, 1.0, 0.5, 0.5]])).run(QONNX_X)
+    (y,) = AnnRunner(qonnx_model(domain, {}, op, scale=[[0.5, 1.0, 0.5, 0.5]])).run(QONNX_X)
     np.testing.assert_array_equal(y, np.array([[0.0, 1.0, -0.0, -1.0], [1.5, 3.0, -2.0, -2.0]], np.float32))
 
 
@@ -363,12 +363,12 @@ def test_qonnx_quant_numpy_semantics():
     # the kernel records (never raises) and the wrapper raises after the run
     model = qonnx_model(ortop.QONNX_DOMAINS[0], {"rounding_mode": "NEAREST"})
     with pytest.raises(ExecutionError, match="NEAREST"):
-        SourceModel(model).run(QONNX_X)
+        AnnRunner(model).run(QONNX_X)
 
 
 def test_source_model_backends_on_qdq():
     model = qdq_model(np.float32(0.25), 3, np.uint8)
     x = probe(9, 0.25)
-    ref, opt = SourceModel(model), SourceModel(model, optimized=True)
+    ref, opt = AnnRunner(model), AnnRunner(model, optimized=True)
     assert (ref.backend, opt.backend) == ("ann", "ann_ort_opt")
     np.testing.assert_array_equal(ref.run(x)[0], opt.run(x, batch_size=4)[0])

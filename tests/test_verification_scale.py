@@ -87,7 +87,7 @@ def test_an_npy_file_of_samples_is_memory_mapped_and_verified_without_labels(tmp
 
 
 def test_small_chunks_give_the_report_of_one_chunk(single_file_report, tmp_path, monkeypatch):
-    from pmsm import memory
+    from pmsm.runtime.base import memory
 
     monkeypatch.setattr(memory, "MAX_CHUNK_SAMPLES", 7)  # 52 chunks, cut at the reference boundary 256
     code, report = verify(MLP, DIGITS, tmp_path, "chunks")
@@ -96,7 +96,7 @@ def test_small_chunks_give_the_report_of_one_chunk(single_file_report, tmp_path,
 
 
 def test_two_worker_processes_give_the_report_of_one_process(single_file_report, tmp_path, monkeypatch):
-    from pmsm import memory
+    from pmsm.runtime.base import memory
 
     monkeypatch.setattr(memory, "MAX_CHUNK_SAMPLES", 64)  # several chunks per worker
     code, report = verify(MLP, DIGITS, tmp_path, "workers", "--workers", "2")
@@ -107,7 +107,7 @@ def test_two_worker_processes_give_the_report_of_one_process(single_file_report,
 
 @pytest.mark.ray
 def test_ray_with_two_workers_gives_the_report_of_one_process(single_file_report, tmp_path, monkeypatch):
-    from pmsm import memory
+    from pmsm.runtime.base import memory
 
     monkeypatch.setattr(memory, "MAX_CHUNK_SAMPLES", 64)
     code, report = verify(MLP, DIGITS, tmp_path, "ray", "--ray", "--workers", "2")
@@ -211,7 +211,7 @@ def test_verification_flags_need_verify(capfd):
 @pytest.mark.slow
 @pytest.mark.lava
 def test_lava_in_two_worker_processes_gives_the_report_of_one_process(tmp_path, monkeypatch):
-    from pmsm import memory
+    from pmsm.runtime.base import memory
 
     monkeypatch.setattr(memory, "MAX_CHUNK_SAMPLES", 16)
     x, y = digits()

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from pmsm.exporter.convert import convert
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SAMPLE = SAMPLES / "digits_vit_pmsm_L4.onnx"
@@ -58,7 +58,7 @@ def test_vit_sample_converts_with_temporal_compensation_of_its_nonlinear_ops_by_
 
 def test_vit_sample_spiking_onnx_is_bit_exact_at_t1_with_the_custom_op_and_with_the_portable_body(
         source, conversion, images):
-    ann = SourceModel(source).run(images)[0]
+    ann = AnnRunner(source).run(images)[0]
     assert len(np.unique(ann.argmax(axis=1))) > 5, "a degenerate source proves nothing"
     for portable in (False, True):
         snn = SpikingModel(conversion.spiking, portable=portable).run(images, 1).output

@@ -9,7 +9,7 @@
   listing every node Lava cannot take); ``unsupported_nir_nodes(graph)`` returns that list.
 
 Importing this package without lava-nc (or on Python >= 3.11) raises
-``pmsm.errors.MissingExtraError`` saying how to get it.
+``pmsm.runtime.base.errors.MissingExtraError`` saying how to get it.
 """
 from pmsm.targets.lava.availability import require_lava
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from pmsm.errors import MissingExtraError
+from pmsm.runtime.base.errors import MissingExtraError
 
 LAVA_PYTHON = (3, 10)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pmsm.errors import UnsupportedModelError
+from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.targets.lava.plan import CONVERTERS, INPUT, Plan, spike_bits
 
 TARGET = "lava (fixed point)"
@@ -295,3 +295,11 @@ def merge_records(a: list, b: list) -> list:
             changes["overflow"] = any(flags) if flags else None
         merged.append(dataclasses.replace(x, **changes))
     return merged
+
+
+class FixedPointRecords(list):
+    """The per-layer records of one fixed-point run; those of runs on other samples merge into one
+    (:func:`merge_records`), wherever the runs took place."""
+
+    def merge(self, other: list) -> "FixedPointRecords":
+        return FixedPointRecords(merge_records(self, other))

@@ -8,14 +8,15 @@ is wrong for non-square kernels and for ``'same'`` padding with stride 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import nir
 import numpy as np
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.order import topological_order
+from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.targets.nir.dialect import FORMAT, normalise
+from pmsm.targets.nir.io import read_nir
+from pmsm.targets.nir.dialect import DIALECT_FORMAT, normalise
 
 TARGET = "lava"
 GRAPH = "<graph>"
@@ -59,15 +60,11 @@ class _Problem(Exception):
 
 
 def load(path_or_graph) -> tuple[nir.NIRGraph, str]:
+    """The graph, and its label for messages; a path is read by the NIR target's reader (type
+    checked, the dialect checked, metadata as plain Python)."""
     if isinstance(path_or_graph, nir.NIRGraph):
         return path_or_graph, GRAPH
-    path = str(path_or_graph)
-    if not Path(path).is_file():
-        raise BadInputError(f"{path}: no such NIR file")
-    try:
-        return nir.read(path), path
-    except Exception as exc:  # nir/h5py raise many types for a damaged file
-        raise BadInputError(f"{path}: cannot read NIR file: {exc}") from None
+    return read_nir(str(path_or_graph)), str(path_or_graph)
 
 
 def unsupported_nir_nodes(path_or_graph) -> list[tuple[str, str, str]]:
@@ -94,8 +91,8 @@ def analyse(path_or_graph) -> GraphView:
         if reason:
             bad(name, reason)
     meta = _meta(graph).get("pmsm", {})
-    if isinstance(meta, dict) and meta.get("format", FORMAT) != FORMAT:
-        bad(GRAPH, f"graph format {meta.get('format')!r} is not {FORMAT!r}")
+    if isinstance(meta, dict) and meta.get("format", DIALECT_FORMAT) != DIALECT_FORMAT:
+        bad(GRAPH, f"graph format {meta.get('format')!r} is not {DIALECT_FORMAT!r}")
     if isinstance(meta, dict) and meta.get("readout", "mean") != "mean":
         bad(GRAPH, f"graph readout {meta.get('readout')!r} is not supported (only 'mean')")
 
@@ -113,7 +110,7 @@ def analyse(path_or_graph) -> GraphView:
     outputs = [n for n, v in nodes.items() if isinstance(v, nir.Output)]
     if len(inputs) != 1 or len(outputs) != 1:
         bad(GRAPH, f"need exactly one Input and one Output node, found {len(inputs)} and {len(outputs)}")
-    order = _topological(nodes, preds, succs)
+    order = topological_order(nodes, [(src, dst) for src, dsts in succs.items() for dst in dsts])
     for name in nodes:
         if name not in order:
             bad(name, "lies on a cycle: recurrent connections are not supported")
@@ -326,20 +323,6 @@ def _shape(value) -> tuple[int, ...]:
     if value is None:
         raise _Problem("shape is not given")
     return tuple(int(v) for v in np.ravel(value))
-
-
-def _topological(nodes, preds, succs) -> list[str]:
-    indeg = {n: len(preds[n]) for n in nodes}
-    ready = [n for n in nodes if indeg[n] == 0]
-    order = []
-    while ready:
-        name = ready.pop(0)
-        order.append(name)
-        for nxt in succs[name]:
-            indeg[nxt] -= 1
-            if indeg[nxt] == 0:
-                ready.append(nxt)
-    return order
 
 
 def _reaching(outputs, preds) -> set[str]:

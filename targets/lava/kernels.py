@@ -1,4 +1,4 @@
-"""Lava's convolution, computed as matrix products.
+"""The numpy kernels of the Lava processes: convolution as matrix products, and pooling.
 
 ``lava.proc.conv.utils.conv`` (what Lava's own ``Conv`` process runs) calls
 ``scipy.signal.convolve2d`` once per (output channel, input channel) pair: about a million calls
@@ -67,3 +67,19 @@ class Convolution:
         else:
             out = np.einsum("pgk,gko->pgo", columns, self.kernel).reshape(w_out * h_out, -1)
         return out.reshape(self.out_shape)
+
+
+def pool_whc(x: np.ndarray, kernel, stride, padding, mode: str) -> np.ndarray:
+    """Pool a (W, H, C) array in float64, as Lava lays tensors out; ``kernel``, ``stride``, ``padding``
+    are (W, H) pairs, ``mode`` one of ``sum``, ``avg``, ``max`` (the arguments in the order of
+    :func:`pmsm.targets.nir.ops.pool2d`, which pools NIR's (N, C, H, W) tensors)."""
+    fill = -np.inf if mode == "max" else 0.0
+    padded = np.pad(np.asarray(x, dtype=np.float64),
+                    ((padding[0], padding[0]), (padding[1], padding[1]), (0, 0)),
+                    constant_values=fill)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, tuple(kernel), axis=(0, 1))
+    windows = windows[::stride[0], ::stride[1]]
+    if mode == "max":
+        return windows.max(axis=(-2, -1))
+    total = windows.sum(axis=(-2, -1))
+    return total / (kernel[0] * kernel[1]) if mode == "avg" else total

@@ -22,7 +22,7 @@ from lava.proc.conv import utils as conv_utils
 from pmsm.targets.lava.graph import GraphView
 from pmsm.targets.lava.layout import conv_weight, lava_shape, layout_perm, single_to_lava, wh
 from pmsm.targets.lava.plan import CONVERTERS, INPUT, Plan, Step, Term, spike_bits
-from pmsm.targets.lava.processes.pool import pool2d
+from pmsm.targets.lava.kernels import pool_whc
 from pmsm.targets.nir.dialect import normalise
 
 ANALOG_BITS = 24    # message width assumed for the analog input and for currents
@@ -232,7 +232,7 @@ class _Lowering:
         idx = self._add(Step("pool", name, terms, value.lava_shape, out, terms[0].latency, params))
         bias = None
         if value.bias is not None:
-            bias = pool2d(value.bias, geo.mode, params["kernel"], params["stride"], params["padding"])
+            bias = pool_whc(value.bias, params["kernel"], params["stride"], params["padding"], geo.mode)
         area = geo.kernel[0] * geo.kernel[1]
         bits = {"max": value.bits, "sum": value.bits + int(np.ceil(np.log2(area))),
                 "avg": ANALOG_BITS}[geo.mode]

@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
-from pmsm.targets.lava.kernels import Convolution
-from pmsm.targets.lava.plan import INPUT
-from pmsm.targets.lava.processes.pool import pool2d
+from pmsm.targets.lava.kernels import Convolution, pool_whc
 
 WORD_BITS = 24
 WORD_MAX = 2 ** (WORD_BITS - 1) - 1
@@ -130,7 +128,7 @@ class FloatRunner(_Runner):
         if op.kind == "conv":
             return self.convolutions[op.step](x)
         if op.kind == "pool":
-            return pool2d(x, p["mode"], p["kernel"], p["stride"], p["padding"])
+            return pool_whc(x, p["kernel"], p["stride"], p["padding"], p["mode"])
         if op.kind == "elementwise":
             return x * p["scale"] + p["bias"]
         z = x + p["bias"]
@@ -172,8 +170,8 @@ class FixedPointRunner(_Runner):
         if op.kind == "pool":
             if p["mode"] == "avg":
                 raise ValueError("fixed point plans average pooling as a sum pool")
-            return self._measured(row, np.rint(pool2d(x, p["mode"], p["kernel"], p["stride"],
-                                                      p["padding"])).astype(np.int64))
+            return self._measured(row, np.rint(pool_whc(x, p["kernel"], p["stride"], p["padding"],
+                                                        p["mode"])).astype(np.int64))
         if op.kind == "elementwise":
             y = np.left_shift(x.astype(np.int64) * p["scale"].astype(np.int64), p["shift"]) + p["bias"]
             return self._measured(row, y)

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from lava.magma.core.run_conditions import RunSteps
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.targets.lava.fixed_point import NeuronQuantization, SynapseQuantization, input_exponent_for, quantize_input
 from pmsm.targets.lava.graph import analyse
 from pmsm.targets.lava.layout import to_lava, to_nir

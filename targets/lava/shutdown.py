@@ -10,7 +10,7 @@ processes at 150 % CPU for a MobileNetV2).
 ``WorkerGuard`` wraps one run:
 
 - every process forked through ``multiprocessing`` while it is active asks the kernel to be
-  killed when its parent dies, whatever killed the parent (``pmsm.children.exit_with_parent``),
+  killed when its parent dies, whatever killed the parent (``pmsm.runtime.base.children.exit_with_parent``),
   and ignores SIGINT and SIGTERM: a terminal's Ctrl-C or ``timeout`` signals the whole process
   group, and the host ends its workers in an order that releases their shared memory;
 - in the host, SIGINT (when Python's default handler is in place) raises ``KeyboardInterrupt``
@@ -43,7 +43,7 @@ import signal
 import threading
 from multiprocessing import util
 
-from pmsm.children import exit_with_parent, interruption, stop_processes
+from pmsm.runtime.base.children import exit_with_parent, interruption, stop_processes
 
 
 class WorkerGuard:

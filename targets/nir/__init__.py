@@ -10,13 +10,13 @@ Public API::
     NirInterpreter(graph).run(x, timesteps, collect_spikes=False) -> NirResult
 """
 from pmsm.targets.nir.convert import network_to_nir
-from pmsm.targets.nir.dialect import FORMAT, VERSION
+from pmsm.targets.nir.dialect import DIALECT_FORMAT, VERSION
 from pmsm.targets.nir.interpreter import NirInterpreter, NirResult
 from pmsm.targets.nir.io import read_nir, write_nir
 from pmsm.targets.nir.preflight import unsupported_nodes
 
 __all__ = [
-    "FORMAT",
+    "DIALECT_FORMAT",
     "VERSION",
     "NirInterpreter",
     "NirResult",

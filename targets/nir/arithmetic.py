@@ -20,6 +20,7 @@ import nir
 import numpy as np
 
 from pmsm.targets.nir import dialect, ops
+from pmsm.targets.nir.interpreter import conv_padding, topological
 
 SIGNIFICANT_BITS = 24   # of the largest weight of an output channel: float32's precision
 EXACT_BITS = 52         # float64 holds integers up to 2**53; one bit of slack for the bound itself
@@ -136,8 +137,6 @@ def _through(node, name: str, r: _Range) -> tuple[_Range, str | None]:
             grid, bound = np.minimum(grid, lsb_exponent(b)), bound + np.abs(b)
         return _Range(grid, bound), None
     if isinstance(node, nir.Conv2d):
-        from pmsm.targets.nir.interpreter import conv_padding
-
         w = np.asarray(node.weight, np.float64)
         per_channel_in = _channel_min(r.grid)  # [N, C]
         if int(node.groups) != 1:  # the writer never writes groups; stay conservative for others' files
@@ -158,8 +157,6 @@ def certify(graph: nir.NIRGraph, x: np.ndarray | None = None) -> Certificate:
     ``x``: the data batch the graph will run on; without it the nodes fed by the analog input are
     listed as data dependent instead of checked.
     """
-    from pmsm.targets.nir.interpreter import topological
-
     order = topological(graph, "<graph>")
     sources = {name: [s for s, d in graph.edges if d == name] for name in graph.nodes}
     ranges: dict[str, _Range | None] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import nir
 import onnx
 
-from pmsm.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.targets.nir import dialect
 from pmsm.targets.nir.emit import to_nir
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
@@ -15,8 +15,9 @@ def _label(model: onnx.ModelProto, source_name: str) -> str:
     return source_name or model.graph.name or "<model>"
 
 
-def lower(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
-    """Translate and fold; returns the working graph and every problem found on the way."""
+def translate_network(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
+    """Translate and fold; returns the working graph and every problem found on the way (the NIR
+    target's pre-flight and its conversion in one pass)."""
     tr = translate(model, label)
     problems = list(tr.problems)
     prune(tr.work)
@@ -40,7 +41,13 @@ def network_to_nir(model: onnx.ModelProto, *, source_sha256: str = "", source_na
     if isinstance(timesteps, bool) or int(timesteps) < 1:
         raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
     label = _label(model, source_name)
-    tr, problems = lower(model, label)
+    tr, problems = translate_network(model, label)
     if problems:
         raise UnsupportedModelError(label, "nir", problems)
-    return to_nir(tr.work, dialect.graph_metadata(int(timesteps), source_sha256, source_name))
+    return translated_to_nir(tr, source_sha256=source_sha256, source_name=source_name, timesteps=timesteps)
+
+
+def translated_to_nir(translation: Translation, *, source_sha256: str = "", source_name: str = "",
+                      timesteps: int = 1) -> nir.NIRGraph:
+    """The NIR graph of a translation without problems (:func:`translate_network`)."""
+    return to_nir(translation.work, dialect.graph_metadata(int(timesteps), source_sha256, source_name))

@@ -4,12 +4,12 @@ from __future__ import annotations
 import nir
 import numpy as np
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams
 
 KEY = "pmsm"
 VERSION = 1
-FORMAT = "pmsm-nir/1"
+DIALECT_FORMAT = "pmsm-nir/1"
 STANDARD_FORMAT = "pmsm-nir-standard/1"
 READOUT = "mean"
 RESET = "subtract"
@@ -21,7 +21,7 @@ NODE_TYPES = (nir.Input, nir.Output, nir.IF, nir.Conv2d, nir.Affine, nir.Linear,
 
 def graph_metadata(timesteps: int, source_sha256: str, source: str) -> dict:
     # NIR cannot write None: every value is a number or a string.
-    return {"version": VERSION, "format": FORMAT, "timesteps": int(timesteps),
+    return {"version": VERSION, "format": DIALECT_FORMAT, "timesteps": int(timesteps),
             "source_sha256": str(source_sha256 or ""), "source": str(source or ""), "readout": READOUT}
 
 
@@ -82,9 +82,9 @@ def check(graph: nir.NIRGraph, label: str) -> None:
     """Raise BadInputError unless ``graph`` is a PMSM-dialect graph this package can execute."""
     meta = normalise(graph.metadata or {}).get(KEY)
     if meta is not None:
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != DIALECT_FORMAT:
             got = meta.get("format") if isinstance(meta, dict) else meta
-            raise BadInputError(f"{label}: graph metadata['{KEY}'] has format {got!r}; this reader knows '{FORMAT}'")
+            raise BadInputError(f"{label}: graph metadata['{KEY}'] has format {got!r}; this reader knows '{DIALECT_FORMAT}'")
         if meta.get("readout", READOUT) != READOUT:
             raise BadInputError(f"{label}: unknown readout {meta.get('readout')!r} (expected '{READOUT}')")
     for name, node in graph.nodes.items():

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.targets.nir import handlers_elementwise, handlers_layers, handlers_pooling
 from pmsm.targets.nir.ir import WorkGraph
 from pmsm.targets.nir.onnx_view import NetworkView, is_neuron, network_view, node_label

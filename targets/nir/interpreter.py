@@ -17,7 +17,8 @@ from typing import Callable
 import nir
 import numpy as np
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.order import topological_order
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import neuron
 from pmsm.targets.nir import dialect, ops
 
@@ -85,19 +86,7 @@ def _linear_op(node: nir.NIRNode, name: str, absolute: bool = False) -> Callable
 
 
 def topological(graph: nir.NIRGraph, label: str) -> list[str]:
-    indegree = {name: 0 for name in graph.nodes}
-    for _, dst in graph.edges:
-        indegree[dst] += 1
-    ready = [n for n in graph.nodes if indegree[n] == 0]
-    order = []
-    while ready:
-        name = ready.pop(0)
-        order.append(name)
-        for src, dst in graph.edges:
-            if src == name:
-                indegree[dst] -= 1
-                if indegree[dst] == 0:
-                    ready.append(dst)
+    order = topological_order(graph.nodes, graph.edges)
     if len(order) != len(graph.nodes):
         raise BadInputError(f"{label}: the graph has a cycle; the PMSM dialect is feed-forward")
     return order

@@ -2,30 +2,19 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import nir
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.files import atomic_path
 from pmsm.targets.nir import dialect
 
 
 def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> None:
-    """Write ``graph`` to ``path`` atomically: a temporary file in the same directory, then a rename,
-    so a failure never leaves a partial file behind (nor touches an existing one)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise BadInputError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nir", dir=directory)
-    os.close(fd)
-    try:
-        nir.write(tmp, graph)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``graph`` to ``path`` atomically (pmsm.runtime.base.files): a failure never leaves a
+    partial file behind, nor touches an existing one."""
+    with atomic_path(os.fspath(path), suffix=".nir") as temporary:
+        nir.write(temporary, graph)
 
 
 def read_nir(path: str | os.PathLike) -> nir.NIRGraph:

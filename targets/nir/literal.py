@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import nir
 import numpy as np
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.targets.nir import dialect
 from pmsm.targets.nir.interpreter import NirInterpreter, NirResult, _linear_op
 from pmsm.targets.nir.standard import KEY

@@ -11,13 +11,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pmsm.errors import BadInputError
-from pmsm.runtime.schema import NEURON_OP, TIMESTEPS_INPUT
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.schema import TIMESTEPS_INPUT, is_neuron
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
-
-
-def is_neuron(node: onnx.NodeProto) -> bool:
-    return node.domain == PMSM_DOMAIN and node.op_type == NEURON_OP
 
 
 def node_label(node: onnx.NodeProto) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import onnx
 
-from pmsm.targets.nir.convert import lower
+from pmsm.targets.nir.convert import translate_network
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
@@ -11,5 +11,5 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
 
     Runs the same translation and folding as the conversion, so what passes here converts.
     """
-    _, problems = lower(model, model.graph.name or "<model>")
+    _, problems = translate_network(model, model.graph.name or "<model>")
     return problems

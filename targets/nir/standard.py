@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import nir
 import numpy as np
 
-from pmsm.errors import UnsupportedModelError
+from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
 from pmsm.targets.nir import dialect, ops
+from pmsm.targets.nir.interpreter import topological
 
-FORMAT = dialect.STANDARD_FORMAT
 KEY = "pmsm_standard"  # node metadata naming the PMSM neuron and level a unit encodes (reports only)
 MAX_UNITS = 16  # K = hi - lo; above, the weights between two layers grow by more than 256x
 
@@ -129,8 +129,6 @@ class _Rewrite:
     ``GraphExecutor``, used by norse and sinabs) still run."""
 
     def __init__(self, graph: nir.NIRGraph, label: str):
-        from pmsm.targets.nir.interpreter import topological
-
         self.g = graph
         self.label = label
         self.order = topological(graph, label)
@@ -306,7 +304,7 @@ def to_standard(graph: nir.NIRGraph, label: str = "<nir graph>") -> tuple[nir.NI
         raise UnsupportedModelError(label, "nir --nir-profile standard", too_many)
     std = _Rewrite(graph, label).run()
     meta = dict(dialect.normalise(graph.metadata or {}).get(dialect.KEY, {}))
-    meta.update(format=FORMAT, exact_timesteps=1)
+    meta.update(format=dialect.STANDARD_FORMAT, exact_timesteps=1)
     std.metadata = {dialect.KEY: meta}
     growth = Growth(neuron_count(graph), neuron_count(std), weight_count(graph), weight_count(std), max(ks))
     return std, growth

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import neuron
 from pmsm.runtime.neuron import NeuronParams
 from pmsm.targets.nir import dialect
 from pmsm.targets.nir.interpreter import conv_padding
+from pmsm.targets.nir import read_nir
 
 NIRTORCH_VERSION = "2.6"
 DTYPE = torch.float64
@@ -211,7 +212,5 @@ class TorchNetwork(nn.Module):
 def to_torch(graph_or_path, device="cpu") -> TorchNetwork:
     """A :class:`TorchNetwork` for a PMSM-dialect NIR graph or file, on ``device``."""
     if isinstance(graph_or_path, (str, os.PathLike)):
-        from pmsm.targets.nir import read_nir
-
         return TorchNetwork(read_nir(graph_or_path), os.fspath(graph_or_path), device)
     return TorchNetwork(graph_or_path, device=device)

@@ -12,7 +12,7 @@ import json
 import os
 import traceback
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 
 class LavaProcessError(RuntimeError):

@@ -97,6 +97,8 @@ class Network(AbstractProcess):
     def run_cfg(self, *connected) -> Loihi2SimCfg:
         """The run configuration; ``connected``: processes outside the network wired to its
         ports (an input source, a readout), whose models it names too (models.py)."""
+        # Lava executes every file of this folder to discover process models: the run configuration
+        # (which imports them all) is imported when a run is configured, not on discovery
         from pmsm.targets.lava.models import run_config
 
         return run_config(self.fixed_point, [*self.lowered.processes, *connected], {self: NetworkModel})

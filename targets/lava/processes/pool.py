@@ -1,6 +1,6 @@
 """Pooling over (W, H, C) tensors as one zero-latency Lava process: sum, average or max.
 
-Max pooling runs per timestep over spike counts (exact at T = 1 only, see DESIGN §4). In
+Max pooling runs per timestep over spike counts (exact at T = 1 only, docs/nir.md). In
 fixed point an average pool is planned as a sum pool whose scale carries the 1/area.
 """
 from __future__ import annotations
@@ -15,21 +15,9 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from pmsm.targets.lava.kernels import pool_whc
+
 MODES = ("sum", "avg", "max")
-
-
-def pool2d(x: np.ndarray, mode: str, kernel, stride, padding) -> np.ndarray:
-    """Pool a (W, H, C) array; ``kernel``, ``stride``, ``padding`` are (W, H) pairs."""
-    fill = -np.inf if mode == "max" else 0.0
-    padded = np.pad(np.asarray(x, dtype=np.float64),
-                    ((padding[0], padding[0]), (padding[1], padding[1]), (0, 0)),
-                    constant_values=fill)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, tuple(kernel), axis=(0, 1))
-    windows = windows[::stride[0], ::stride[1]]
-    if mode == "max":
-        return windows.max(axis=(-2, -1))
-    total = windows.sum(axis=(-2, -1))
-    return total / (kernel[0] * kernel[1]) if mode == "avg" else total
 
 
 class Pool(AbstractProcess):
@@ -46,7 +34,7 @@ class Pool(AbstractProcess):
 class _PoolModel(PyLoihiProcessModel):
     def _pool(self, x: np.ndarray) -> np.ndarray:
         p = self.proc_params
-        return pool2d(x, p["mode"], p["kernel"], p["stride"], p["padding"])
+        return pool_whc(x, p["kernel"], p["stride"], p["padding"], p["mode"])
 
 
 @implements(proc=Pool, protocol=LoihiProtocol)

@@ -1,6 +1,6 @@
 """Input injection: presents sample ``n`` of ``data`` during steps ``[n*interval, (n+1)*interval)``.
 
-The analog input is repeated at every timestep of its window (DESIGN §4); after the last
+The analog input is repeated at every timestep of its window (docs/lava.md, Timing); after the last
 sample the source sends zeros while the pipeline drains.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How much memory this process may still take, and whether a planned piece of work fits in it.
 
 A run that needs more than is free is refused before it starts, with the estimate and what is
-free, instead of being killed by the kernel or a memory cap half way (DESIGN §10: exit 2).
+free, instead of being killed by the kernel or a memory cap half way (exit 2, README "Exit codes").
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import os
 import resource
 from typing import Optional
 
-from pmsm.errors import BadInputError
-from pmsm.limits import describe_bytes
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.limits import describe_bytes
 
 USABLE_FRACTION = 0.8  # leave room for what the estimate does not count (interpreter, libraries)
 
@@ -77,22 +77,18 @@ def _address_space_room() -> Optional[int]:
     return None
 
 
-# Spiking backends that keep every neuron's spikes of a chunk at once, per target (pmsm.backends.Plan):
-# onnx: the standard-op body and the custom op; nir adds the interpreter and torch; lava adds float
-# and fixed point but not torch.
-SPIKING_BACKENDS = {"onnx": 2, "nir": 4, "lava": 5}
 EXPLAIN_COPIES = 4  # arrays of the spikes' size the per-layer mismatch explanation builds (nir, lava)
 CHUNK_BUDGET = 512 << 20  # at most this much memory per chunk, and at most a quarter of what is free
 INPUT_COPIES = 4  # the chunk as read, as the source ANN and the spiking model each get it, and the padding
 MAX_CHUNK_SAMPLES = 1024
 
 
-def bytes_per_sample(sample_values: int, spike_values: int, timesteps: list[int], target: str) -> int:
+def spiking_bytes_per_sample(sample_values: int, spike_values: int, timesteps: list[int], backends: int,
+                             explained: bool) -> int:
     """Memory ``--verify`` holds per sample of a chunk at the largest T (float32 throughout): the
-    spikes of every spiking backend, one more copy of them while ONNX Runtime hands them over, the
-    mismatch explanation's arrays, and the input's copies."""
-    backends = SPIKING_BACKENDS.get(target, max(SPIKING_BACKENDS.values()))
-    copies = backends + 1 + (EXPLAIN_COPIES if target in ("nir", "lava") else 0)
+    spikes of ``backends`` spiking backends, one more copy of them while ONNX Runtime hands them
+    over, the mismatch explanation's arrays (``explained``), and the input's copies."""
+    copies = backends + 1 + (EXPLAIN_COPIES if explained else 0)
     return 4 * (spike_values * max(timesteps) * copies + INPUT_COPIES * sample_values)
 
 

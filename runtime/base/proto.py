@@ -5,6 +5,8 @@ from collections import defaultdict
 
 import onnx
 
+from pmsm.runtime.base.order import topological_order
+
 
 def all_graphs(model: onnx.ModelProto):
     """The main graph and every subgraph in node attributes (If, Loop and Scan bodies)."""
@@ -71,3 +73,11 @@ def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 def node_label(node: onnx.NodeProto) -> str:
     return f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type})"
+
+
+def onnx_node_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` ordered so that every node comes after the producers of its inputs (in the same
+    graph; names produced elsewhere are inputs); nodes on a cycle are left out."""
+    producers = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    edges = [(producers[name], index) for index, node in enumerate(nodes) for name in node.input if name in producers]
+    return [nodes[index] for index in topological_order(range(len(nodes)), edges)]

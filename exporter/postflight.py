@@ -2,7 +2,7 @@
 
 The session is built the way the reference backend builds it (:class:`pmsm.runtime.execute.SpikingModel`:
 the ``ai.pmsm`` custom op library registered, graph optimizations off), in a child process
-(:mod:`pmsm.isolation`), so a model ONNX Runtime cannot load in ``--max-load-seconds`` or that
+(:mod:`pmsm.runtime.base.isolation`), so a model ONNX Runtime cannot load in ``--max-load-seconds`` or that
 crashes it is refused with one line instead of hanging or killing the command. Nothing about the
 model's structure is assumed: whatever ``SpikingModel`` runs, this checks.
 """
@@ -13,8 +13,11 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from pmsm import limits as run_limits
-from pmsm.isolation import call_isolated
+from pmsm.runtime.base import limits as run_limits
+from pmsm.runtime.base.isolation import call_isolated
+from pmsm.runtime import ortop
+from pmsm.runtime.base.sessions import inference_session
+from pmsm.runtime.execute import SpikingModel
 
 
 def check_spiking_model(spiking: onnx.ModelProto, label: str, probe: Optional[np.ndarray] = None,
@@ -22,8 +25,6 @@ def check_spiking_model(spiking: onnx.ModelProto, label: str, probe: Optional[np
     """Load ``spiking`` in ONNX Runtime and run one sample at T = 1 (``probe``, or zeros when the
     input shape is fixed); returns the spike values that sample makes in one timestep over all
     neurons, or None when there was nothing to run (an input of unknown shape and no probe)."""
-    from pmsm.runtime.execute import SpikingModel  # imported here, not once per child
-
     seconds = run_limits.current().max_load_seconds if seconds is None else seconds
 
     def load_and_run() -> Optional[int]:
@@ -47,12 +48,4 @@ def _zeros_like_input(model) -> Optional[np.ndarray]:
 
 
 def _bare_session(spiking: onnx.ModelProto) -> None:
-    import onnxruntime as ort
-
-    from pmsm.runtime import ortop
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    options.register_custom_ops_library(ortop.get_library_path())
-    ort.InferenceSession(spiking.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    inference_session(spiking, custom_ops_library=ortop.get_library_path())

@@ -7,7 +7,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 
-from pmsm.errors import BadInputError
+from pmsm.runtime.base.errors import BadInputError
 
 
 @contextmanager
@@ -30,7 +30,8 @@ def atomic_path(path: str, suffix: str = ""):
 
 
 def _refuse_to_replace_special(path: str) -> None:
-    """The last line of defence of DESIGN §10: a rename over a device node, a FIFO, a folder or a
+    """The last line of defence of README "Exit codes" (no run overwrites anything that is not a
+    regular file): a rename over a device node, a FIFO, a folder or a
     link replaces it by a plain file (as root, ``-o /dev/null`` would break the machine)."""
     try:
         mode = os.lstat(path).st_mode

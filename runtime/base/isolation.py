@@ -4,7 +4,7 @@ ONNX Runtime holds the GIL while it builds a session (measured: a thread ticking
 not tick once during a 3.9 s session creation), so no thread can time it out; and a malformed
 model can crash the library outright. :func:`call_isolated` forks, runs the call in the child
 and waits at most ``seconds``: a hang, a crash or an exception in the child becomes one
-:class:`~pmsm.errors.BadInputError` in the parent, which never runs the untrusted call itself.
+:class:`~pmsm.runtime.base.errors.BadInputError` in the parent, which never runs the untrusted call itself.
 The child shares the parent's loaded modules through ``fork``, so the cost is the fork (about
 0.1 s with torch loaded) plus the call. Where ``fork`` is missing the call runs in the process.
 """
@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Callable
 
-from pmsm.errors import BadInputError, one_line
+from pmsm.runtime.base.errors import BadInputError, one_line
 
 
 def call_isolated(call: Callable[[], object], seconds: float, label: str, activity: str, too_slow: str) -> object:

@@ -1,0 +1,76 @@
+"""The ``nir`` target: the untimed network folded and written as NIR in the PMSM dialect
+(docs/nir.md), or in the standard profile; verified by the project's NIR interpreter and, where
+the torch extra is installed, the PyTorch runtime."""
+from __future__ import annotations
+
+import importlib
+import os
+
+from pmsm.runtime.base.errors import UnsupportedModelError
+from pmsm.targets.interface import ConvertOptions, Export, Target
+from pmsm.targets.nir.backend import NirBackend
+from pmsm.targets.nir.convert import translate_network, translated_to_nir
+from pmsm.targets.nir.deployable import refusal_note
+from pmsm.targets.nir.io import read_nir, write_nir
+from pmsm.targets.nir.standard import to_standard
+
+
+class NirTarget(Target):
+    name = "nir"
+    nir_profiles = ("pmsm", "standard")
+
+    def convert(self, source, options: ConvertOptions) -> Export:
+        export = super().convert(source, options)
+        network = export.folded
+        name = os.path.basename(source.path)
+        translation, problems = translate_network(network, network.graph.name or "<model>")
+        if problems:
+            raise UnsupportedModelError(source.path, self.name, problems, note=refusal_note(network, problems))
+        export.nir_graph = translated_to_nir(translation, source_sha256=source.sha256, source_name=name,
+                                             timesteps=options.timesteps)
+        if options.nir_profile == "standard":
+            export.nir_graph, export.nir_growth = to_standard(export.nir_graph, source.path)
+        return export
+
+    def write(self, export: Export, path: str) -> None:
+        write_nir(export.nir_graph, path)
+
+    def check_written(self, export: Export, path: str) -> None:
+        """What was written reads back (type checked, dialect checked); the graph read back is the
+        one verified, and the file's bytes are what workers verify."""
+        export.nir_graph = read_nir(path)
+        with open(path, "rb") as handle:
+            export.nir_file = handle.read()
+
+    def plan_options(self, export: Export, dataset) -> dict:
+        return {"torch": export.nir_growth is None and all(map(_importable, ("pmsm.targets.torch", "nirtorch")))}
+
+    def backends(self, plan, graph) -> list:
+        interpreter = NirBackend(graph)
+        if plan.source is None:  # a NIR source: the interpreter is the root
+            interpreter.reference = ""
+        backends = [interpreter]
+        if plan.torch:
+            from pmsm.targets.torch.backend import TorchBackend  # the torch extra, checked by plan_options
+
+            backends.append(TorchBackend(graph))
+        return backends
+
+    def notes(self, export: Export) -> list[str]:
+        g = export.nir_growth
+        if g is None:
+            return []
+        return [f"standard profile: {g.neurons_pmsm} PMSM neurons -> {g.neurons_standard} binary units "
+                f"(K <= {g.max_units}), {g.weights_pmsm} -> {g.weights_standard} weights; exact at T=1 only"]
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` imports here (an optional extra is installed)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+TARGET = NirTarget()
