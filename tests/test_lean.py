@@ -17,7 +17,7 @@ import pytest
 
 from pmsm.spike_stats import EXACT_LEVELS, merge_spike_stats, spike_stats
 from pmsm.exporter.convert import convert
-from pmsm.runtime.execute import SourceModel, SpikingModel
+from pmsm.runtime.execute import AnnRunner, SpikingModel
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "digits_mlp_pmsm_L2.onnx"
@@ -96,7 +96,7 @@ def test_standard_op_body_equals_the_custom_op_bit_for_bit_at_t1_t2_t4_with_comp
     assert conversion.compensated, "a network without compensated ops proves nothing here"
     x = RNG.normal(size=(4, *[d.dim_value for d in source.graph.input[0].type.tensor_type.shape.dim][1:]))
     x = x.astype(np.float32)
-    ann = SourceModel(source).run(x)[0]
+    ann = AnnRunner(source).run(x)[0]
     kernel, body = SpikingModel(conversion.spiking), SpikingModel(conversion.spiking, portable=True)
     for t in (1, 2, 4):
         want, got = kernel.run(x, t, collect_spikes=True), body.run(x, t, collect_spikes=True)
