@@ -18,7 +18,7 @@ which other load on a shared machine barely moves.
 ``exact`` says whether both bodies equal the ANN bit for bit at T = 1, ``equal`` whether the body
 and the custom op agree bit for bit at T = 1 and 4 (this checkout's file).
 
-``startup``: wall time and peak resident memory (``ru_maxrss`` of the child) of ``pmsm-export SMALL
+``startup``: wall time, CPU time and peak resident memory (``/usr/bin/time``) of ``pmsm-export SMALL
 --check`` and of converting SMALL and LARGE, for each ``--pythons`` environment (fastest of
 ``--repeats``; peak resident memory as ``/usr/bin/time`` reports it). SMALL: samples/digits_mlp_pmsm_L2.onnx
 (71 kB); LARGE: the ViT 4x192 of ``speed``.
@@ -131,31 +131,30 @@ def speed(args) -> None:
                   f"{'yes' if exact else 'NO':>7}{'yes' if equal else 'NO':>7}", flush=True)
 
 
-def _child(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak resident MB) of a child process.
+def _child(argv: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds (user + system), peak resident MB) of a child process.
 
-    The peak comes from ``/usr/bin/time`` where there is one: a child forked from this process
-    inherits this process's resident size as the start of its ``ru_maxrss`` across ``exec`` on Linux
-    (measured: 564 MB reported for a run that peaks at 77 MB), whereas ``time`` is small.
+    Measured by ``/usr/bin/time``: a child forked from this process inherits this process's resident
+    size as the start of its ``ru_maxrss`` across ``exec`` on Linux (measured: 564 MB reported for a
+    run that peaks at 77 MB), whereas ``time`` is small. CPU time is what other load on a shared
+    machine moves least (wall time at load 15 on 2 cores was up to 7x the CPU time).
     """
-    timer = ["/usr/bin/time", "-f", "pmsm-peak-kb %M"] if os.path.exists("/usr/bin/time") else []
     begin = time.perf_counter()
-    done = subprocess.run(timer + argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+    done = subprocess.run(["/usr/bin/time", "-f", "pmsm-usage %M %U %S"] + argv, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     wall = time.perf_counter() - begin
     if done.returncode:
         raise SystemExit(f"{argv}: exit {done.returncode}: {done.stderr[-500:]}")
-    peaks = [line.split()[-1] for line in done.stderr.splitlines() if line.startswith("pmsm-peak-kb ")]
-    peak = int(peaks[-1]) / 1024 if peaks else float("nan")
-    return wall, peak
+    usage = [line.split()[1:] for line in done.stderr.splitlines() if line.startswith("pmsm-usage ")][-1]
+    return wall, float(usage[1]) + float(usage[2]), int(usage[0]) / 1024
 
 
 def startup(args) -> None:
     folder = args.folder or tempfile.mkdtemp(prefix="pmsm-lean-")
     large = str(lean_models.quantized("vit", folder))
-    print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; fastest of {args.repeats} "
-          f"(wall s, peak resident MB of the child, /usr/bin/time)")
-    print(f"{'environment':<44}{'--check small':>16}{'convert small':>16}{'convert large':>16}")
+    print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; fastest of {args.repeats}: "
+          f"wall s / CPU s (user + system) / peak resident MB of the child, as /usr/bin/time reports them")
+    print(f"{'environment':<44}{'--check small':>22}{'convert small':>22}{'convert large':>22}")
     for python in args.pythons.split(","):
         command = [python, "-m", "pmsm.cli"]
         cases = [[SMALL, "--check"], [SMALL, "-o", os.path.join(folder, "small.spiking.onnx")],
@@ -164,9 +163,9 @@ def startup(args) -> None:
         cells = []
         for case in cases:
             results = [_child(command + case) for _ in range(args.repeats)]
-            wall, peak = min(r[0] for r in results), min(r[1] for r in results)
-            cells.append(f"{wall:.2f} s {peak:.0f} MB")
-        print(f"{python:<44}" + "".join(f"{c:>16}" for c in cells), flush=True)
+            wall, cpu, peak = (min(r[i] for r in results) for i in range(3))
+            cells.append(f"{wall:.2f} / {cpu:.2f} / {peak:.0f}")
+        print(f"{python:<44}" + "".join(f"{c:>22}" for c in cells), flush=True)
 
 
 def main(argv=None) -> int:
