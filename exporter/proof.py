@@ -132,6 +132,7 @@ class _View:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.producers = {o: n for n in model.graph.node for o in n.output if o}
+        self.order = {id(n): i for i, n in enumerate(model.graph.node)}  # graph order, without a scan per region
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.ranks = {}
         try:
@@ -145,7 +146,7 @@ class _View:
     def region(self, entry: str, exit: str) -> list[onnx.NodeProto] | None:
         """The nodes computing ``exit`` from ``entry`` and constants, in graph order; None when
         ``exit`` also depends on another input."""
-        wanted, stack, seen = set(), [exit], set()
+        wanted, stack, seen = {}, [exit], set()
         while stack:
             name = stack.pop()
             if not name or name in (entry, TIMESTEPS_INPUT) or name in seen or name in self.initializers:
@@ -154,9 +155,9 @@ class _View:
             node = self.producers.get(name)
             if node is None:
                 return None
-            wanted.add(id(node))
+            wanted[id(node)] = node
             stack.extend(node.input)
-        return [n for n in self.model.graph.node if id(n) in wanted]
+        return sorted(wanted.values(), key=lambda n: self.order[id(n)])
 
     def constants_of(self, nodes: list[onnx.NodeProto]) -> list[onnx.TensorProto]:
         used = {name for n in nodes for name in n.input}

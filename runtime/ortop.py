@@ -46,9 +46,8 @@ from typing import Callable
 
 import numpy as np
 import onnx
-import onnxruntime_extensions
-from onnxruntime_extensions import PyOp, _ocos, get_library_path, onnx_op
 
+from pmsm.runtime import extensions
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 from pmsm.runtime.neuron import NeuronParams, step
@@ -75,6 +74,11 @@ __all__ = [
     "take_op_errors",
     "raise_op_errors",
 ]
+
+# the custom-op part of onnxruntime-extensions only: its package __init__ imports torch (extensions.py)
+onnxruntime_extensions = extensions.load()
+PyOp, _ocos, get_library_path, onnx_op = (onnxruntime_extensions.PyOp, onnxruntime_extensions._ocos,
+                                          onnxruntime_extensions.get_library_path, onnxruntime_extensions.onnx_op)
 
 
 QONNX_QUANT_OPS = ("Quant", "IntQuant")  # same inputs (x, scale, zeropt, bitwidth) and attributes
