@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
 from pmsm.runtime import ortop
+from pmsm.runtime.qonnx import with_qonnx_defaults
 from pmsm.runtime.base.proto import onnx_node_order
 from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.neuron import NeuronParams
@@ -299,7 +300,7 @@ def _evaluate(view: "_View", pack: list[_Job]) -> list[np.ndarray]:
         opsets.setdefault(node.domain, 1)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               ir_version=min(view.model.ir_version or 10, 10))
-    model = ortop.with_qonnx_defaults(model)
+    model = with_qonnx_defaults(model)
     try:
         session = inference_session(model, custom_ops_library=ortop.get_library_path())
         ortop.clear_op_errors()

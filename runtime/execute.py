@@ -29,6 +29,7 @@ import onnxruntime as ort
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime import ortop
+from pmsm.runtime.qonnx import uses_qonnx, with_qonnx_defaults
 from pmsm.runtime.inputs import Batch, InputSpec, Samples, feeds_of
 from pmsm.runtime.ortop import ExecutionError
 from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
@@ -363,14 +364,14 @@ class AnnRunner:
     def __init__(self, model: ModelLike, optimized: bool = False):
         self.model, self.label = load_model(model)
         self.optimized = bool(optimized)
-        self.uses_qonnx = ortop.uses_qonnx(self.model)
+        self.uses_qonnx = uses_qonnx(self.model)
         data = _data_inputs(self.model)
         if not data:
             raise BadInputError(f"{self.label}: the model has no data input")
         self.inputs = [InputSpec.of(vi, self.label) for vi in data]
         self.input = self.inputs[0]
         self.output_names = [vi.name for vi in self.model.graph.output]
-        run_model = ortop.with_qonnx_defaults(self.model) if self.uses_qonnx else self.model
+        run_model = with_qonnx_defaults(self.model) if self.uses_qonnx else self.model
         self._session = _session(run_model, self.label, optimized=self.optimized, custom_ops=self.uses_qonnx)
 
     @property

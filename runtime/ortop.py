@@ -49,7 +49,8 @@ import onnx
 
 from pmsm.runtime import extensions
 from pmsm.runtime.base.errors import BadInputError
-from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
+from pmsm.runtime.qonnx import (QONNX_BIPOLAR_OP, QONNX_DOMAINS, QONNX_QUANT_OPS, qonnx_bipolar_quant, qonnx_int_range,
+                                 qonnx_quant)
 from pmsm.runtime.neuron import NeuronParams, step
 from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_OP
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
@@ -59,14 +60,9 @@ __all__ = [
     "NEURON_OP",
     "NEURON_ATTRIBUTES",
     "QONNX_DOMAINS",
-    "QONNX_QUANT_OPS",
-    "QONNX_DEFAULTS",
     "ExecutionError",
     "get_library_path",
     "neuron_params_of",
-    "is_qonnx_quantizer",
-    "uses_qonnx",
-    "with_qonnx_defaults",
     "qonnx_int_range",
     "qonnx_quant",
     "qonnx_bipolar_quant",
@@ -81,9 +77,6 @@ PyOp, _ocos, get_library_path, onnx_op = (onnxruntime_extensions.PyOp, onnxrunti
                                           onnxruntime_extensions.get_library_path, onnxruntime_extensions.onnx_op)
 
 
-QONNX_QUANT_OPS = ("Quant", "IntQuant")  # same inputs (x, scale, zeropt, bitwidth) and attributes
-QONNX_BIPOLAR_OP = "BipolarQuant"
-QONNX_DEFAULTS = {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}
 
 _MAX_RECORDED = 64
 _MAX_CAST = 4096  # distinct (kernel, attributes) conversions remembered by the dispatcher
@@ -268,58 +261,6 @@ def _bipolar_kernel(x, scale):
     if y.shape != np.shape(x):
         raise ValueError(f"scale broadcasts the output to shape {y.shape}")
     return y
-
-
-def is_qonnx_quantizer(node: onnx.NodeProto) -> bool:
-    return node.domain in QONNX_DOMAINS and node.op_type in QONNX_QUANT_OPS + (QONNX_BIPOLAR_OP,)
-
-
-def _all_graphs(model: onnx.ModelProto):
-    """Every node list of the model: the main graph, subgraphs, model-local functions."""
-    stack = [model.graph]
-    while stack:
-        graph = stack.pop()
-        yield graph.node
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    stack.append(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(attr.graphs)
-    for function in model.functions:
-        yield function.node
-
-
-def uses_qonnx(model: onnx.ModelProto) -> bool:
-    """Whether any node of the model is a QONNX quantizer this module has a kernel for."""
-    return any(is_qonnx_quantizer(node) for nodes in _all_graphs(model) for node in nodes)
-
-
-def with_qonnx_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose QONNX ``Quant``/``IntQuant`` nodes carry every attribute.
-
-    onnxruntime-extensions requires all declared attributes; QONNX defaults are
-    ``signed=1``, ``narrow=0``, ``rounding_mode="ROUND"``. Also adds a missing opset import
-    (version 1) for each QONNX domain in use.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    used: set[str] = set()
-    for nodes in _all_graphs(out):
-        for node in nodes:
-            if not is_qonnx_quantizer(node):
-                continue
-            used.add(node.domain)
-            if node.op_type not in QONNX_QUANT_OPS:
-                continue
-            present = {a.name for a in node.attribute}
-            for name, value in QONNX_DEFAULTS.items():
-                if name not in present:
-                    node.attribute.append(onnx.helper.make_attribute(name, value))
-    imported = {o.domain for o in out.opset_import}
-    for domain in sorted(used - imported):
-        out.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
