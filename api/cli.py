@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-load-seconds", type=parse_seconds, metavar="S",
                         help=f"time ONNX Runtime may take to load and run one sample of the source and of "
                              f"the spiking model (default {defaults.max_load_seconds:g})")
+    limits.add_argument("--max-subgraph-depth", type=parse_count, metavar="N",
+                        help=f"how deep If/Loop/Scan bodies may nest inside one another (default "
+                             f"{defaults.max_subgraph_depth}; ONNX Runtime's load time doubles with each level)")
     parser.add_argument("--version", action="version", version="%(prog)s " + __import__("pmsm").__version__)
     return parser
 

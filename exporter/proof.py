@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from pmsm.exporter import degenerate
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
 from pmsm.runtime import ortop
 from pmsm.runtime.neuron import NeuronParams
@@ -33,6 +34,11 @@ def prove(source: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[Neu
     source_view, rewritten_view = _View(source), _View(rewritten)
     # a quantizer's input may be the de-quantized output of the one before: renamed by its rewrite
     to_source = {new: old for record in records for old, new in record.exits}
+    # parameters no neuron can take (a zero scale, L = 0) are refused before any proof: the
+    # arithmetic around the rounding core is the source's own and the proof never sees it
+    degenerate_problems = degenerate.problems(source_view, records, to_source)
+    if degenerate_problems:
+        raise degenerate.DegenerateQuantizerError(degenerate_problems)
     problems, cases = [], []
     for record in records:
         found = _cases(source_view, rewritten_view, record, to_source.get(record.entry, record.entry))
