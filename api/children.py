@@ -37,6 +37,52 @@ def interruption(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
 
 
+class ForkWindow:
+    """Whether this process is inside ``os.fork``, its at-fork hooks included. Registered once,
+    at import: before-hooks run last-registered first and after-hooks first-registered first, so
+    the window spans the hooks registered earlier (logging's lock release among them). A signal
+    handled inside an at-fork hook raises where Python prints the exception ("Exception ignored
+    in: <function _releaseLock ...>") and drops it: the handlers here record such a signal in
+    ``pending`` instead, and the code that forked raises it (:func:`raise_pending`)."""
+
+    depth = 0
+    pending: int | None = None
+
+    @classmethod
+    def enter(cls) -> None:
+        cls.depth += 1
+
+    @classmethod
+    def leave(cls) -> None:
+        cls.depth = max(0, cls.depth - 1)
+
+    @classmethod
+    def in_child(cls) -> None:
+        cls.depth, cls.pending = 0, None
+
+
+os.register_at_fork(before=ForkWindow.enter, after_in_parent=ForkWindow.leave, after_in_child=ForkWindow.in_child)
+
+
+def exit_on_signal(signum, frame) -> None:
+    """A handler for SIGTERM (and SIGINT) that raises :func:`interruption`, so that cleanup code
+    runs (scratch and staging folders removed, workers stopped) before the process ends with the
+    usual status; inside a fork it records the signal instead (:class:`ForkWindow`). Code that
+    installs a handler of its own replaces this one as it would the default."""
+    if ForkWindow.depth:
+        if ForkWindow.pending is None:
+            ForkWindow.pending = signum
+        return
+    raise interruption(signum)
+
+
+def raise_pending() -> None:
+    """Raise the signal :func:`exit_on_signal` recorded during a fork, if any."""
+    signum, ForkWindow.pending = ForkWindow.pending, None
+    if signum is not None:
+        raise interruption(signum)
+
+
 def stop_processes(processes: list, wait: float = 0.0) -> None:
     """End ``processes`` (multiprocessing children): wait up to ``wait`` seconds for them to
     exit, then SIGKILL the rest and reap them."""

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
+from pmsm.children import exit_on_signal
 from pmsm.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
@@ -168,8 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # SIGTERM (kill, timeout, a scheduler) ends the command through its cleanup, as Ctrl-C does:
+        # staging and scratch folders removed, worker processes stopped
+        previous_sigterm = signal.signal(signal.SIGTERM, exit_on_signal)
     try:
         return run_command(args)
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:
+            print("pmsm-export: terminated", file=sys.stderr)
+        raise
     except PmsmError as error:
         print(f"pmsm-export: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -183,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pmsm-export: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

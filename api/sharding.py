@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
-from pmsm.children import exit_with_parent, interruption, terminate_processes
+from pmsm.children import exit_on_signal, exit_with_parent, terminate_processes
 from pmsm.data import Chunk
 from pmsm.errors import BadInputError, MissingExtraError, PmsmError
 from pmsm.verification import Tallies
@@ -130,10 +130,10 @@ class WorkerProcesses:
                                         initargs=(plan, list(timesteps), threads_per_worker(workers)))
         self._previous_sigterm = None
         if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, exit_on_signal):
             # close() then runs and stops the workers in order; killed with the caller, their Lava
             # runs would leave shared memory and scratch folders behind
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, exit_on_signal)
 
     def verify(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Tallies]]:
         pending: dict = {}
@@ -175,10 +175,6 @@ class WorkerProcesses:
         reader = getattr(call_queue, "_reader", None)
         if reader is not None:
             reader.close()
-
-
-def _exit_on_signal(signum, frame):
-    raise interruption(signum)
 
 
 class RayWorkers:
