@@ -268,18 +268,25 @@ def set_initializer_to(model, name, value):
 
 
 def subgraphs_nested_deep(model, rng):
-    """An ``If`` nested 11 to 40 deep in a branch nothing reads (30 deep: ONNX Runtime would take
-    hours to load it)."""
-    depth = int(rng.integers(11, 41))
-    value = numpy_helper.from_array(np.array([1.0], np.float32))
-    inner = helper.make_graph([helper.make_node("Constant", [], ["fuzz_leaf"], value=value)], "leaf", [],
-                              [helper.make_tensor_value_info("fuzz_leaf", TensorProto.FLOAT, [1])])
-    for level in range(depth):
+    """An ``If`` nested 11 to 32 deep in a branch nothing reads (30 deep: ONNX Runtime would take
+    hours to load it). Built from the outside in, since protobuf refuses to copy a message nested
+    that deep."""
+    depth = int(rng.integers(11, 33))
+    leaf = helper.make_graph([helper.make_node("Constant", [], ["fuzz_leaf"],
+                                               value=numpy_helper.from_array(np.array([1.0], np.float32)))],
+                             "leaf", [], [helper.make_tensor_value_info("fuzz_leaf", TensorProto.FLOAT, [1])])
+    graph = model.graph
+    for level in range(depth):  # the nesting goes down the then-branches; each else-branch is a leaf
         out, cond = f"fuzz_if_{level}", f"fuzz_cond_{level}"
-        nodes = [helper.make_node("Constant", [], [cond], value=numpy_helper.from_array(np.array(True))),
-                 helper.make_node("If", [cond], [out], then_branch=inner, else_branch=inner, name=f"fuzz_if_{level}")]
-        inner = helper.make_graph(nodes, f"level_{level}", [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1])])
-    model.graph.node.extend(inner.node)
+        graph.node.append(helper.make_node("Constant", [], [cond], value=numpy_helper.from_array(np.array(True))))
+        node = graph.node.add(op_type="If", name=out, input=[cond], output=[out])
+        node.attribute.add(name="else_branch", type=onnx.AttributeProto.GRAPH).g.CopyFrom(leaf)
+        then = node.attribute.add(name="then_branch", type=onnx.AttributeProto.GRAPH).g
+        then.name = f"level_{level + 1}"
+        then.output.append(helper.make_tensor_value_info(f"fuzz_if_{level + 1}", TensorProto.FLOAT, [1]))
+        graph = then
+    graph.node.append(helper.make_node("Constant", [], [f"fuzz_if_{depth}"],
+                                       value=numpy_helper.from_array(np.array([1.0], np.float32))))
     return model
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -276,3 +278,99 @@ def test_the_command_verifying_in_two_workers_leaves_no_process_however_it_is_st
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# A signal at any moment of start-up: converting, compiling, forking Lava's processes
+# ---------------------------------------------------------------------------------------------
+
+STOPPED_WITHIN_SECONDS = 2.0
+
+
+def stop_during_start_up(command: list, folder, rng, lava_processes: int, how: str) -> dict:
+    """Start ``command`` (a Lava run of ``lava_processes`` processes) in its own session with its
+    temporary folder in ``folder``, stop it ``how`` at a random moment of its start-up: half the
+    time after a random delay of its first seconds (loading, converting, compiling), half the time
+    once a random number of Lava's processes is alive (forking). Returns what was left 2 s after
+    the signal: processes of the session, scratch folders, stderr, exit status, and the processes
+    alive when the signal went (the moment)."""
+    # a short path: Lava's shared-memory manager listens on a Unix socket in it (107 bytes at most)
+    scratch = tempfile.mkdtemp(prefix="pmsm-t-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    process = start_in_own_session(command, env={**os.environ, "TMPDIR": scratch})
+    try:
+        if rng.random() < 0.5:
+            time.sleep(rng.uniform(0.0, 8.0))
+        else:
+            target = int(rng.integers(2, lava_processes + 2))
+            deadline = time.monotonic() + 300
+            while len(alive_in_session(process.pid)) < target and process.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.1))
+        assert process.poll() is None, process.stderr.read()
+        alive_at_signal = len(alive_in_session(process.pid))
+        stop(process, how)
+        signalled = time.monotonic()
+        while alive_in_session(process.pid) and time.monotonic() < signalled + STOPPED_WITHIN_SECONDS:
+            time.sleep(0.02)
+        left = alive_in_session(process.pid)
+        folders = os.listdir(scratch)
+        status = process.wait(30)
+        return {"left": left, "folders": folders, "stderr": process.stderr.read(), "status": status,
+                "alive_at_signal": alive_at_signal, "seconds": time.monotonic() - signalled}
+    finally:
+        if process.poll() is None or alive_in_session(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def assert_stopped_cleanly(outcome: dict, how: str) -> None:
+    """Nothing left 2 s after the signal, no traceback, one line (or nothing, for a signal that
+    came before the command had imported its code: the default action ended it, nothing to clean)."""
+    assert outcome["left"] == [], outcome
+    assert outcome["folders"] == [], outcome
+    lines = [line for line in outcome["stderr"].splitlines() if line.strip()]
+    assert "Traceback" not in outcome["stderr"] and "Exception ignored" not in outcome["stderr"], outcome
+    if outcome["status"] in (-signal.SIGTERM, -signal.SIGINT):
+        assert lines == [], outcome
+    elif outcome["status"] == 0:          # the run had ended before the signal
+        assert lines == [] or "verification passed" in outcome["stderr"], outcome
+    else:
+        expected = {"sigterm": "pmsm-export: terminated", "ctrl-c": "pmsm-export: interrupted"}[how]
+        assert outcome["status"] == EXIT_STATUS[how] and lines == [expected], outcome
+
+
+def lava_command_on(model, data, output) -> list:
+    return [os.path.join(os.path.dirname(sys.executable), "pmsm-export"), str(model), "--target", "lava",
+            "-o", str(output), "--verify", "--data", str(data), "--timesteps", "1"]
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_signal_at_a_random_moment_of_start_up_leaves_nothing_behind(tmp_path, how):
+    # the digits CNN: 8 Lava processes; two moments per signal keep it short
+    digits = np.load(os.path.join(SAMPLES, "digits_test.npz"))
+    np.savez(tmp_path / "d.npz", x=digits["x"][:8], y=digits["y"][:8])
+    command = lava_command_on(os.path.join(SAMPLES, "digits_cnn_pmsm_L2.onnx"), tmp_path / "d.npz",
+                              tmp_path / "cnn.nir")
+    rng = np.random.default_rng(7 if how == "sigterm" else 8)
+    for _ in range(2):
+        assert_stopped_cleanly(stop_during_start_up(command, tmp_path, rng, 8, how), how)
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_of_30_random_moments_of_a_mobilenet_v2_start_up_leaves_nothing_behind(tmp_path):
+    # MobileNetV2 for CIFAR: 68 Lava processes, forked over several seconds
+    from cifar_models import INPUT_SHAPE, quantized
+
+    model = quantized("mobilenet_v2", tmp_path / "cifar")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).uniform(0, 1, (2, *INPUT_SHAPE)).astype(np.float32))
+    command = lava_command_on(model, tmp_path / "d.npz", tmp_path / "mobilenet.nir")
+    rng = np.random.default_rng(24)
+    outcomes = []
+    for n in range(30):
+        how = ("sigterm", "ctrl-c")[n % 2]
+        outcome = stop_during_start_up(command, tmp_path, rng, 68, how)
+        assert_stopped_cleanly(outcome, how)
+        outcomes.append(outcome)
+    assert max(o["alive_at_signal"] for o in outcomes) > 30      # some moments fell among the forks

@@ -55,6 +55,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from multiprocessing import util
@@ -129,6 +130,7 @@ class WorkerGuard:
         from lava.magma.core.process.message_interface_enum import ActorType
         from lava.magma.runtime.runtime import Runtime
 
+        _check_socket_room()
         executable = process.compile(run_cfg)
         self.raise_if_interrupted()
         runtime = Runtime(executable, ActorType.MultiProcessing, loglevel=process._log_config.level)
@@ -209,6 +211,23 @@ def _quietly(action) -> None:
             action()
     except Exception:       # a manager that died with the run: the guard kills what remains
         pass
+
+
+# Lava's shared-memory manager listens on a Unix socket <temp folder>/pymp-XXXXXXXX/listener-XXXXXXXX,
+# and a socket's path holds at most 107 bytes on Linux: beyond, the manager's process died with a
+# traceback ("OSError: AF_UNIX path too long") and the run with another.
+SOCKET_PATH_BYTES = 107
+SOCKET_NAME_BYTES = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def _check_socket_room() -> None:
+    from pmsm.errors import BadInputError
+
+    folder = tempfile.gettempdir()
+    if sys.platform.startswith("linux") and len(os.fsencode(folder)) + SOCKET_NAME_BYTES > SOCKET_PATH_BYTES:
+        raise BadInputError(f"the temporary folder {folder} is too long a path for the Unix socket of Lava's "
+                            f"shared-memory manager (at most {SOCKET_PATH_BYTES - SOCKET_NAME_BYTES} bytes); "
+                            "set TMPDIR to a shorter folder")
 
 
 def scratch_folder() -> tempfile.TemporaryDirectory:
