@@ -69,18 +69,38 @@ def exit_on_signal(signum, frame) -> None:
     runs (scratch and staging folders removed, workers stopped) before the process ends with the
     usual status; inside a fork it records the signal instead (:class:`ForkWindow`). Code that
     installs a handler of its own replaces this one as it would the default."""
-    if ForkWindow.depth:
-        if ForkWindow.pending is None:
-            ForkWindow.pending = signum
-        return
-    raise interruption(signum)
+    if ForkWindow.pending is None:
+        # kept after the raise too: library code that swallows the exception (a C extension being
+        # imported turns it into an ImportError that an optional import ignores; seen once in 25
+        # SIGTERMs while converting) must not lose the signal, and the next checkpoint raises it again
+        ForkWindow.pending = signum
+    if not ForkWindow.depth:
+        raise interruption(signum)
 
 
 def raise_pending() -> None:
-    """Raise the signal :func:`exit_on_signal` recorded during a fork, if any."""
-    signum, ForkWindow.pending = ForkWindow.pending, None
-    if signum is not None:
-        raise interruption(signum)
+    """Raise the signal :func:`exit_on_signal` recorded and could not raise (during a fork) or
+    whose exception was swallowed, if any: a checkpoint before work that takes long."""
+    if ForkWindow.pending is not None:
+        raise interruption(ForkWindow.pending)
+
+
+def clear_pending() -> None:
+    """Forget a recorded signal: once its interruption has been handled."""
+    ForkWindow.pending = None
+
+
+def interruption_behind(error: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or SystemExit (a signal's) that ``error`` was raised from, if any: a
+    signal handled while a C extension initialises comes out as ``ImportError: initialization
+    failed`` caused by it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def stop_processes(processes: list, wait: float = 0.0) -> None:

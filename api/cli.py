@@ -8,7 +8,7 @@ import sys
 import threading
 
 from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
-from pmsm.children import exit_on_signal
+from pmsm.children import clear_pending, exit_on_signal, interruption_behind
 from pmsm.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (kill, timeout, a scheduler) ends the command through its cleanup, as Ctrl-C does:
         # staging and scratch folders removed, worker processes stopped
         previous_sigterm = signal.signal(signal.SIGTERM, exit_on_signal)
+    clear_pending()
     try:
-        return run_command(args)
+        return _run_command(args)
     except SystemExit as stop:
         if stop.code == 128 + signal.SIGTERM:
             print("pmsm-export: terminated", file=sys.stderr)
@@ -199,8 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         _end_now_if_command(argv, 130)
         return 130
     finally:
+        clear_pending()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_command(args) -> int:
+    try:
+        return run_command(args)
+    except ImportError as error:
+        stop = interruption_behind(error)
+        if stop is None:
+            raise
+        raise stop from None
 
 
 def _end_now_if_command(argv, status: int) -> None:

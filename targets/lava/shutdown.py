@@ -109,7 +109,7 @@ class WorkerGuard:
 
     def raise_if_interrupted(self) -> None:
         if self.received is None and ForkWindow.pending is not None:    # came before the guard's handler
-            self.received, ForkWindow.pending = ForkWindow.pending, None
+            self.received = ForkWindow.pending
         if self.received is not None:
             raise interruption(self.received)
 
@@ -130,6 +130,7 @@ class WorkerGuard:
         from lava.magma.core.process.message_interface_enum import ActorType
         from lava.magma.runtime.runtime import Runtime
 
+        self.raise_if_interrupted()
         _check_socket_room()
         executable = process.compile(run_cfg)
         self.raise_if_interrupted()
