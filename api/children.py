@@ -109,10 +109,14 @@ def stop_processes(processes: list, wait: float = 0.0) -> None:
     deadline = time.monotonic() + wait
     for process in processes:
         _join(process, deadline - time.monotonic())
-    for process in processes:
-        if _alive(process):
-            process.kill()
-            _join(process, GRACE_SECONDS)
+    # all killed first, then reaped: one by one, each death waited for the scheduler in turn
+    # (a MobileNetV2's 68 workers on a loaded machine: 18 still alive 2 s after SIGTERM)
+    left = [process for process in processes if _alive(process)]
+    for process in left:
+        process.kill()
+    deadline = time.monotonic() + GRACE_SECONDS
+    for process in left:
+        _join(process, deadline - time.monotonic())
 
 
 def terminate_processes(processes: list, grace: float) -> None:
