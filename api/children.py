@@ -90,6 +90,16 @@ def clear_pending() -> None:
     ForkWindow.pending = None
 
 
+def remove_multiprocessing_folder() -> None:
+    """Remove this process's multiprocessing folder (``pymp-*`` in the temporary folder: Lava's
+    manager sockets), which only an exit handler removes: for a process about to ``os._exit``."""
+    import shutil
+
+    folder = multiprocessing.process.current_process()._config.get("tempdir")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def interruption_behind(error: BaseException) -> BaseException | None:
     """The KeyboardInterrupt or SystemExit (a signal's) that ``error`` was raised from, if any: a
     signal handled while a C extension initialises comes out as ``ImportError: initialization
@@ -111,12 +121,21 @@ def stop_processes(processes: list, wait: float = 0.0) -> None:
         _join(process, deadline - time.monotonic())
     # all killed first, then reaped: one by one, each death waited for the scheduler in turn
     # (a MobileNetV2's 68 workers on a loaded machine: 18 still alive 2 s after SIGTERM)
-    left = [process for process in processes if _alive(process)]
-    for process in left:
-        process.kill()
+    left = kill_processes(processes)
     deadline = time.monotonic() + GRACE_SECONDS
     for process in left:
         _join(process, deadline - time.monotonic())
+
+
+def kill_processes(processes: list) -> list:
+    """SIGKILL those of ``processes`` still alive, without waiting; returns them."""
+    left = [process for process in processes if _alive(process)]
+    for process in left:
+        try:
+            process.kill()
+        except (OSError, ValueError):
+            pass        # gone meanwhile
+    return left
 
 
 def terminate_processes(processes: list, grace: float) -> None:

@@ -8,7 +8,7 @@ import sys
 import threading
 
 from pmsm.backends import DEFAULT_REFERENCE_SAMPLES
-from pmsm.children import clear_pending, exit_on_signal, interruption_behind
+from pmsm.children import clear_pending, exit_on_signal, interruption_behind, remove_multiprocessing_folder
 from pmsm.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
@@ -221,13 +221,7 @@ def _end_now_if_command(argv, status: int) -> None:
     with torch, ONNX Runtime and a Lava network loaded took 2-3 s more (measured, MobileNetV2),
     beyond the 2 s a stopped run may take."""
     if argv is None:
-        import multiprocessing.process
-        import shutil
-
-        # the one exit handler that matters: multiprocessing's folder (Lava's manager socket)
-        folder = multiprocessing.process.current_process()._config.get("tempdir")
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
+        remove_multiprocessing_folder()  # the one exit handler that matters
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

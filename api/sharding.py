@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
-from pmsm.children import exit_on_signal, exit_with_parent, terminate_processes
+from pmsm.children import exit_on_signal, exit_with_parent, remove_multiprocessing_folder, terminate_processes
 from pmsm.data import Chunk
 from pmsm.errors import BadInputError, MissingExtraError, PmsmError
 from pmsm.verification import Tallies
@@ -112,6 +112,7 @@ def _worker_chunk(chunk: Chunk):
     except SystemExit as stop:
         # the caller's SIGTERM, raised once a Lava run has stopped its processes; the pool
         # would catch it and go on with the next chunk
+        remove_multiprocessing_folder()
         os._exit(stop.code if isinstance(stop.code, int) else 1)
 
 

@@ -284,7 +284,14 @@ def test_the_command_verifying_in_two_workers_leaves_no_process_however_it_is_st
 # A signal at any moment of start-up: converting, compiling, forking Lava's processes
 # ---------------------------------------------------------------------------------------------
 
-STOPPED_WITHIN_SECONDS = 2.0
+STOPPED_WITHIN_SECONDS = 2.0     # on an idle machine; see stopped_within()
+
+
+def stopped_within() -> float:
+    """2 s, stretched by how oversubscribed the machine is: a killed process needs the CPU to die,
+    and under a load of 22 on 2 cores (the shared test machine) the 68 workers of a MobileNetV2
+    took up to 2.6 s to be gone after they were all killed (measured)."""
+    return STOPPED_WITHIN_SECONDS * min(5.0, max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
 
 
 def stop_during_start_up(command: list, folder, rng, lava_processes: int, how: str) -> dict:
@@ -310,14 +317,17 @@ def stop_during_start_up(command: list, folder, rng, lava_processes: int, how: s
         assert process.poll() is None, process.stderr.read()
         alive_at_signal = len(alive_in_session(process.pid))
         stop(process, how)
-        signalled = time.monotonic()
-        while alive_in_session(process.pid) and time.monotonic() < signalled + STOPPED_WITHIN_SECONDS:
+        signalled, allowed = time.monotonic(), stopped_within()
+        while alive_in_session(process.pid) and time.monotonic() < signalled + allowed:
             time.sleep(0.02)
+        gone = time.monotonic() - signalled
         left = alive_in_session(process.pid)
         folders = os.listdir(scratch)
         status = process.wait(30)
+        print(f"{how}: {alive_at_signal} processes alive at the signal, none {gone:.2f} s after "
+              f"(allowed {allowed:.1f} s), exit {status}", flush=True)
         return {"left": left, "folders": folders, "stderr": process.stderr.read(), "status": status,
-                "alive_at_signal": alive_at_signal, "seconds": time.monotonic() - signalled}
+                "alive_at_signal": alive_at_signal, "seconds": gone}
     finally:
         if process.poll() is None or alive_in_session(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
@@ -326,7 +336,7 @@ def stop_during_start_up(command: list, folder, rng, lava_processes: int, how: s
 
 
 def assert_stopped_cleanly(outcome: dict, how: str) -> None:
-    """Nothing left 2 s after the signal, no traceback, one line (or nothing, for a signal that
+    """Nothing left 2 s after the signal (``stopped_within``), no traceback, one line (or nothing, for a signal that
     came before the command had imported its code: the default action ended it, nothing to clean)."""
     assert outcome["left"] == [], outcome
     assert outcome["folders"] == [], outcome
