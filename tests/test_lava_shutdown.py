@@ -108,9 +108,13 @@ def wait_for_no_survivor(session: int) -> list[int]:
 def long_run():
     """Start a long Lava run in its own session; yields (process, workers seen when running)."""
     started = []
+    # the runs' scratch folders go here, removed after the test: a run killed by SIGKILL cannot
+    # remove its own (the next run does, test_a_run_removes_the_scratch_folders_of_runs_that_were_killed)
+    folder = tempfile.mkdtemp(prefix="pmsm-t-", dir="/tmp" if os.path.isdir("/tmp") else None)
 
     def start(lowering="layer", disturbance="", wait_until_running=True):
-        process = start_in_own_session([sys.executable, "-c", LONG_RUN, TESTS, lowering, disturbance])
+        process = start_in_own_session([sys.executable, "-c", LONG_RUN, TESTS, lowering, disturbance],
+                                       env={**os.environ, "TMPDIR": folder})
         started.append(process)
         if not wait_until_running:
             return process, 0
@@ -122,6 +126,34 @@ def long_run():
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_run_removes_the_scratch_folders_of_runs_that_were_killed(tmp_path, monkeypatch):
+    from pmsm.targets.lava import shutdown
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    namespace = shutdown._pid_namespace()
+    killed = tmp_path / f"{shutdown.SCRATCH_PREFIX}{namespace}-{dead.pid}-abc"
+    running = tmp_path / f"{shutdown.SCRATCH_PREFIX}{namespace}-{os.getppid()}-def"
+    elsewhere = tmp_path / f"{shutdown.SCRATCH_PREFIX}{namespace + 1}-{dead.pid}-ghi"   # another PID namespace
+    for folder in (killed, running, elsewhere):
+        folder.mkdir()
+        (folder / "means.npy").write_bytes(b"x")
+    with shutdown.scratch_folder() as mine:
+        assert os.path.basename(mine).startswith(f"{shutdown.SCRATCH_PREFIX}{namespace}-{os.getpid()}-")
+        assert not killed.exists() and running.exists() and elsewhere.exists()
+    assert not os.path.exists(mine)
+
+
+def test_a_temporary_folder_too_long_for_lavas_socket_is_a_bad_input(tmp_path, monkeypatch):
+    (long := tmp_path / ("t" * 80)).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    x = (RNG.integers(-8, 9, size=(2, 1, 4, 4)) / 4).astype(np.float32)
+    with pytest.raises(BadInputError, match="too long a path for the Unix socket"):
+        run_lava(residual_graph(), x, timesteps=1)
 
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "timeout"])
