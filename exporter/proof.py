@@ -311,7 +311,8 @@ def _evaluate(view: "_View", pack: list[_Job]) -> list[np.ndarray]:
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         ortop.clear_op_errors()
-        values = session.run([job.exit for job in pack], {job.entry: job.x for job in pack})
+        with ortop.signals_held():
+            values = session.run([job.exit for job in pack], {job.entry: job.x for job in pack})
         ortop.raise_op_errors()
     except Exception as error:  # noqa: BLE001 - ORT's own exception types
         raise _EvaluationError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
