@@ -10,8 +10,8 @@ digits CNN), signalled at a random moment of each phase of the run (converting, 
 Lava network, forking its processes, running, writing the report), as the command itself
 reports entering them; prints, per phase, the time from the signal to the last process of the
 session gone, what was left (processes, scratch and staging folders) and whether stderr held a
-traceback. ``--load K`` adds K busy loops; they and the runs get nice 19, so that the machine's
-other work keeps its share.
+traceback (these runs are not niced). ``--load K`` adds K busy loops; they and the other modes'
+runs get nice 19, so that the machine's other work keeps its share.
 
     .venv/bin/python benchmarks/lava_interrupt.py [run|command|phases] [--tries 10] [--load 0] [--early 0]
                                                   [--signal ctrl-c|sigterm|timeout|sigkill] [--small]
@@ -68,7 +68,9 @@ def phase_try(command: list, phase: str, how: str, folder: str) -> dict:
     """Run ``command`` (PHASED_COMMAND's arguments) with its temporary folder in ``folder``, signal
     it ``how`` at a random moment of the first ``phase`` it enters (within 0.3 s of its start)."""
     scratch = tempfile.mkdtemp(prefix="pmsm-b-", dir="/tmp")
-    process = start_in_own_session(["nice", "-n", "19", sys.executable, "-c", PHASED_COMMAND] + command,
+    # not niced: a stopped run's workers need the CPU to die, and a niced run on a loaded machine
+    # measures the machine's other work instead (a MobileNetV2 at nice 10, load 15: up to 4.8 s)
+    process = start_in_own_session([sys.executable, "-c", PHASED_COMMAND] + command,
                                    env={**os.environ, "TMPDIR": scratch})
     entered = threading.Event()
 
