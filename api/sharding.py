@@ -17,6 +17,7 @@ Ray is an optional extra
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -193,10 +194,18 @@ class RayWorkers:
         self.started_here = not ray.is_initialized()
         if self.started_here:
             options = {"address": address} if address else {"num_cpus": workers or threads_per_worker(1)}
+            main_thread = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
             try:
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+                with _ray_keeps_our_sigterm_handler():
+                    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise BadInputError(f"--ray {address or ''}: cannot start or reach a Ray cluster: {error}") from None
+            finally:
+                # ray.init installs its own SIGTERM handler (sys.exit(15)), which knows nothing of
+                # forks: seen dropped inside an at-fork hook, the command then ran to its end
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
         self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         actor = ray.remote(num_cpus=1)(_RayVerifier)
         plan_ref = ray.put(plan)
@@ -233,6 +242,28 @@ class RayWorkers:
             self.ray.kill(actor)
         if self.started_here:
             self.ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_sigterm_handler():
+    """ray.init installs its own SIGTERM handler (``sys.exit(15)``) first thing, which knows
+    nothing of forks: a SIGTERM while Ray started its processes was seen dropped inside an at-fork
+    hook ("Exception ignored in ... SystemExit: 15"), and the command ran on to its end. The
+    command's handler (``exit_on_signal``) stays in place instead."""
+    try:
+        from ray._private import utils as ray_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
 
 
 class _RayVerifier:
