@@ -203,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         clear_pending()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # the work is done (or undone): a signal during the interpreter's teardown has nothing
+            # left to stop, and raised there it printed "Exception ignored in atexit callback"
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if signal.getsignal(signal.SIGTERM) is exit_on_signal:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_command(args) -> int:
