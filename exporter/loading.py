@@ -57,6 +57,7 @@ def load_source(path: str) -> ValidatedSource:
     if model.ir_version > MAX_IR_VERSION:
         # Down-converting the IR version is harmless for the ops we read; say nothing.
         model.ir_version = MAX_IR_VERSION
+    _check_data_input_shape(model, path)
     _check_runs_on_onnxruntime(model, path, limits)
     return ValidatedSource(path=path, sha256=file_sha256(path), model=model)
 
@@ -179,6 +180,33 @@ def _check_inputs(model: onnx.ModelProto, path: str) -> None:
         raise BadInputError(f"{path}: the model has no data input")
     for name, why in unfeedable(specs):
         raise BadInputError(f"{path}: input '{name}' {why}")
+
+
+def _check_data_input_shape(model: onnx.ModelProto, path: str) -> None:
+    """The data input must declare a shape a real sample can take: a batch axis first (fixed or
+    symbolic), then fixed sizes. A rank-0 input has no batch axis, and a symbolic size after the
+    batch leaves the sample's shape unknown: no probe can be built to run the source before
+    converting it, and the targets (neurons per layer, NIR, Lava) need the sizes. Both converted
+    before into models that ONNX Runtime could not run on the source's documented input. Integer
+    inputs (token ids, attention masks) may keep a symbolic sequence axis: a text model takes
+    sequences of any length, and ``--verify --data`` supplies them."""
+    weights = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        if value.name in weights or not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+        shown = "[" + ", ".join(map(str, dims)) + "]"
+        if not dims:
+            raise BadInputError(f"{path}: data input '{value.name}' is declared of rank 0 (a scalar): no sample "
+                                "of a network can take it; declare its shape with the batch axis first, e.g. "
+                                "[N, 1, 8, 8]")
+        integer = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).kind in "iub" if tensor.elem_type else False
+        unknown = [i for i, d in enumerate(dims) if i > 0 and not isinstance(d, int)]
+        if unknown and not integer:  # token ids and masks may keep a symbolic sequence axis: --data gives it
+            raise BadInputError(f"{path}: data input '{value.name}' declares its shape {shown} with dimension "
+                                f"{unknown[0]} of unknown size: only the batch (the first) may be symbolic; "
+                                "export with a fixed sample shape (dynamic axes for the batch only)")
 
 
 def _check_runs_on_onnxruntime(model: onnx.ModelProto, path: str, limits: run_limits.Limits) -> None:

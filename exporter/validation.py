@@ -260,6 +260,8 @@ def _constant_scalars(model: onnx.ModelProto, constants: dict) -> None:
         if node.op_type != "Constant" or not node.output:
             continue
         for attribute in node.attribute:
+            if attribute.ref_attr_name:
+                continue  # inside a function: the value is the caller's attribute (a spiking model's body)
             if attribute.name in ("value_float", "value_int"):
                 constants[node.output[0]] = np.asarray(onnx.helper.get_attribute_value(attribute))
             elif attribute.name in ("value_floats", "value_ints"):

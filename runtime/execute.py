@@ -139,7 +139,8 @@ def _concat(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
 def _run(session: ort.InferenceSession, names: list[str], feed: dict, label: str) -> list[np.ndarray]:
     ortop.clear_op_errors()
     try:
-        outputs = session.run(names, feed)
+        with ortop.signals_held():
+            outputs = session.run(names, feed)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind exception types
         ortop.raise_op_errors(label)  # a kernel error is the better explanation when there is one
         raise ExecutionError(f"{label}: ONNX Runtime failed: {_first_line(exc)}") from None

@@ -22,7 +22,12 @@ Facts about onnxruntime-extensions 0.15.2 this module is built around:
   returns zeros of the input's shape and records the error in a per-thread slot (ONNX Runtime
   calls the kernel on the thread that called ``session.run``). :func:`raise_op_errors` turns the
   record into a Python exception after ``session.run`` returns; the session wrappers in
-  :mod:`pmsm.runtime.execute` call it after every run.
+  :mod:`pmsm.runtime.execute` call it after every run. A signal's exception (Ctrl-C, SIGTERM)
+  can still escape, raised by the signal's handler at any bytecode of the kernel, its ``except``
+  included (seen: "terminate called after throwing an instance of 'pybind11::error_already_set'
+  ... KeyboardInterrupt", exit by SIGABRT, for 1 of 10 Ctrl-Cs while a MobileNetV2 converted):
+  :func:`signals_held` makes the handlers only record the signal during ``session.run`` and
+  calls them once it returns.
 - Defining an op twice in a process breaks later sessions: the kernels are defined at import,
   guarded so that a reload or a second import of this file does not define them again.
 - A registered kernel wins over a model-local function (FunctionProto) with the same domain and
@@ -40,7 +45,9 @@ Facts about onnxruntime-extensions 0.15.2 this module is built around:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import threading
 from typing import Callable
 
@@ -61,6 +68,7 @@ __all__ = [
     "NEURON_ATTRIBUTES",
     "QONNX_DOMAINS",
     "ExecutionError",
+    "signals_held",
     "get_library_path",
     "neuron_params_of",
     "qonnx_int_range",
@@ -151,6 +159,35 @@ def raise_op_errors(context: str = "") -> None:
     prefix = f"{context}: " if context else ""
     suffix = f" (and {more} more kernel error(s))" if more else ""
     raise ExecutionError(f"{prefix}{errors[0][0]}{suffix}") from errors[0][1]
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Around ``session.run``: SIGINT and SIGTERM handlers written in Python only record the signal
+    (ONNX Runtime may call this module's kernels, where a raised exception aborts the process),
+    and are called with it once the block has run. Outside the main thread nothing changes (its
+    handlers never run there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list = []
+
+    def record(signum, frame):
+        received.append(signum)
+
+    held = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            held[signum] = handler
+            signal.signal(signum, record)
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            held[signum](signum, None)
 
 
 def _guarded(describe: Callable[..., str], outputs: int = 1):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -31,7 +30,7 @@ from pmsm.targets.lava.processes.neuron import PEAK_INPUT, PEAK_STATE
 from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
 from pmsm.targets.lava.program import INPUT_PEAK, OVERFLOWS, PEAK, STATE_OVERFLOWS, STATE_PEAK, WORD_BITS
-from pmsm.targets.lava.shutdown import WorkerGuard
+from pmsm.targets.lava.shutdown import WorkerGuard, scratch_folder
 
 INPUT_BITS = 8
 CHUNK_SECONDS = 1.0         # simulated time between progress reports and error checks
@@ -63,7 +62,7 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
     n, t_steps = x.shape[0], int(timesteps)
     exponent = input_exponent_for(x if input_peak is None else np.array([input_peak]), INPUT_BITS) \
         if fixed_point else 0
-    with tempfile.TemporaryDirectory(prefix="pmsm-lava-") as scratch, WorkerGuard() as guard:
+    with scratch_folder() as scratch, WorkerGuard() as guard:
         started = time.perf_counter()
         net = Network(view, timesteps=t_steps, fixed_point=fixed_point, input_exponent=exponent,
                       record_dir=scratch if collect_spikes else None, record_steps=n * t_steps + _depth_bound(view),
@@ -82,7 +81,7 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
         net.out.connect(readout.a_in)
         stepper = _Stepper(net, n, t_steps, progress, samples_per_chunk, scratch, guard.raise_if_interrupted)
         try:
-            net.create_runtime(run_cfg=net.run_cfg(source, readout))
+            guard.create_runtime(net, net.run_cfg(source, readout))
             seconds_to_start = time.perf_counter() - started
             stepper.run()
             report = _report(net, x) if fixed_point else None
