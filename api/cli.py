@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 
 from pmsm.plan import DEFAULT_REFERENCE_SAMPLES
+from pmsm.runtime.base.children import clear_pending, exit_on_signal, interruption_behind, remove_multiprocessing_folder
 from pmsm.runtime.base.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.runtime.base.limits import MAX_TIMESTEP_VALUES, Limits
 from pmsm.pipeline import TARGETS, run_command
@@ -159,14 +163,28 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-load-seconds", type=parse_seconds, metavar="S",
                         help=f"time ONNX Runtime may take to load and run one sample of the source and of "
                              f"the spiking model (default {defaults.max_load_seconds:g})")
+    limits.add_argument("--max-subgraph-depth", type=parse_count, metavar="N",
+                        help=f"how deep If/Loop/Scan bodies may nest inside one another (default "
+                             f"{defaults.max_subgraph_depth}; ONNX Runtime's load time doubles with each level)")
     parser.add_argument("--version", action="version", version="%(prog)s " + __import__("pmsm").__version__)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # SIGTERM (kill, timeout, a scheduler) ends the command through its cleanup, as Ctrl-C does:
+        # staging and scratch folders removed, worker processes stopped
+        previous_sigterm = signal.signal(signal.SIGTERM, exit_on_signal)
+    clear_pending()
     try:
-        return run_command(args)
+        return _run_command(args)
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:
+            print("pmsm-export: terminated", file=sys.stderr)
+            _end_now_if_command(argv, stop.code)
+        raise
     except PmsmError as error:
         print(f"pmsm-export: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -179,7 +197,41 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("pmsm-export: interrupted", file=sys.stderr)
+        _end_now_if_command(argv, 130)
         return 130
+    finally:
+        clear_pending()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # the work is done (or undone): a signal during the interpreter's teardown has nothing
+            # left to stop, and raised there it printed "Exception ignored in atexit callback"
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if signal.getsignal(signal.SIGTERM) is exit_on_signal:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run_command(args) -> int:
+    try:
+        return run_command(args)
+    except ImportError as error:
+        stop = interruption_behind(error)
+        if stop is None:
+            raise
+        raise stop from None
+
+
+def _end_now_if_command(argv, status: int) -> None:
+    """After a signal, once the cleanup has run (outputs discarded, workers stopped), the command
+    (``argv`` None: this process is the command) ends at once: the interpreter's own teardown
+    with torch, ONNX Runtime and a Lava network loaded took 2-3 s more (measured, MobileNetV2),
+    beyond the 2 s a stopped run may take."""
+    if argv is None:
+        remove_multiprocessing_folder()  # the one exit handler that matters
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-from pmsm.data import DataSet, data_files, from_arrays, open_data
+from pmsm.data import DataSet, data_files, from_arrays, open_data, open_model_data
 from pmsm.exporter.loading import external_data_files, load_source, read_model
 from pmsm.exporter.postflight import check_spiking_model
 from pmsm.outputs import Staging
@@ -51,8 +51,8 @@ def is_nir_file(path: str) -> bool:
 
 
 def default_output(model_path: str, target: str) -> str:
-    stem, _ = os.path.splitext(model_path)
-    return stem + (".spiking.onnx" if target == "onnx" else ".nir")
+    """Where ``target`` writes when no -o is given: next to the model."""
+    return target_named(target).default_output(model_path)
 
 
 def check_output_path(model_path: str, output: str) -> str:
@@ -130,7 +130,9 @@ def open_verification_data(export: Export, data) -> DataSet:
         return data
     if isinstance(data, tuple):
         return from_arrays(*data)
-    return open_data(data, input_shape(export))
+    if export.source is None:  # a NIR source: one float input known by its shape
+        return open_data(data, input_shape(export))
+    return open_model_data(data, export.source)
 
 
 @dataclass(frozen=True)

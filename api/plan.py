@@ -9,12 +9,14 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
+import onnx
+
 from pmsm.runtime.backend import AnnBackend, OnnxBackend
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.memory import INPUT_COPIES, spiking_bytes_per_sample
 from pmsm.targets.interface import EXPLAINED_TARGETS, SPIKING_BACKENDS, target_named
-from pmsm.verification import CUSTOM_OP, Verifier
 from pmsm.targets.nir import read_nir
+from pmsm.verification import CUSTOM_OP, Verifier
 
 DEFAULT_REFERENCE_SAMPLES = 256  # samples the custom op runs on besides the standard-op body
 
@@ -53,8 +55,6 @@ class VerificationPlan:
         self.__dict__.update(state)
 
     def verifier(self, timesteps: list[int]) -> Verifier:
-        import onnx
-
         ann = ann_optimized = None
         if self.source is not None:
             source = onnx.load_from_string(self.source)

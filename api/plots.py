@@ -207,6 +207,18 @@ def _log_if_positive(ax, values) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _bins(binned: dict) -> list[tuple[int, int, int]]:
+    """``[(first, last, count)]`` of the report's ``histogram_bins`` (keys ``"<first>..<last>"``)."""
+    out = []
+    for key, count in binned.items():
+        try:
+            first, last = (int(part) for part in str(key).split(".."))
+            out.append((first, last, int(count)))
+        except (TypeError, ValueError):
+            continue
+    return sorted(out)
+
+
 def _spikes_figure(report: dict):
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -223,12 +235,29 @@ def _spikes_figure(report: dict):
         stats = record["per_T"][t_key]
         histogram = stats.get("histogram") or {}
         levels = sorted((int(k), int(v)) for k, v in histogram.items())
-        total = sum(c for _, c in levels) or 1
+        wide = _bins(stats.get("histogram_bins") or {})  # (first, last, count) beyond the exact levels
+        total = sum(c for _, c in levels) + sum(c for _, _, c in wide) or 1
         ax = figure.add_subplot(rows, columns, index + 1)
-        if levels:
-            fractions = [c / total for _, c in levels]
-            ax.bar([k for k, _ in levels], fractions, width=0.9 if len(levels) < 64 else 1.0,
-                   color=[COLORS["ann"] if k == 0 else COLORS["graded"] for k, _ in levels])
+        if levels or wide:
+            # one filled outline per panel (one artist, not one bar per level: drawing cost bounded
+            # whatever the bit width), exact levels one unit wide, each power-of-two bin as wide as
+            # the bin at its share per level; level 0 drawn over it in its own colour
+            spans = [(k - 0.45, k + 0.45, c / total) for k, c in levels] + \
+                [(first - 0.5, last + 0.5, c / total / (last - first + 1)) for first, last, c in wide]
+            fractions = [height for _, _, height in spans]
+            edges, heights = [], []
+            for left, right, height in sorted(spans):
+                if edges and left > edges[-1]:
+                    heights.append(0.0)  # a gap between bars
+                    edges.append(left)
+                elif not edges:
+                    edges.append(left)
+                heights.append(height)
+                edges.append(max(right, edges[-1]))
+            ax.stairs(heights, edges, fill=True, color=COLORS["graded"], baseline=min(fractions) / 10)
+            zero_share = dict(levels).get(0, 0) / total
+            if zero_share:
+                ax.bar([0], [zero_share], width=0.9, color=COLORS["ann"], bottom=min(fractions) / 10)
             if max(fractions) / min(fractions) > 100:
                 ax.set_yscale("log")
                 ax.yaxis.set_minor_formatter(NullFormatter())

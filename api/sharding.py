@@ -17,6 +17,7 @@ Ray is an optional extra
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -25,7 +26,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
-from pmsm.runtime.base.children import exit_with_parent, interruption, terminate_processes
+from pmsm.runtime.base.children import exit_on_signal, exit_with_parent, remove_multiprocessing_folder, terminate_processes
 from pmsm.data import Chunk
 from pmsm.runtime.base.errors import BadInputError, MissingExtraError, PmsmError
 from pmsm.runtime.base.sessions import set_threads
@@ -111,6 +112,7 @@ def _worker_chunk(chunk: Chunk):
     except SystemExit as stop:
         # the caller's SIGTERM, raised once a Lava run has stopped its processes; the pool
         # would catch it and go on with the next chunk
+        remove_multiprocessing_folder()
         os._exit(stop.code if isinstance(stop.code, int) else 1)
 
 
@@ -129,10 +131,10 @@ class WorkerProcesses:
                                         initargs=(plan, list(timesteps), threads_per_worker(workers)))
         self._previous_sigterm = None
         if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, exit_on_signal):
             # close() then runs and stops the workers in order; killed with the caller, their Lava
             # runs would leave shared memory and scratch folders behind
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, exit_on_signal)
 
     def verify(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Tallies]]:
         pending: dict = {}
@@ -176,10 +178,6 @@ class WorkerProcesses:
             reader.close()
 
 
-def _exit_on_signal(signum, frame):
-    raise interruption(signum)
-
-
 class RayWorkers:
     """Chunks shared out over ``workers`` Ray actors, on the cluster at ``address`` (None: a local
     cluster started for this run and stopped after it)."""
@@ -195,10 +193,18 @@ class RayWorkers:
         self.started_here = not ray.is_initialized()
         if self.started_here:
             options = {"address": address} if address else {"num_cpus": workers or threads_per_worker(1)}
+            main_thread = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
             try:
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+                with _ray_keeps_our_sigterm_handler():
+                    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise BadInputError(f"--ray {address or ''}: cannot start or reach a Ray cluster: {error}") from None
+            finally:
+                # ray.init installs its own SIGTERM handler (sys.exit(15)), which knows nothing of
+                # forks: seen dropped inside an at-fork hook, the command then ran to its end
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
         self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         actor = ray.remote(num_cpus=1)(_RayVerifier)
         plan_ref = ray.put(plan)
@@ -235,6 +241,28 @@ class RayWorkers:
             self.ray.kill(actor)
         if self.started_here:
             self.ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_sigterm_handler():
+    """ray.init installs its own SIGTERM handler (``sys.exit(15)``) first thing, which knows
+    nothing of forks: a SIGTERM while Ray started its processes was seen dropped inside an at-fork
+    hook ("Exception ignored in ... SystemExit: 15"), and the command ran on to its end. The
+    command's handler (``exit_on_signal``) stays in place instead."""
+    try:
+        from ray._private import utils as ray_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
 
 
 class _RayVerifier:

@@ -218,14 +218,21 @@ class Verifier:
                 tallies.mismatch_by_layer.setdefault(name, {})[timestep] = rows
 
 
+def _spike_total(spikes: np.ndarray) -> int:
+    """Spikes of a layer, counting finite values only: a NaN (a broken model that converted anyway)
+    is a mismatch to report, not a traceback."""
+    magnitudes = np.abs(np.asarray(spikes, dtype=np.float64))
+    return int(magnitudes[np.isfinite(magnitudes)].sum())
+
+
 def compare(run: BackendRun, reference: BackendRun, reference_name: str, labels) -> Tally:
     mismatch = total = 0
     for name, spikes in run.spikes.items():
-        total += int(np.abs(spikes).sum())
+        total += _spike_total(spikes)
         if name in reference.spikes:
             mismatch += int(np.count_nonzero(spikes != reference.spikes[name]))
     if not run.spikes:
-        total = int(sum(np.abs(s).sum() for s in reference.spikes.values()))
+        total = sum(_spike_total(s) for s in reference.spikes.values())
     mine, theirs = np.asarray(run.output, np.float32), np.asarray(reference.output, np.float32)
     diff = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
     return Tally(

@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, quantizers
+from pmsm.exporter.degenerate import DegenerateQuantizerError
 from pmsm.exporter.timeloop import TimedModel, loop_over_time
 from pmsm.exporter.preflight import unsupported_for_onnx
 from pmsm.exporter.proof import prove
@@ -76,7 +77,10 @@ def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def check(model: onnx.ModelProto, path: str = "model") -> Conversion:
     """Pre-flight for the onnx target: raise UnsupportedModelError listing every offending node."""
-    conversion = rewrite(model)
+    try:
+        conversion = rewrite(model)
+    except DegenerateQuantizerError as error:
+        raise error.at(path) from None
     problems = _unique(conversion.problems + unsupported_for_onnx(conversion.graph))
     if problems:
         raise UnsupportedModelError(path, "onnx", problems)

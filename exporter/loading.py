@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -25,6 +24,7 @@ from pmsm.runtime.base import proto
 from pmsm.runtime.base.memory import available_bytes
 from pmsm.runtime.base.isolation import call_isolated
 from pmsm.runtime.execute import AnnRunner as Runner
+from pmsm.runtime.inputs import probe_batch, specs_of, unfeedable
 
 MAX_IR_VERSION = 11  # onnxruntime 1.23 refuses newer files
 PROTOBUF_LIMIT = (1 << 31) - 1  # a ModelProto larger than this cannot be serialized in memory
@@ -55,9 +55,11 @@ def load_source(path: str) -> ValidatedSource:
     notes: list[str] = []
     inferred = _check_structure(model, path, notes)
     _check_values(model, inferred, path)
+    _check_inputs(model, path)
     if model.ir_version > MAX_IR_VERSION:
         # Down-converting the IR version is harmless for the ops we read; say nothing.
         model.ir_version = MAX_IR_VERSION
+    _check_data_input_shape(model, path)
     _check_runs_on_onnxruntime(model, path, limits)
     return ValidatedSource(path=path, sha256=file_sha256(path), model=model, notes=tuple(notes))
 
@@ -195,12 +197,47 @@ def _check_values(model: onnx.ModelProto, inferred: Optional[onnx.ModelProto], p
         raise BadInputError(f"{path}: {found[0]}{more}")
 
 
+def _check_inputs(model: onnx.ModelProto, path: str) -> None:
+    """Every data input is one samples can be fed to (numbers or bool, with a batch axis)."""
+    specs = specs_of(model, path)
+    if not specs:
+        raise BadInputError(f"{path}: the model has no data input")
+    for name, why in unfeedable(specs):
+        raise BadInputError(f"{path}: input '{name}' {why}")
+
+
+def _check_data_input_shape(model: onnx.ModelProto, path: str) -> None:
+    """The data input must declare a shape a real sample can take: a batch axis first (fixed or
+    symbolic), then fixed sizes. A rank-0 input has no batch axis, and a symbolic size after the
+    batch leaves the sample's shape unknown: no probe can be built to run the source before
+    converting it, and the targets (neurons per layer, NIR, Lava) need the sizes. Both converted
+    before into models that ONNX Runtime could not run on the source's documented input. Integer
+    inputs (token ids, attention masks) may keep a symbolic sequence axis: a text model takes
+    sequences of any length, and ``--verify --data`` supplies them."""
+    weights = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        if value.name in weights or not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+        shown = "[" + ", ".join(map(str, dims)) + "]"
+        if not dims:
+            raise BadInputError(f"{path}: data input '{value.name}' is declared of rank 0 (a scalar): no sample "
+                                "of a network can take it; declare its shape with the batch axis first, e.g. "
+                                "[N, 1, 8, 8]")
+        integer = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).kind in "iub" if tensor.elem_type else False
+        unknown = [i for i, d in enumerate(dims) if i > 0 and not isinstance(d, int)]
+        if unknown and not integer:  # token ids and masks may keep a symbolic sequence axis: --data gives it
+            raise BadInputError(f"{path}: data input '{value.name}' declares its shape {shown} with dimension "
+                                f"{unknown[0]} of unknown size: only the batch (the first) may be symbolic; "
+                                "export with a fixed sample shape (dynamic axes for the batch only)")
+
+
 def _check_runs_on_onnxruntime(model: onnx.ModelProto, path: str, limits: run_limits.Limits) -> None:
     def load_and_run_one_sample() -> None:
         runner = Runner(model)
-        dims = runner.input.dims
-        if dims and all(isinstance(d, int) and d > 0 for d in dims[1:]):
-            runner.run(np.zeros([1] + list(dims[1:]), dtype=runner.input.dtype))
+        if all(spec.sample_dims is not None for spec in runner.inputs):
+            runner.run(probe_batch(model, runner.inputs, samples=1))
 
     call_isolated(load_and_run_one_sample, limits.max_load_seconds, path,
                   "ONNX Runtime loading and running the model",

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
+from pmsm.exporter import degenerate
+from pmsm.exporter.evaluation import EvaluationError, Job, evaluate_many
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
-from pmsm.runtime import ortop
-from pmsm.runtime.base.proto import onnx_node_order
-from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.runtime.schema import NEURON_DOMAIN_VERSION, NEURON_OP, TIMESTEPS_INPUT, is_neuron
+from pmsm.runtime.schema import NEURON_OP, TIMESTEPS_INPUT, is_neuron
 
 Problem = tuple[str, str, str]
 ULPS = 4  # floats probed on each side of a rounding boundary
@@ -34,6 +33,11 @@ def prove(source: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[Neu
     source_view, rewritten_view = _View(source), _View(rewritten)
     # a quantizer's input may be the de-quantized output of the one before: renamed by its rewrite
     to_source = {new: old for record in records for old, new in record.exits}
+    # parameters no neuron can take (a zero scale, L = 0) are refused before any proof: the
+    # arithmetic around the rounding core is the source's own and the proof never sees it
+    degenerate_problems = degenerate.problems(source_view, records, to_source)
+    if degenerate_problems:
+        raise degenerate.DegenerateQuantizerError(degenerate_problems)
     problems, cases = [], []
     for record in records:
         found = _cases(source_view, rewritten_view, record, to_source.get(record.entry, record.entry))
@@ -43,23 +47,23 @@ def prove(source: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[Neu
             cases += found
     if not cases:
         return problems
-    ends = [_Job(c.pre, c.record.entry, c.z, np.stack([np.zeros(c.tail, np.float32), np.ones(c.tail, np.float32)]))
+    ends = [Job(c.pre, c.record.entry, c.z, np.stack([np.zeros(c.tail, np.float32), np.ones(c.tail, np.float32)]))
             for c in cases]
     failed: dict[str, str] = {}
-    scaled = _evaluate_many(rewritten_view, [job for job in ends if job.nodes], failed)
+    scaled = evaluate_many(rewritten_view, [job for job in ends if job.nodes], failed)
     for case, job in zip(cases, ends):
         if case.record.name in failed:
             continue
         zs = scaled.get(id(job), job.x)
         try:
             case.probes = _probes(zs, case.record.params, case.tail)
-        except _EvaluationError as error:
+        except EvaluationError as error:
             failed[case.record.name] = str(error)
     live = [c for c in cases if c.record.name not in failed]
-    wanted = [_Job(c.before, c.source_entry, c.source_exit, c.probes, c.record.name) for c in live]
-    got = [_Job(_one_step(c.after), c.record.entry, c.new_exit, c.probes, c.record.name) for c in live]
-    want_values = _evaluate_many(source_view, wanted, failed)
-    got_values = _evaluate_many(rewritten_view, got, failed)
+    wanted = [Job(c.before, c.source_entry, c.source_exit, c.probes, c.record.name) for c in live]
+    got = [Job(_one_step(c.after), c.record.entry, c.new_exit, c.probes, c.record.name) for c in live]
+    want_values = evaluate_many(source_view, wanted, failed)
+    got_values = evaluate_many(rewritten_view, got, failed)
     reported = set()
     for case, want_job, got_job in zip(live, wanted, got):
         name = case.record.name
@@ -84,13 +88,6 @@ class _Case:
         self.record, self.source_entry, self.source_exit, self.new_exit = record, source_entry, source_exit, new_exit
         self.before, self.after, self.pre, self.z, self.tail = before, after, pre, z, tail
         self.probes: np.ndarray | None = None
-
-
-class _Job:
-    """Evaluate ``nodes`` from ``entry`` (fed ``x``) to ``exit``."""
-
-    def __init__(self, nodes, entry, exit, x, owner=""):
-        self.nodes, self.entry, self.exit, self.x, self.owner = nodes, entry, exit, x, owner
 
 
 def _cases(source: "_View", rewritten: "_View", record: NeuronRecord, source_entry: str):
@@ -132,6 +129,7 @@ class _View:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.producers = {o: n for n in model.graph.node for o in n.output if o}
+        self.order = {id(n): i for i, n in enumerate(model.graph.node)}  # graph order, without a scan per region
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.ranks = {}
         try:
@@ -145,7 +143,7 @@ class _View:
     def region(self, entry: str, exit: str) -> list[onnx.NodeProto] | None:
         """The nodes computing ``exit`` from ``entry`` and constants, in graph order; None when
         ``exit`` also depends on another input."""
-        wanted, stack, seen = set(), [exit], set()
+        wanted, stack, seen = {}, [exit], set()
         while stack:
             name = stack.pop()
             if not name or name in (entry, TIMESTEPS_INPUT) or name in seen or name in self.initializers:
@@ -154,9 +152,9 @@ class _View:
             node = self.producers.get(name)
             if node is None:
                 return None
-            wanted.add(id(node))
+            wanted[id(node)] = node
             stack.extend(node.input)
-        return [n for n in self.model.graph.node if id(n) in wanted]
+        return sorted(wanted.values(), key=lambda n: self.order[id(n)])
 
     def constants_of(self, nodes: list[onnx.NodeProto]) -> list[onnx.TensorProto]:
         used = {name for n in nodes for name in n.input}
@@ -197,7 +195,7 @@ def _probes(zs: np.ndarray, params: NeuronParams, tail: tuple[int, ...]) -> np.n
     ``zs``: the neuron's input at entry values 0 and 1 (the pre-scaling as ``z = a x + b``)."""
     b, a = zs[0].astype(np.float64), (zs[1] - zs[0]).astype(np.float64)
     if not np.all(np.isfinite(a)) or np.any(a == 0):
-        raise _EvaluationError("the pre-scaling is not an invertible scaling of the input")
+        raise EvaluationError("the pre-scaling is not an invertible scaling of the input")
     levels = np.arange(params.lo, params.hi + 2, dtype=np.float64)
     offset = 0.0 if params.rounding == "floor" else -0.5
     boundaries = levels + offset - params.v_init  # z where the rounded value steps to the next level
@@ -219,10 +217,6 @@ def _probes(zs: np.ndarray, params: NeuronParams, tail: tuple[int, ...]) -> np.n
     return np.ascontiguousarray(probes.reshape((len(probes),) + tail))
 
 
-class _EvaluationError(Exception):
-    pass
-
-
 def _one_step(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """The region with each neuron as its first timestep: ``MultiSpikeNeuron(z, v_init)``."""
     out = []
@@ -239,71 +233,3 @@ def _one_step(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
         else:
             out.append(node)
     return out
-
-
-def _evaluate_many(view: "_View", jobs: list[_Job], failed: dict[str, str]) -> dict[int, np.ndarray]:
-    """Outputs of many jobs, packed into as few ONNX Runtime sessions as their tensors allow; a
-    pack that fails is run job by job so that the failure lands on its owner (in ``failed``)."""
-    results: dict[int, np.ndarray] = {}
-    for pack in _packs(jobs):
-        try:
-            values = _evaluate(view, pack)
-        except _EvaluationError:
-            for job in pack:
-                try:
-                    values = _evaluate(view, [job])
-                    results[id(job)] = values[0]
-                except _EvaluationError as error:
-                    failed.setdefault(job.owner, str(error))
-            continue
-        for job, value in zip(pack, values):
-            results[id(job)] = value
-    return results
-
-
-def _packs(jobs: list[_Job]) -> list[list[_Job]]:
-    """Groups of jobs that can share one graph: no job's input is produced, fed or read as an
-    output by another job of the group."""
-    packs: list[tuple[list[_Job], set[str], set[str]]] = []  # (jobs, entries and exits, produced)
-    for job in jobs:
-        produced = {o for n in job.nodes for o in n.output if o}
-        for members, names, made in packs:
-            if job.entry not in names | made and job.exit not in names and not produced & names:
-                members.append(job)
-                names.update((job.entry, job.exit))
-                made.update(produced)
-                break
-        else:
-            packs.append(([job], {job.entry, job.exit}, produced))
-    return [members for members, _, _ in packs]
-
-
-def _evaluate(view: "_View", pack: list[_Job]) -> list[np.ndarray]:
-    nodes: dict[tuple[str, ...], onnx.NodeProto] = {}
-    for job in pack:
-        for node in job.nodes:
-            nodes.setdefault(tuple(node.output), node)
-    order = {id(n): i for i, n in enumerate(view.model.graph.node)}
-    ordered = sorted(nodes.values(), key=lambda n: order.get(id(n), -1))
-    ordered = onnx_node_order(ordered)
-    graph = helper.make_graph(
-        ordered, "quantizers",
-        [helper.make_tensor_value_info(job.entry, TensorProto.FLOAT, list(job.x.shape)) for job in pack],
-        [helper.make_tensor_value_info(job.exit, TensorProto.FLOAT, None) for job in pack],
-        initializer=view.constants_of(ordered),
-    )
-    opsets = {o.domain: o.version for o in view.model.opset_import}
-    opsets[NEURON_DOMAIN] = NEURON_DOMAIN_VERSION
-    for node in ordered:
-        opsets.setdefault(node.domain, 1)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                              ir_version=min(view.model.ir_version or 10, 10))
-    model = ortop.with_qonnx_defaults(model)
-    try:
-        session = inference_session(model, custom_ops_library=ortop.get_library_path())
-        ortop.clear_op_errors()
-        values = session.run([job.exit for job in pack], {job.entry: job.x for job in pack})
-        ortop.raise_op_errors()
-    except Exception as error:  # noqa: BLE001 - ORT's own exception types
-        raise _EvaluationError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
-    return [np.asarray(v, dtype=np.float32) for v in values]

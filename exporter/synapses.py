@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from pmsm.runtime.base.sessions import inference_session
+from pmsm.runtime.inputs import Samples, probe_batch, specs_of
 from pmsm.runtime.schema import NEURON_DOMAIN, TIMESTEPS_INPUT, is_neuron
 
 __all__ = ["ANALOG_INPUT", "SYNAPTIC_OPS", "SynapticLayer", "mac_share", "neuron_keys", "static_shapes",
@@ -92,10 +93,10 @@ def neuron_keys(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return keys
 
 
-def _data_input(model: onnx.ModelProto) -> Optional[str]:
+def _data_inputs(model: onnx.ModelProto) -> list[str]:
+    """The model's data inputs (several for a text model: token ids, attention mask, ...)."""
     initializers = {init.name for init in model.graph.initializer}
-    names = [vi.name for vi in model.graph.input if vi.name not in initializers and vi.name != TIMESTEPS_INPUT]
-    return names[0] if len(names) == 1 else None
+    return [vi.name for vi in model.graph.input if vi.name not in initializers and vi.name != TIMESTEPS_INPUT]
 
 
 def _constant_tensors(model: onnx.ModelProto) -> set[str]:
@@ -140,14 +141,14 @@ def _elements(shape) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _shape_copy(model: onnx.ModelProto, data: Optional[str]) -> onnx.ModelProto:
+def _shape_copy(model: onnx.ModelProto, data: list[str]) -> onnx.ModelProto:
     """A plain-ONNX copy at batch 1 and T = 1: neurons and the time-folding Tile become Identity."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
     timestep_dependent = _downstream_of(model, {TIMESTEPS_INPUT})
     for vi in graph.input:
-        if vi.name == data and vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
+        if vi.name in data and vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
             dim = vi.type.tensor_type.shape.dim[0]
             dim.Clear()
             dim.dim_value = 1
@@ -195,7 +196,7 @@ def _shapes_of(model: onnx.ModelProto) -> dict[str, tuple]:
 
 def static_shapes(model: onnx.ModelProto, wanted: Optional[set[str]] = None) -> dict[str, tuple]:
     """Shapes (batch 1, T = 1) of the model's tensors: shape inference, then ORT for ``wanted`` gaps."""
-    data = _data_input(model)
+    data = _data_inputs(model)
     copy = _shape_copy(model, data)
     try:
         inferred = onnx.shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
@@ -203,21 +204,20 @@ def static_shapes(model: onnx.ModelProto, wanted: Optional[set[str]] = None) -> 
         inferred = copy
     shapes = _shapes_of(inferred)
     missing = sorted(n for n in (wanted or ()) if n and n not in shapes)
-    if missing and data is not None:
+    if missing and data:
         shapes.update(_measured_shapes(copy, data, missing))
     return shapes
 
 
-def _measured_shapes(copy: onnx.ModelProto, data: str, names: list[str]) -> dict[str, tuple]:
-    """Shapes of ``names`` from one ONNX Runtime run of the batch-1 copy on zeros; {} on failure."""
+def _measured_shapes(copy: onnx.ModelProto, data: list[str], names: list[str]) -> dict[str, tuple]:
+    """Shapes of ``names`` from one ONNX Runtime run of the batch-1 copy on one probe sample
+    (:func:`pmsm.runtime.inputs.probe_batch`: valid token ids, masks of ones); {} on failure."""
     try:
-        vi = next(v for v in copy.graph.input if v.name == data)
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if not dims or any(d is None or d <= 0 for d in dims[1:]):
+        specs = [spec for spec in specs_of(copy, "energy") if spec.name in data]
+        if any(spec.sample_dims is None for spec in specs):
             return {}
-        dims[0] = 1
-        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        probe = probe_batch(copy, specs, samples=1)
+        feeds = probe.arrays if isinstance(probe, Samples) else {specs[0].name: probe}
         run = onnx.ModelProto()
         run.CopyFrom(copy)
         present = {o.name for o in run.graph.output}
@@ -225,7 +225,7 @@ def _measured_shapes(copy: onnx.ModelProto, data: str, names: list[str]) -> dict
             if name not in present:
                 run.graph.output.append(helper.make_empty_tensor_value_info(name))
         session = inference_session(run)
-        values = session.run(names, {data: np.zeros(dims, dtype=dtype)})
+        values = session.run(names, feeds)
         return {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(names, values)}
     except Exception:  # noqa: BLE001 - a best effort; the caller reports what stays unknown
         return {}
@@ -288,7 +288,7 @@ class _Tracer:
     def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple], constant: set[str]):
         self.shapes = shapes
         self.constant = constant
-        self.data = _data_input(model)
+        self.data = set(_data_inputs(model))
         self.producer = {o: node for node in model.graph.node for o in node.output if o}
         self.neuron_key = {id(node): key for key, node in neuron_keys(model).items()}
         neuron_outputs = {n.output[0] for n in model.graph.node if is_neuron(n)}
@@ -318,7 +318,7 @@ class _Tracer:
 
     def _step(self, tensor: str, mult: float) -> tuple[Optional[Source], list[tuple[str, float]]]:
         """Either the source ``tensor`` is, or the tensors (with multipliers) to trace further."""
-        if tensor == self.data:
+        if tensor in self.data:
             return Source("analog", ANALOG_INPUT, mult, False), []
         node = self.producer.get(tensor)
         if node is None:

@@ -6,6 +6,12 @@ silently); weights holding NaN or inf; a QONNX bit width of 128 or 1e30; a graph
 twice; an input dimension of 0; a constant of 10^12 elements. Converted anyway, they gave outputs
 whose NaN/inf land elsewhere than the source's, or outputs that cannot run. Each problem names the
 node, so the user knows where to look.
+
+A constant that is not a weight may be infinite: the padding mask of an attention,
+``Where(mask, 0, -inf)`` added to the scores a ``Softmax`` normalises, which every Hugging Face
+style export writes. Such a constant is recognised by where its values go (:func:`_masking_only`);
+NaN, and an infinity that reaches a weight, a bias, a quantizer or any other arithmetic, stay
+refused.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ def problems(model: onnx.ModelProto) -> list[str]:
     found = _interface_problems(model)
     weights = []
     constants = {}
+    masks = _Masks(model, readers)
     for tensor, owner in proto.all_tensors(model):
         where = _where(tensor, owner, readers)
         storage = _storage_problem(tensor)
@@ -49,9 +56,10 @@ def problems(model: onnx.ModelProto) -> list[str]:
         if value is None:
             continue
         if tensor.data_type in _FLOAT_TYPES and value.size and not np.all(np.isfinite(value)):
-            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-            weights.append(f"{where}: tensor '{tensor.name}' holds {bad} NaN or infinite value(s); "
-                           "weights must be finite")
+            if not masks.allows(value, owner, tensor.name):
+                bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+                weights.append(f"{where}: tensor '{tensor.name}' holds {bad} NaN or infinite value(s); "
+                               "weights must be finite")
         if owner is None or owner.op_type == "Constant":
             constants[tensor.name if owner is None else owner.output[0]] = value
     _constant_scalars(model, constants)
@@ -141,12 +149,119 @@ def _value(tensor: TensorProto) -> Optional[np.ndarray]:
         return None
 
 
+# Ops that carry a constant's values to their output without arithmetic on them.
+_CARRIERS = frozenset({"Identity", "Cast", "CastLike", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose",
+                       "Flatten", "Slice", "Concat", "Tile", "Trilu", "Split", "Gather", "Pad"})
+# Ops after which a masked (-inf) score has done its work: it becomes 0 (or is never chosen).
+_NORMALISERS = frozenset({"Softmax", "LogSoftmax", "Hardmax", "ReduceMax", "ReduceMin", "ReduceLogSumExp",
+                          "ArgMax", "ArgMin", "TopK", "MaxPool", "GlobalMaxPool"})
+# Ops a masked score may pass on its way to a normaliser: -inf stays -inf (scaled by a positive
+# constant, shifted, moved), and the pair of a QDQ only if its scale passed its own check.
+_SCORE_PATH = _CARRIERS | {"Add", "Sub", "Mul", "Div", "Where", "Min", "Max", "Clip", "Dropout",
+                           "QuantizeLinear", "DequantizeLinear"}
+
+
+class _Masks:
+    """Which non-finite constants are masks, not weights: an infinity (never a NaN) whose every use,
+    through constant computations and ops that only move values, is a value operand of ``Where``
+    (``masked_fill``) or an ``Add``/``Sub`` whose result reaches a ``Softmax`` (or another
+    normaliser) on every path. An infinite clip bound stays refused: a quantizer's bound must be
+    a level."""
+
+    def __init__(self, model: onnx.ModelProto, readers: dict):
+        self.readers = readers
+        self.graph_outputs = {value.name for graph in proto.all_graphs(model) for value in graph.output}
+        self.constant = _constant_names(model)
+
+    def allows(self, value: np.ndarray, owner, name: str) -> bool:
+        if np.any(np.isnan(value)):
+            return False
+        if owner is not None and owner.op_type not in ("Constant", "ConstantOfShape"):
+            return False
+        return _masking_only(owner.output[0] if owner is not None else name, self)
+
+
+def _masking_only(start: str, masks: _Masks) -> bool:
+    stack, seen = [start], set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in masks.graph_outputs:
+            return False
+        for node in masks.readers.get(name, []):
+            positions = [i for i, used in enumerate(node.input) if used == name]
+            op = node.op_type if node.domain in ("", "ai.onnx") else None
+            if op in _CARRIERS or all(o in masks.constant for o in node.output if o):
+                stack.extend(o for o in node.output if o)
+            elif op == "Where" and 0 not in positions:
+                continue
+            elif op in ("Add", "Sub") and _reaches_normaliser(node.output[0], masks):
+                continue
+            else:
+                return False
+    return True
+
+
+def _reaches_normaliser(start: str, masks: _Masks) -> bool:
+    """Whether every path from ``start`` ends in a normaliser, through ops that keep a score a score."""
+    stack, seen = [start], set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        readers = masks.readers.get(name, [])
+        if name in masks.graph_outputs or not readers:
+            return False
+        for node in readers:
+            op = node.op_type if node.domain in ("", "ai.onnx", "com.microsoft") else None
+            if op in _NORMALISERS:
+                continue
+            if op not in _SCORE_PATH:
+                return False
+            stack.extend(o for o in node.output[:1] if o)
+    return True
+
+
+def _constant_names(model: onnx.ModelProto) -> set[str]:
+    """Tensors computed from constants alone: initializers, ``Constant`` outputs and the outputs of
+    nodes (other than random ones) whose inputs are all such tensors, in any node order."""
+    constant = {tensor.name for graph in proto.all_graphs(model) for tensor in graph.initializer}
+    constant |= {sparse.values.name for graph in proto.all_graphs(model) for sparse in graph.sparse_initializer}
+    waiting: dict[str, list[int]] = {}
+    pending, nodes, ready = [], [], []
+    for node in proto.all_nodes(model):
+        if node.op_type.startswith("Random") or not node.output or (not node.input and node.op_type != "Constant"):
+            continue
+        needed = {name for name in node.input if name and name not in constant}
+        index = len(nodes)
+        nodes.append(node)
+        pending.append(len(needed))
+        for name in needed:
+            waiting.setdefault(name, []).append(index)
+        if not needed:
+            ready.append(index)
+    while ready:
+        for name in nodes[ready.pop()].output:
+            if name and name not in constant:
+                constant.add(name)
+                for index in waiting.get(name, ()):
+                    pending[index] -= 1
+                    if not pending[index]:
+                        ready.append(index)
+    return constant
+
+
 def _constant_scalars(model: onnx.ModelProto, constants: dict) -> None:
     """Values of ``Constant`` nodes written with ``value_float(s)``/``value_int(s)`` attributes."""
     for node in proto.all_nodes(model):
         if node.op_type != "Constant" or not node.output:
             continue
         for attribute in node.attribute:
+            if attribute.ref_attr_name:
+                continue  # inside a function: the value is the caller's attribute (a spiking model's body)
             if attribute.name in ("value_float", "value_int"):
                 constants[node.output[0]] = np.asarray(onnx.helper.get_attribute_value(attribute))
             elif attribute.name in ("value_floats", "value_ints"):

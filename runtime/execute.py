@@ -9,8 +9,11 @@
   level (backend ``ann_ort_opt``, which fuses QDQ pairs into integer kernels; information only).
   QONNX quantizers run through the kernels of :mod:`pmsm.runtime.ortop`.
 
-Inputs are checked before anything runs (rank, fixed dimensions, dtype, NaN/inf) and rejected with
-a one-line :class:`~pmsm.runtime.base.errors.BadInputError`; an error inside a kernel becomes an
+A model may take several inputs, of any numeric or bool element type (token ids, attention masks):
+``run`` takes one array for a model with one input, or one array per input name
+(:class:`~pmsm.runtime.inputs.Samples` or a mapping). Inputs are checked before anything runs
+(names, rank, fixed dimensions, dtype, NaN/inf, equal sample counts) and rejected with a one-line
+:class:`~pmsm.runtime.base.errors.BadInputError`; an error inside a kernel becomes an
 :class:`~pmsm.runtime.ortop.ExecutionError` after ``session.run`` returns, never a process abort.
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ import onnxruntime as ort
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime import ortop
+from pmsm.runtime.qonnx import uses_qonnx, with_qonnx_defaults
+from pmsm.runtime.inputs import Batch, InputSpec, Samples, feeds_of
 from pmsm.runtime.ortop import ExecutionError
 from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
 from pmsm.runtime import portable
@@ -37,6 +42,7 @@ __all__ = [
     "SpikingResult",
     "SpikingModel",
     "AnnRunner",
+    "Samples",
     "load_model",
 ]
 
@@ -86,77 +92,7 @@ def _session(model: onnx.ModelProto, label: str, *, optimized: bool, custom_ops:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _InputSpec:
-    name: str
-    dtype: np.dtype
-    dims: tuple | None  # None: rank unknown; entries: int (fixed) or str (symbolic / unknown)
-
-    @classmethod
-    def of(cls, vi: onnx.ValueInfoProto, label: str) -> "_InputSpec":
-        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-        if tt is None or not tt.elem_type:
-            raise BadInputError(f"{label}: input '{vi.name}' is not a tensor of a known element type")
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        dims = None
-        if tt.HasField("shape"):
-            dims = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
-            )
-        return cls(vi.name, dtype, dims)
-
-    @property
-    def fixed_batch(self) -> int | None:
-        if self.dims and isinstance(self.dims[0], int) and self.dims[0] > 0:
-            return self.dims[0]
-        return None
-
-    def describe(self) -> str:
-        shape = "[?]" if self.dims is None else "[" + ", ".join(str(d) for d in self.dims) + "]"
-        return f"{self.dtype.name} {shape}"
-
-    def check(self, x) -> np.ndarray:
-        """``x`` converted to the input's dtype; ``BadInputError`` naming the input otherwise."""
-        def fail(why: str) -> BadInputError:
-            got = f"{arr.dtype} array of shape {tuple(arr.shape)}" if arr is not None else type(x).__name__
-            return BadInputError(f"input '{self.name}' expects {self.describe()}, got {got}{why}")
-
-        arr = None
-        try:
-            arr = np.asarray(x)
-        except Exception:  # noqa: BLE001
-            raise fail("") from None
-        kind, want = arr.dtype.kind, self.dtype.kind
-        if want == "f":
-            ok = kind in "fiu"
-        elif want in "iu":
-            ok = kind in "iu"
-        else:
-            ok = arr.dtype == self.dtype
-        if not ok:
-            raise fail(f" (dtype {arr.dtype} cannot be used)")
-        if self.dims is not None:
-            if arr.ndim != len(self.dims):
-                raise fail(f" (rank {arr.ndim}, expected {len(self.dims)})")
-            for axis, (want_dim, got_dim) in enumerate(zip(self.dims, arr.shape)):
-                if axis > 0 and isinstance(want_dim, int) and want_dim > 0 and want_dim != got_dim:
-                    raise fail(f" (dimension {axis} is {got_dim}, expected {want_dim})")
-        if arr.ndim == 0:
-            raise fail(" (no batch dimension)")
-        if arr.shape[0] == 0:
-            raise fail(" (no samples)")
-        if want in "iu" and arr.size:
-            info = np.iinfo(self.dtype)
-            if arr.min() < info.min or arr.max() > info.max:
-                raise fail(f" (values outside the {self.dtype.name} range)")
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported just below
-            converted = arr.astype(self.dtype, copy=False)
-        if want == "f":
-            bad = int(converted.size - np.count_nonzero(np.isfinite(converted)))
-            if bad:
-                beyond = f" or beyond the {self.dtype.name} range" if arr.dtype != self.dtype else ""
-                raise fail(f" ({bad} value(s) NaN, inf{beyond})")
-        return np.ascontiguousarray(converted)
+_InputSpec = InputSpec  # the name this module used before pmsm.runtime.inputs
 
 
 def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -178,6 +114,14 @@ def _chunks(n: int, size: int):
         yield start, min(start + size, n)
 
 
+def _fixed_batch(specs: list[InputSpec]) -> int | None:
+    return next((spec.fixed_batch for spec in specs if spec.fixed_batch), None)
+
+
+def _batch_feeds(feeds: dict[str, np.ndarray], start: int, stop: int, rows: int) -> dict[str, np.ndarray]:
+    return {name: _pad_rows(x[start:stop], rows) for name, x in feeds.items()}
+
+
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     """``x`` with its leading dimension padded to ``rows`` by repeating the last sample."""
     if x.shape[0] == rows:
@@ -195,7 +139,8 @@ def _concat(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
 def _run(session: ort.InferenceSession, names: list[str], feed: dict, label: str) -> list[np.ndarray]:
     ortop.clear_op_errors()
     try:
-        outputs = session.run(names, feed)
+        with ortop.signals_held():
+            outputs = session.run(names, feed)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind exception types
         ortop.raise_op_errors(label)  # a kernel error is the better explanation when there is one
         raise ExecutionError(f"{label}: ONNX Runtime failed: {_first_line(exc)}") from None
@@ -261,12 +206,10 @@ class SpikingModel:
         if not any(vi.name == TIMESTEPS_INPUT for vi in data):
             raise BadInputError(f"{self.label}: not a spiking ONNX model (no graph input '{TIMESTEPS_INPUT}')")
         data = [vi for vi in data if vi.name != TIMESTEPS_INPUT]
-        if len(data) != 1:
-            raise BadInputError(
-                f"{self.label}: expected exactly one data input besides '{TIMESTEPS_INPUT}', "
-                f"got {[vi.name for vi in data]}"
-            )
-        self.input = _InputSpec.of(data[0], self.label)
+        if not data:
+            raise BadInputError(f"{self.label}: no data input besides '{TIMESTEPS_INPUT}'")
+        self.inputs = [InputSpec.of(vi, self.label) for vi in data]
+        self.input = self.inputs[0]
         self.output_names = [vi.name for vi in graph.output]
         self.loop = _time_loop(self.model, self.label)
         self.neurons: dict[str, onnx.NodeProto] = {}
@@ -299,20 +242,21 @@ class SpikingModel:
 
     def run(
         self,
-        x: np.ndarray,
+        x: Batch,
         timesteps: int,
         collect_spikes: bool = False,
         batch_size: int | None = None,
         progress=None,
     ) -> SpikingResult:
-        """Run ``x [N, ...]`` for ``timesteps`` steps, ``batch_size`` samples per ``session.run``
-        (default: about ``DEFAULT_ROWS_PER_RUN / T``; a fixed batch dimension in the model wins)."""
+        """Run ``x [N, ...]`` (one array per input name for a model with several inputs) for
+        ``timesteps`` steps, ``batch_size`` samples per ``session.run`` (default: about
+        ``DEFAULT_ROWS_PER_RUN / T``; a fixed batch dimension in the model wins)."""
         if isinstance(timesteps, (bool, np.bool_)) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
             raise BadInputError(f"timesteps must be a positive integer, got {timesteps!r}")
         t = int(timesteps)
-        x = self.input.check(x)
-        n = x.shape[0]
-        chunk = self.input.fixed_batch or _batch_size(batch_size, max(1, DEFAULT_ROWS_PER_RUN // t))
+        feeds, n = feeds_of(self.inputs, x, self.label)
+        fixed = _fixed_batch(self.inputs)
+        chunk = fixed or _batch_size(batch_size, max(1, DEFAULT_ROWS_PER_RUN // t))
         session = self._session_for(bool(collect_spikes))
         spike_names = {key: spike_steps_name(node) for key, node in self.neurons.items()} if collect_spikes else {}
         names = self.output_names + list(dict.fromkeys(spike_names.values()))
@@ -321,9 +265,10 @@ class SpikingModel:
         spikes: dict[str, list[np.ndarray]] = {key: [] for key in spike_names}
         t_feed = np.array(t, dtype=np.int64)
         for start, stop in _chunks(n, chunk):
-            rows = chunk if self.input.fixed_batch else stop - start
-            xb = _pad_rows(x[start:stop], rows)
-            result = dict(zip(names, _run(session, names, {self.input.name: xb, TIMESTEPS_INPUT: t_feed}, self.label)))
+            rows = chunk if fixed else stop - start
+            feed = _batch_feeds(feeds, start, stop, rows)
+            feed[TIMESTEPS_INPUT] = t_feed
+            result = dict(zip(names, _run(session, names, feed, self.label)))
             if progress is not None:
                 progress(stop, n)
             for i, name in enumerate(self.output_names):
@@ -420,13 +365,14 @@ class AnnRunner:
     def __init__(self, model: ModelLike, optimized: bool = False):
         self.model, self.label = load_model(model)
         self.optimized = bool(optimized)
-        self.uses_qonnx = ortop.uses_qonnx(self.model)
+        self.uses_qonnx = uses_qonnx(self.model)
         data = _data_inputs(self.model)
-        if len(data) != 1:
-            raise BadInputError(f"{self.label}: expected exactly one data input, got {[vi.name for vi in data]}")
-        self.input = _InputSpec.of(data[0], self.label)
+        if not data:
+            raise BadInputError(f"{self.label}: the model has no data input")
+        self.inputs = [InputSpec.of(vi, self.label) for vi in data]
+        self.input = self.inputs[0]
         self.output_names = [vi.name for vi in self.model.graph.output]
-        run_model = ortop.with_qonnx_defaults(self.model) if self.uses_qonnx else self.model
+        run_model = with_qonnx_defaults(self.model) if self.uses_qonnx else self.model
         self._session = _session(run_model, self.label, optimized=self.optimized, custom_ops=self.uses_qonnx)
 
     @property
@@ -437,18 +383,18 @@ class AnnRunner:
     def input_name(self) -> str:
         return self.input.name
 
-    def run(self, x: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
-        """Outputs for ``x [N, ...]`` in graph order, ``batch_size`` samples per ``session.run``
-        (default ``DEFAULT_ROWS_PER_RUN``; a fixed batch dimension in the model wins)."""
-        x = self.input.check(x)
-        n = x.shape[0]
-        chunk = self.input.fixed_batch or _batch_size(batch_size, DEFAULT_ROWS_PER_RUN)
+    def run(self, x: Batch, batch_size: int | None = None) -> list[np.ndarray]:
+        """Outputs for ``x [N, ...]`` (one array per input name for a model with several inputs)
+        in graph order, ``batch_size`` samples per ``session.run`` (default
+        ``DEFAULT_ROWS_PER_RUN``; a fixed batch dimension in the model wins)."""
+        feeds, n = feeds_of(self.inputs, x, self.label)
+        fixed = _fixed_batch(self.inputs)
+        chunk = fixed or _batch_size(batch_size, DEFAULT_ROWS_PER_RUN)
         several = n > chunk
         outs: list[list[np.ndarray]] = [[] for _ in self.output_names]
         for start, stop in _chunks(n, chunk):
-            rows = chunk if self.input.fixed_batch else stop - start
-            xb = _pad_rows(x[start:stop], rows)
-            result = _run(self._session, self.output_names, {self.input.name: xb}, self.label)
+            rows = chunk if fixed else stop - start
+            result = _run(self._session, self.output_names, _batch_feeds(feeds, start, stop, rows), self.label)
             for i, (name, out) in enumerate(zip(self.output_names, result)):
                 outs[i].append(_take_batch(out, rows, stop - start, name, self.label, several))
         return [_concat(parts) for parts in outs]

@@ -22,7 +22,12 @@ Facts about onnxruntime-extensions 0.15.2 this module is built around:
   returns zeros of the input's shape and records the error in a per-thread slot (ONNX Runtime
   calls the kernel on the thread that called ``session.run``). :func:`raise_op_errors` turns the
   record into a Python exception after ``session.run`` returns; the session wrappers in
-  :mod:`pmsm.runtime.execute` call it after every run.
+  :mod:`pmsm.runtime.execute` call it after every run. A signal's exception (Ctrl-C, SIGTERM)
+  can still escape, raised by the signal's handler at any bytecode of the kernel, its ``except``
+  included (seen: "terminate called after throwing an instance of 'pybind11::error_already_set'
+  ... KeyboardInterrupt", exit by SIGABRT, for 1 of 10 Ctrl-Cs while a MobileNetV2 converted):
+  :func:`signals_held` makes the handlers only record the signal during ``session.run`` and
+  calls them once it returns.
 - Defining an op twice in a process breaks later sessions: the kernels are defined at import,
   guarded so that a reload or a second import of this file does not define them again.
 - A registered kernel wins over a model-local function (FunctionProto) with the same domain and
@@ -40,17 +45,19 @@ Facts about onnxruntime-extensions 0.15.2 this module is built around:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import threading
 from typing import Callable
 
 import numpy as np
 import onnx
-import onnxruntime_extensions
-from onnxruntime_extensions import PyOp, _ocos, get_library_path, onnx_op
 
+from pmsm.runtime import extensions
 from pmsm.runtime.base.errors import BadInputError
-from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
+from pmsm.runtime.qonnx import (QONNX_BIPOLAR_OP, QONNX_DOMAINS, QONNX_QUANT_OPS, qonnx_bipolar_quant, qonnx_int_range,
+                                 qonnx_quant)
 from pmsm.runtime.neuron import NeuronParams, step
 from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_OP
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
@@ -60,14 +67,10 @@ __all__ = [
     "NEURON_OP",
     "NEURON_ATTRIBUTES",
     "QONNX_DOMAINS",
-    "QONNX_QUANT_OPS",
-    "QONNX_DEFAULTS",
     "ExecutionError",
+    "signals_held",
     "get_library_path",
     "neuron_params_of",
-    "is_qonnx_quantizer",
-    "uses_qonnx",
-    "with_qonnx_defaults",
     "qonnx_int_range",
     "qonnx_quant",
     "qonnx_bipolar_quant",
@@ -76,10 +79,12 @@ __all__ = [
     "raise_op_errors",
 ]
 
+# the custom-op part of onnxruntime-extensions only: its package __init__ imports torch (extensions.py)
+onnxruntime_extensions = extensions.load()
+PyOp, _ocos, get_library_path, onnx_op = (onnxruntime_extensions.PyOp, onnxruntime_extensions._ocos,
+                                          onnxruntime_extensions.get_library_path, onnxruntime_extensions.onnx_op)
 
-QONNX_QUANT_OPS = ("Quant", "IntQuant")  # same inputs (x, scale, zeropt, bitwidth) and attributes
-QONNX_BIPOLAR_OP = "BipolarQuant"
-QONNX_DEFAULTS = {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}
+
 
 _MAX_RECORDED = 64
 _MAX_CAST = 4096  # distinct (kernel, attributes) conversions remembered by the dispatcher
@@ -154,6 +159,35 @@ def raise_op_errors(context: str = "") -> None:
     prefix = f"{context}: " if context else ""
     suffix = f" (and {more} more kernel error(s))" if more else ""
     raise ExecutionError(f"{prefix}{errors[0][0]}{suffix}") from errors[0][1]
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Around ``session.run``: SIGINT and SIGTERM handlers written in Python only record the signal
+    (ONNX Runtime may call this module's kernels, where a raised exception aborts the process),
+    and are called with it once the block has run. Outside the main thread nothing changes (its
+    handlers never run there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list = []
+
+    def record(signum, frame):
+        received.append(signum)
+
+    held = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            held[signum] = handler
+            signal.signal(signum, record)
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            held[signum](signum, None)
 
 
 def _guarded(describe: Callable[..., str], outputs: int = 1):
@@ -264,58 +298,6 @@ def _bipolar_kernel(x, scale):
     if y.shape != np.shape(x):
         raise ValueError(f"scale broadcasts the output to shape {y.shape}")
     return y
-
-
-def is_qonnx_quantizer(node: onnx.NodeProto) -> bool:
-    return node.domain in QONNX_DOMAINS and node.op_type in QONNX_QUANT_OPS + (QONNX_BIPOLAR_OP,)
-
-
-def _all_graphs(model: onnx.ModelProto):
-    """Every node list of the model: the main graph, subgraphs, model-local functions."""
-    stack = [model.graph]
-    while stack:
-        graph = stack.pop()
-        yield graph.node
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    stack.append(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(attr.graphs)
-    for function in model.functions:
-        yield function.node
-
-
-def uses_qonnx(model: onnx.ModelProto) -> bool:
-    """Whether any node of the model is a QONNX quantizer this module has a kernel for."""
-    return any(is_qonnx_quantizer(node) for nodes in _all_graphs(model) for node in nodes)
-
-
-def with_qonnx_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose QONNX ``Quant``/``IntQuant`` nodes carry every attribute.
-
-    onnxruntime-extensions requires all declared attributes; QONNX defaults are
-    ``signed=1``, ``narrow=0``, ``rounding_mode="ROUND"``. Also adds a missing opset import
-    (version 1) for each QONNX domain in use.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    used: set[str] = set()
-    for nodes in _all_graphs(out):
-        for node in nodes:
-            if not is_qonnx_quantizer(node):
-                continue
-            used.add(node.domain)
-            if node.op_type not in QONNX_QUANT_OPS:
-                continue
-            present = {a.name for a in node.attribute}
-            for name, value in QONNX_DEFAULTS.items():
-                if name not in present:
-                    node.attribute.append(onnx.helper.make_attribute(name, value))
-    imported = {o.domain for o in out.opset_import}
-    for domain in sorted(used - imported):
-        out.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

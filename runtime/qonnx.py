@@ -8,8 +8,14 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import onnx
+
+from pmsm.runtime.base import proto
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
+QONNX_QUANT_OPS = ("Quant", "IntQuant")  # same inputs (x, scale, zeropt, bitwidth) and attributes
+QONNX_BIPOLAR_OP = "BipolarQuant"
+QONNX_DEFAULTS = {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}
 
 
 def _f32(a) -> np.ndarray:
@@ -75,3 +81,39 @@ def qonnx_bipolar_quant(x, scale) -> np.ndarray:
     return (np.where(v >= 0, np.float32(1), np.float32(-1)) * scale).astype(np.float32)
 
 
+# Models with QONNX quantizers, made runnable by the kernels of pmsm.runtime.ortop
+
+
+def is_qonnx_quantizer(node: onnx.NodeProto) -> bool:
+    return node.domain in QONNX_DOMAINS and node.op_type in QONNX_QUANT_OPS + (QONNX_BIPOLAR_OP,)
+
+
+def uses_qonnx(model: onnx.ModelProto) -> bool:
+    """Whether any node of the model is a QONNX quantizer this module has a kernel for."""
+    return any(is_qonnx_quantizer(node) for node in proto.all_nodes(model))
+
+
+def with_qonnx_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose QONNX ``Quant``/``IntQuant`` nodes carry every attribute.
+
+    onnxruntime-extensions requires all declared attributes; QONNX defaults are
+    ``signed=1``, ``narrow=0``, ``rounding_mode="ROUND"``. Also adds a missing opset import
+    (version 1) for each QONNX domain in use.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used: set[str] = set()
+    for node in proto.all_nodes(out):
+        if not is_qonnx_quantizer(node):
+            continue
+        used.add(node.domain)
+        if node.op_type not in QONNX_QUANT_OPS:
+            continue
+        present = {a.name for a in node.attribute}
+        for name, value in QONNX_DEFAULTS.items():
+            if name not in present:
+                node.attribute.append(onnx.helper.make_attribute(name, value))
+    imported = {o.domain for o in out.opset_import}
+    for domain in sorted(used - imported):
+        out.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    return out

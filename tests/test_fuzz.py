@@ -217,6 +217,95 @@ def constant_of_enormous_shape(model, rng):
     return model
 
 
+def _floor_chains(model):
+    """(scale division, L multiplication, Clip, de-quantizing Div, de-quantizing Mul) of every
+    PMSM/QCFS floor chain ``clip(floor(x / s * L + 0.5), lo, L) / L * s``."""
+    readers = {name: n for n in model.graph.node for name in n.input}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    chains = []
+    for floor in (n for n in model.graph.node if n.op_type == "Floor"):
+        add = producers[floor.input[0]]
+        mul = producers[add.input[0]]
+        div = producers[mul.input[0]]
+        clip = readers[floor.output[0]]
+        dequantize = readers[clip.output[0]]
+        chains.append((div, mul, clip, dequantize, readers[dequantize.output[0]]))
+    return chains
+
+
+def _set_constant(model, node, index, value):
+    """Give input ``index`` of ``node`` a constant of its own holding ``value``."""
+    name = f"fuzz_{node.name}_{index}"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    node.input[index] = name
+
+
+def quantizer_degenerate(model, rng):
+    """L = 0 (every use, or only in the de-quantizing Div), a scale of 0 (every use, or only in the
+    de-quantizing Mul): finite weights, so only the quantizer's meaning can tell."""
+    chains = _floor_chains(model)
+    div, mul, clip, dequantize, rescale = _pick(rng, chains)
+    how = _pick(rng, ["L=0", "L=0 de-quantizing", "s=0", "s=0 de-quantizing", "L=0 every chain"])
+    if how == "L=0":
+        for node, index in ((mul, 1), (clip, 2), (dequantize, 1)):
+            _set_constant(model, node, index, 0.0)
+    elif how == "L=0 de-quantizing":
+        _set_constant(model, dequantize, 1, 0.0)
+    elif how == "s=0":
+        _set_constant(model, div, 1, 0.0)
+        _set_constant(model, rescale, 1, 0.0)
+    elif how == "s=0 de-quantizing":
+        _set_constant(model, rescale, 1, 0.0)
+    else:
+        set_initializer_to(model, clip.input[2], 0.0)
+    return model
+
+
+def set_initializer_to(model, name, value):
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    shape = numpy_helper.to_array(tensor).shape
+    tensor.CopyFrom(numpy_helper.from_array(np.full(shape, value, np.float32), name))
+
+
+def subgraphs_nested_deep(model, rng):
+    """An ``If`` nested 11 to 32 deep in a branch nothing reads (30 deep: ONNX Runtime would take
+    hours to load it). Built from the outside in, since protobuf refuses to copy a message nested
+    that deep."""
+    depth = int(rng.integers(11, 33))
+    leaf = helper.make_graph([helper.make_node("Constant", [], ["fuzz_leaf"],
+                                               value=numpy_helper.from_array(np.array([1.0], np.float32)))],
+                             "leaf", [], [helper.make_tensor_value_info("fuzz_leaf", TensorProto.FLOAT, [1])])
+    graph = model.graph
+    for level in range(depth):  # the nesting goes down the then-branches; each else-branch is a leaf
+        out, cond = f"fuzz_if_{level}", f"fuzz_cond_{level}"
+        graph.node.append(helper.make_node("Constant", [], [cond], value=numpy_helper.from_array(np.array(True))))
+        node = graph.node.add(op_type="If", name=out, input=[cond], output=[out])
+        node.attribute.add(name="else_branch", type=onnx.AttributeProto.GRAPH).g.CopyFrom(leaf)
+        then = node.attribute.add(name="then_branch", type=onnx.AttributeProto.GRAPH).g
+        then.name = f"level_{level + 1}"
+        then.output.append(helper.make_tensor_value_info(f"fuzz_if_{level + 1}", TensorProto.FLOAT, [1]))
+        graph = then
+    graph.node.append(helper.make_node("Constant", [], [f"fuzz_if_{depth}"],
+                                       value=numpy_helper.from_array(np.array([1.0], np.float32))))
+    return model
+
+
+def input_shape_no_sample_can_take(model, rng):
+    """The data input declared of rank 0, or with every dimension (or one after the batch) symbolic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    how = _pick(rng, ["rank 0", "all symbolic", "one symbolic"])
+    if how == "rank 0":
+        del dims[:]
+    elif how == "all symbolic":
+        for i, dim in enumerate(dims):
+            dim.dim_param = f"d{i}"
+    else:
+        dims[int(rng.integers(1, len(dims)))].dim_param = "size"
+    return model
+
+
+FLOOR_CHAIN_SEEDS = tuple(seed for seed in SAMPLE_SEEDS if "pmsm" in seed or "unsigned" in seed)
+
 MODEL_MUTATIONS: dict[str, tuple[Callable, tuple[str, ...]]] = {  # name -> (mutation, seeds it applies to)
     "truncated": (truncated_inside_the_graph, tuple(SEEDS)),
     "random-bytes": (random_bytes, tuple(SEEDS)),
@@ -238,9 +327,12 @@ MODEL_MUTATIONS: dict[str, tuple[Callable, tuple[str, ...]]] = {  # name -> (mut
     "node-removed": (node_removed, tuple(SEEDS)),
     "inputs-removed": (node_loses_its_inputs, tuple(SEEDS)),
     "constant-bomb": (constant_of_enormous_shape, tuple(SEEDS)),
+    "degenerate-quantizer": (quantizer_degenerate, FLOOR_CHAIN_SEEDS),
+    "nested-subgraphs": (subgraphs_nested_deep, tuple(SEEDS)),
+    "input-shape": (input_shape_no_sample_can_take, tuple(SEEDS)),
 }
 # Variants that differ only by the random draw; a few categories draw from small sets, so more.
-EXTRA_VARIANTS = {"bad-scale": 6, "zero-point-range": 6, "bit-width": 8}
+EXTRA_VARIANTS = {"bad-scale": 6, "zero-point-range": 6, "bit-width": 8, "degenerate-quantizer": 6}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from producers import (
 
 from pmsm.runtime import portable
 from pmsm.exporter.convert import convert, network_for_targets, to_spiking_onnx
-from pmsm.runtime import ortop
+from pmsm.runtime import ortop, qonnx
 from pmsm.runtime.execute import AnnRunner, SpikingModel
 from pmsm.runtime.schema import TIME_LOOP
 
@@ -107,9 +107,9 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray, threads: int, timesteps: int 
     options.intra_op_num_threads = threads
     options.log_severity_level = 4
     spiking = timesteps is not None
-    if (spiking and kernel) or ortop.uses_qonnx(model):
+    if (spiking and kernel) or qonnx.uses_qonnx(model):
         options.register_custom_ops_library(ortop.get_library_path())
-    runnable = model if spiking else ortop.with_qonnx_defaults(model)
+    runnable = model if spiking else qonnx.with_qonnx_defaults(model)
     session = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
     batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or len(x)
     assert len(x) % batch == 0

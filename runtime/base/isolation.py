@@ -18,6 +18,7 @@ import signal
 import time
 from typing import Callable
 
+from pmsm.runtime.base.children import raise_pending
 from pmsm.runtime.base.errors import BadInputError, one_line
 
 
@@ -33,6 +34,7 @@ def call_isolated(call: Callable[[], object], seconds: float, label: str, activi
     pid = os.fork()
     if pid == 0:  # the child: never returns, never runs the parent's exit handlers
         os.close(read_end)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler would report it as the call's error
         try:
             _silence_output()  # library chatter on fd 1/2 would break the one-line contract
             payload = {"ok": call()}
@@ -45,6 +47,7 @@ def call_isolated(call: Callable[[], object], seconds: float, label: str, activi
     os.close(write_end)
     data = None
     try:
+        raise_pending()  # a signal that came during the fork
         data = _read_until(read_end, seconds)
     finally:
         os.close(read_end)

@@ -28,6 +28,9 @@ class Limits:
     max_data_elements: int = 1 << 28  # 1 GiB of float32 once loaded
     max_timesteps: int = 1024
     max_load_seconds: float = 60.0  # ONNX Runtime loading and running one sample, source or spiking model
+    # If/Loop/Scan bodies inside bodies: ONNX Runtime's session build about doubles with each level
+    # (If nested 16 / 18 / 20 deep: 1.1 / 3.6 / 19 s; 30 deep would take hours); real models nest 1-3
+    max_subgraph_depth: int = 10
 
 _current: contextvars.ContextVar[Limits] = contextvars.ContextVar("pmsm_limits", default=Limits())
 
@@ -94,11 +97,32 @@ def check_model_size(model: onnx.ModelProto, path: str, limits: Limits | None = 
     if nodes > limits.max_nodes:
         raise BadInputError(f"{path}: the graph has {nodes} nodes, more than the {limits.max_nodes} allowed; "
                             f"raise the limit with {flag('max_nodes')}")
+    depth = subgraph_depth(model)
+    if depth > limits.max_subgraph_depth:
+        raise BadInputError(f"{path}: subgraphs (If/Loop/Scan bodies) are nested {depth} deep, more than the "
+                            f"{limits.max_subgraph_depth} allowed (ONNX Runtime's load time doubles with each "
+                            f"level); raise the limit with {flag('max_subgraph_depth')}")
     weights = sum(proto.declared_bytes(tensor) for tensor, _ in proto.all_tensors(model))
     if weights > limits.max_weight_bytes:
         raise BadInputError(f"{path}: the weights take {describe_bytes(weights)}, more than the "
                             f"{describe_bytes(limits.max_weight_bytes)} allowed; raise the limit with "
                             f"{flag('max_weight_bytes')}")
+
+
+def subgraph_depth(model: onnx.ModelProto) -> int:
+    """How deep subgraphs nest: 0 for a graph without any, 1 for an If in the main graph, ...
+    (function bodies count as graphs of their own: a body's subgraphs nest from 1 again)."""
+    deepest = 0
+    stack = [(model.graph, 0)] + [(function, 0) for function in model.functions]
+    while stack:
+        graph, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    stack.append((attribute.g, depth + 1))
+                stack.extend((g, depth + 1) for g in attribute.graphs)
+    return deepest
 
 
 def describe_bytes(count: int) -> str:

@@ -21,6 +21,11 @@ def set_threads(threads: Optional[int]) -> None:
     _THREADS = None if threads is None else max(1, int(threads))
 
 
+def threads() -> Optional[int]:
+    """The intra-op threads of the sessions created from now on (None: ONNX Runtime's default)."""
+    return _THREADS
+
+
 def inference_session(model: Union[onnx.ModelProto, bytes], *, optimized: bool = False,
                       custom_ops_library: Optional[str] = None) -> ort.InferenceSession:
     """A CPU session of ``model``; ``custom_ops_library``: a library of custom op kernels to register."""

@@ -31,19 +31,42 @@ processes at 150 % CPU for a MobileNetV2).
   the run started and ``abort_runtime`` did not end is killed; after a normal ``stop()`` any
   straggler is reaped the same way.
 
+- start-up (``create_runtime``) stops at once: Lava forks its processes one after the other
+  (``MessageInfrastructure.build_actor``; a CIFAR-size MobileNetV2 has 68, forked over several
+  seconds). While one is being forked a signal is recorded, not raised (an exception raised
+  inside ``Process.start`` would leave a forked child out of every list, and one raised inside an
+  at-fork hook is printed, "Exception ignored in ... _releaseLock ... SystemExit: 143", and
+  dropped); it is raised as soon as the fork is done, before the next one. Before, the host
+  forked every remaining process (20 alive at SIGTERM, 71 two seconds later) and the last worker
+  was gone 7 s after the signal;
+- the run's scratch folder (``scratch_folder``: spike files, means, statistics) is named after
+  the host's process, and a run removes the folders of runs whose host is gone (killed by
+  SIGKILL, when no cleanup can run).
+
 ``abort_runtime`` ends an interrupted runtime: its workers by SIGKILL (they are mid-step and
 would never answer), then its shared-memory and watchdog managers through their own shutdown
 (idle, they still answer), then Lava's bookkeeping, so that ``__del__`` does not wait on the dead.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import re
+import shutil
 import signal
+import sys
+import tempfile
 import threading
 from multiprocessing import util
 
-from pmsm.runtime.base.children import exit_with_parent, interruption, stop_processes
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.children import (ForkWindow, exit_on_signal, exit_with_parent, interruption, kill_processes,
+                                         stop_processes)
+
+SCRATCH_PREFIX = "pmsm-lava-"
+
+
 
 
 class WorkerGuard:
@@ -53,6 +76,7 @@ class WorkerGuard:
         self._hook = None
         self._host = os.getpid()
         self._ending = False
+        self._deferring = 0
         self.received: int | None = None        # the first SIGINT or SIGTERM of the run
 
     def __enter__(self) -> "WorkerGuard":
@@ -63,7 +87,7 @@ class WorkerGuard:
         if threading.current_thread() is threading.main_thread():
             # a SIGINT ignored at start (a background job of a shell) stays ignored
             for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-                if signal.getsignal(signum) is default:
+                if signal.getsignal(signum) in (default, exit_on_signal):
                     self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
@@ -86,8 +110,54 @@ class WorkerGuard:
         return [p for p in multiprocessing.active_children() if p not in self._before]
 
     def raise_if_interrupted(self) -> None:
+        if self.received is None and ForkWindow.pending is not None:    # came before the guard's handler
+            self.received = ForkWindow.pending
         if self.received is not None:
             raise interruption(self.received)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Signals are recorded, not raised, inside; a recorded one is raised on leaving."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        if not self._deferring and not self._ending:
+            self.raise_if_interrupted()
+
+    def create_runtime(self, process, run_cfg) -> None:
+        """Lava's ``process.create_runtime(run_cfg)`` (lava-nc 0.10.0), with the forks of its
+        processes and managers watched: a signal stops the start-up before the next fork."""
+        from lava.magma.core.process.message_interface_enum import ActorType
+        from lava.magma.runtime.runtime import Runtime
+
+        self.raise_if_interrupted()
+        _check_socket_room()
+        executable = process.compile(run_cfg)
+        self.raise_if_interrupted()
+        runtime = Runtime(executable, ActorType.MultiProcessing, loglevel=process._log_config.level)
+        executable.assign_runtime_to_all_processes(runtime)
+        process._runtime = runtime
+        for step in ("_build_watchdog_manager", "_build_message_infrastructure"):
+            setattr(runtime, step, self._watched(getattr(runtime, step), runtime))
+        runtime.initialize()
+
+    def _watched(self, build, runtime):
+        def watched():
+            with self.deferred():
+                build()
+            infrastructure = getattr(runtime, "_messaging_infrastructure", None)
+            if infrastructure is not None and "build_actor" not in vars(infrastructure):
+                infrastructure.build_actor = self._watched_fork(infrastructure.build_actor)
+        return watched
+
+    def _watched_fork(self, build_actor):
+        def watched(*args, **kwargs):
+            self.raise_if_interrupted()
+            with self.deferred():
+                return build_actor(*args, **kwargs)
+        return watched
 
     def end_runtime(self, process, between_runs: bool) -> None:
         """End the runtime of ``process``: through Lava's ``stop()`` when it is ``between_runs``
@@ -109,7 +179,7 @@ class WorkerGuard:
             return
         if self.received is None:
             self.received = signum
-        if not self._ending:
+        if not self._ending and not self._deferring and not ForkWindow.depth:
             raise interruption(signum)
 
 
@@ -131,8 +201,12 @@ def abort_runtime(process) -> None:
     try:
         infrastructure = getattr(runtime, "_messaging_infrastructure", None)
         if infrastructure is not None:
-            stop_processes(list(infrastructure.actors))
+            actors = list(infrastructure.actors)
+            # killed first, reaped after the manager's shutdown: a killed worker needs the CPU to
+            # die (a MobileNetV2's 68 under load: 2.6 s), time the manager uses to unlink the memory
+            kill_processes(actors)
             _quietly(infrastructure.smm.shutdown if infrastructure.smm is not None else None)
+            stop_processes(actors)
         _quietly(getattr(getattr(runtime, "_watchdog_manager", None), "stop", None))
     finally:
         runtime._is_started = runtime._is_running = False
@@ -144,3 +218,54 @@ def _quietly(action) -> None:
             action()
     except Exception:       # a manager that died with the run: the guard kills what remains
         pass
+
+
+# Lava's shared-memory manager listens on a Unix socket <temp folder>/pymp-XXXXXXXX/listener-XXXXXXXX,
+# and a socket's path holds at most 107 bytes on Linux: beyond, the manager's process died with a
+# traceback ("OSError: AF_UNIX path too long") and the run with another.
+SOCKET_PATH_BYTES = 107
+SOCKET_NAME_BYTES = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def _check_socket_room() -> None:
+    folder = tempfile.gettempdir()
+    if sys.platform.startswith("linux") and len(os.fsencode(folder)) + SOCKET_NAME_BYTES > SOCKET_PATH_BYTES:
+        raise BadInputError(f"the temporary folder {folder} is too long a path for the Unix socket of Lava's "
+                            f"shared-memory manager (at most {SOCKET_PATH_BYTES - SOCKET_NAME_BYTES} bytes); "
+                            "set TMPDIR to a shorter folder")
+
+
+def scratch_folder() -> tempfile.TemporaryDirectory:
+    """A scratch folder for one run, named after this process and its PID namespace
+    (``pmsm-lava-<namespace>-<pid>-...``), after removing the folders of runs whose process is gone
+    (a host killed by SIGKILL cannot remove its own)."""
+    namespace = _pid_namespace()
+    _remove_orphaned_scratch(namespace)
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{namespace}-{os.getpid()}-")
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _remove_orphaned_scratch(namespace: int) -> None:
+    pattern = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-(\d+)-\w+")
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or int(match.group(1)) != namespace:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            os.kill(int(match.group(2)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue        # alive (another user's), or vanished meanwhile

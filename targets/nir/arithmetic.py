@@ -20,7 +20,7 @@ import nir
 import numpy as np
 
 from pmsm.targets.nir import dialect, ops
-from pmsm.targets.nir.interpreter import conv_padding, topological
+from pmsm.targets.nir.interpreter import conv1d_args, conv_padding, topological
 
 SIGNIFICANT_BITS = 24   # of the largest weight of an output channel: float32's precision
 EXACT_BITS = 52         # float64 holds integers up to 2**53; one bit of slack for the bound itself
@@ -136,6 +136,12 @@ def _through(node, name: str, r: _Range) -> tuple[_Range, str | None]:
             b = np.asarray(node.bias, np.float64)
             grid, bound = np.minimum(grid, lsb_exponent(b)), bound + np.abs(b)
         return _Range(grid, bound), None
+    if isinstance(node, nir.Conv1d):
+        stride, pad, dilation, groups = conv1d_args(node, name)
+        as_2d = nir.Conv2d(input_shape=None, weight=np.asarray(node.weight)[:, :, None, :], stride=(1, stride),
+                           padding=(0, pad), dilation=(1, dilation), groups=groups, bias=node.bias)
+        out, why = _through(as_2d, name, _Range(r.grid[:, :, None, :], r.bound[:, :, None, :]))
+        return _Range(out.grid[:, :, 0, :], out.bound[:, :, 0, :]), why
     if isinstance(node, nir.Conv2d):
         w = np.asarray(node.weight, np.float64)
         per_channel_in = _channel_min(r.grid)  # [N, C]
@@ -154,8 +160,8 @@ def _through(node, name: str, r: _Range) -> tuple[_Range, str | None]:
 def certify(graph: nir.NIRGraph, x: np.ndarray | None = None) -> Certificate:
     """Check that float64 evaluates ``graph`` exactly (docs/nir.md §4).
 
-    ``x``: the data batch the graph will run on; without it the nodes fed by the analog input are
-    listed as data dependent instead of checked.
+    ``x``: the data batch the graph will run on, in the ONNX model's axis order; without it the nodes
+    fed by the analog input are listed as data dependent instead of checked.
     """
     order = topological(graph, "<graph>")
     sources = {name: [s for s, d in graph.edges if d == name] for name in graph.nodes}
@@ -164,7 +170,9 @@ def certify(graph: nir.NIRGraph, x: np.ndarray | None = None) -> Certificate:
     for name in order:
         node = graph.nodes[name]
         if isinstance(node, nir.Input):
-            data = None if x is None else np.asarray(x, np.float32).astype(np.float64)
+            # ``x`` in the ONNX model's axis order, as the interpreter takes it (docs/nir.md §3a)
+            data = None if x is None else dialect.to_nir_layout(np.asarray(x, np.float32).astype(np.float64),
+                                                                 dialect.layout(node))
             ranges[name] = None if data is None else _Range(lsb_exponent(data), np.abs(data))
             continue
         ins = [ranges[s] for s in sources[name]]

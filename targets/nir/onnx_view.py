@@ -36,8 +36,9 @@ def _data_input(model: onnx.ModelProto, label: str) -> onnx.ValueInfoProto:
     inits = {t.name for t in model.graph.initializer}
     data = [vi for vi in model.graph.input if vi.name != TIMESTEPS_INPUT and vi.name not in inits]
     if len(data) != 1:
-        raise BadInputError(f"{label}: expected exactly one data input besides '{TIMESTEPS_INPUT}', "
-                            f"found {[vi.name for vi in data]}")
+        names = ", ".join(f"'{vi.name}'" for vi in data) or "none"
+        raise BadInputError(f"{label}: NIR graphs take one data input; this model takes {len(data)} ({names}); "
+                            "convert it with --target onnx")
     return data[0]
 
 

@@ -18,7 +18,6 @@ All three give the same spikes (docs/lava.md says how that is checked).
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires
@@ -34,6 +33,7 @@ from pmsm.targets.lava.fixed_point import quantize
 from pmsm.targets.lava.graph import analyse
 from pmsm.targets.lava.lowering import lower
 from pmsm.targets.lava.partition import partition
+from pmsm.targets.lava.shutdown import scratch_folder
 
 LOWERINGS = ("layer", "network", "synapse")
 LAYERS_PER_CORE = {"layer": 1, "network": 1 << 30}
@@ -76,7 +76,7 @@ class Network(AbstractProcess):
         self.record_paths = _record_files(plan, record_dir, int(record_steps))
         if fused:
             if work_dir is None:
-                self._work = tempfile.TemporaryDirectory(prefix="pmsm-lava-")
+                self._work = scratch_folder()
                 work_dir = self._work.name
             self.work_dir = work_dir
             cores = partition(plan, LAYERS_PER_CORE[lowering])
