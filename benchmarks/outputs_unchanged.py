@@ -11,7 +11,7 @@ It also times, side by side and alternating, the two commands the restructuring 
 ``--target nir --check`` on the QDQ ViT and ``--target onnx`` on the QDQ ResNet-18.
 
     .venv/bin/python benchmarks/outputs_unchanged.py --before OLD/.venv/bin/pmsm-export \\
-        [--after .venv/bin/pmsm-export] [--corpus /tmp/pmsm-corpus] [--rounds 3]
+        [--after .venv/bin/pmsm-export] [--corpus /tmp/pmsm-corpus] [--rounds 3] [--models vit,resnet]
 
 Exit status 0 when every file is identical, 1 otherwise (the differing files are listed).
 """
@@ -173,9 +173,13 @@ def main() -> int:
     parser.add_argument("--corpus", default=os.path.join(tempfile.gettempdir(), "pmsm-corpus"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-timings", action="store_true")
+    parser.add_argument("--models", default="", help="only the models whose file name contains one of these "
+                                                     "comma-separated words")
     args = parser.parse_args()
     corpus = Path(args.corpus)
     models = build_corpus(corpus)
+    if args.models:
+        models = [m for m in models if any(word in m.name for word in args.models.split(","))]
     status = compare(args.before, args.after, models)
     if not args.no_timings:
         timings(args.before, args.after, corpus, args.rounds)
