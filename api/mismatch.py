@@ -122,7 +122,7 @@ def _term_counts(graph: nir.NIRGraph, x: np.ndarray, spikes: dict[str, np.ndarra
     indicator = {}
     for name, node in graph.nodes.items():
         clone = node
-        if isinstance(node, (nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)):
+        if isinstance(node, (nir.Conv1d, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)):
             fields = {}
             for attr in ("weight", "bias", "scale"):
                 if getattr(node, attr, None) is not None:

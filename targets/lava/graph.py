@@ -137,7 +137,7 @@ def analyse(path_or_graph) -> GraphView:
                 neurons[name] = neuron_params(node)
             if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
                 pools[name] = _pool_geometry(node)
-            if isinstance(node, nir.Conv2d):
+            if isinstance(node, (nir.Conv1d, nir.Conv2d)):
                 convs[name] = _conv_geometry(node)
             if any(s is None for s in in_shapes) and not isinstance(node, nir.Input):
                 # A predecessor was rejected (its reason is listed): check this node against
@@ -159,7 +159,7 @@ def analyse(path_or_graph) -> GraphView:
                      inputs[0], outputs[0], neurons, pools, convs)
 
 
-_SUPPORTED = (nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Linear, nir.Flatten,
+_SUPPORTED = (nir.Input, nir.Output, nir.Conv1d, nir.Conv2d, nir.Affine, nir.Linear, nir.Flatten,
               nir.AvgPool2d, nir.SumPool2d, nir.Scale, nir.IF)
 
 
@@ -232,7 +232,18 @@ def _pool_geometry(node) -> PoolGeometry:
     return PoolGeometry(mode, kernel, stride, padding)
 
 
-def _conv_geometry(node: nir.Conv2d) -> ConvGeometry:
+def _conv_geometry(node) -> ConvGeometry:
+    if isinstance(node, nir.Conv1d):
+        # Lowered as a 2-D convolution of unit height: pairs (1, x) and (0, x).
+        from pmsm.targets.nir.interpreter import conv1d_args
+
+        try:
+            stride, padding, dilation, groups = conv1d_args(node, "")
+        except BadInputError as exc:
+            raise _Problem(str(exc)) from None
+        if np.asarray(node.weight).ndim != 3:
+            raise _Problem(f"Conv1d weight must be (O, I, K), got shape {np.shape(node.weight)}")
+        return ConvGeometry((1, stride), (0, padding), (1, dilation), groups)
     weight = np.asarray(node.weight)
     if weight.ndim != 4:
         raise _Problem(f"Conv2d weight must be OIHW (4-D), got shape {weight.shape}")
@@ -273,6 +284,16 @@ def _out_shape(node, in_shape, pool: PoolGeometry | None, conv: ConvGeometry | N
         if isinstance(node, nir.Affine) and np.asarray(node.bias).size not in (1, weight.shape[0]):
             raise _Problem(f"bias shape {np.shape(node.bias)} does not match {weight.shape[0]} outputs")
         return (weight.shape[0],)
+    if isinstance(node, nir.Conv1d):
+        weight = np.asarray(node.weight)
+        if len(in_shape) != 2:
+            raise _Problem(f"Conv1d needs a (C, L) input, got {in_shape}")
+        as_2d = nir.Conv2d(input_shape=None, weight=weight[:, :, None, :], stride=conv.stride, padding=conv.padding,
+                           dilation=conv.dilation, groups=conv.groups, bias=node.bias)
+        out = _conv_shape(as_2d, (in_shape[0], 1, in_shape[1]), conv)
+        if node.input_shape is not None and int(np.ravel(node.input_shape)[0]) != in_shape[1]:
+            raise _Problem(f"input_shape {int(np.ravel(node.input_shape)[0])} disagrees with the incoming {in_shape[1]}")
+        return (out[0], out[2])
     if isinstance(node, nir.Conv2d):
         return _conv_shape(node, in_shape, conv)
     if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):

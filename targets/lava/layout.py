@@ -10,14 +10,20 @@ import numpy as np
 
 
 def lava_shape(nir_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(C, H, W) -> (W, H, C); a 1-D convolution's (C, L) -> (L, 1, C), a unit height, so that
+    Lava's 2-D ``Conv`` runs NIR's ``Conv1d``."""
+    if len(nir_shape) == 2:
+        return (nir_shape[1], 1, nir_shape[0])
     return tuple(reversed(nir_shape)) if len(nir_shape) == 3 else tuple(nir_shape)
 
 
 def layout_perm(nir_shape: tuple[int, ...]) -> np.ndarray | None:
     """Permutation of a freshly laid-out tensor (None: Lava order equals NIR order)."""
-    if len(nir_shape) != 3:
+    if len(nir_shape) not in (2, 3):
         return None
     size = int(np.prod(nir_shape))
+    if len(nir_shape) == 2:
+        return np.arange(size).reshape(nir_shape).T.ravel()
     return np.arange(size).reshape(nir_shape).transpose(2, 1, 0).ravel()
 
 

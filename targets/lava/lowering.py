@@ -60,7 +60,7 @@ class _Lowering:
     def run(self) -> Plan:
         view = self.view
         handlers = {nir.Input: self._input, nir.Flatten: self._flatten, nir.Affine: self._dense,
-                    nir.Linear: self._dense, nir.Conv2d: self._conv, nir.AvgPool2d: self._pool,
+                    nir.Linear: self._dense, nir.Conv1d: self._conv, nir.Conv2d: self._conv, nir.AvgPool2d: self._pool,
                     nir.SumPool2d: self._pool, nir.Scale: self._scale, nir.IF: self._neuron}
         for name in view.order:
             node = view.nodes[name]
@@ -205,7 +205,10 @@ class _Lowering:
         lat = terms[0].latency + self.hop
         out_nir = self.view.shapes[name]
         out = lava_shape(out_nir)
-        weight_oihw, groups = ungroup(np.asarray(node.weight, dtype=np.float64), geo.groups)
+        weight = np.asarray(node.weight, dtype=np.float64)
+        if isinstance(node, nir.Conv1d):  # (C, L) runs as (C, 1, L): Lava's Conv is 2-D
+            weight = weight[:, :, None, :]
+        weight_oihw, groups = ungroup(weight, geo.groups)
         weight = conv_weight(weight_oihw)
         params = {"weight": weight, "padding": wh(geo.padding), "stride": wh(geo.stride),
                   "dilation": wh(geo.dilation), "groups": groups, "message_bits": value.bits}

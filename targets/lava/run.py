@@ -24,6 +24,7 @@ from pmsm.runtime.base.errors import BadInputError
 from pmsm.targets.lava.fixed_point import NeuronQuantization, SynapseQuantization, input_exponent_for, quantize_input
 from pmsm.targets.lava.graph import analyse
 from pmsm.targets.lava.layout import to_lava, to_nir
+from pmsm.targets.nir import dialect as layout
 from pmsm.targets.lava.processes.failure import raise_recorded_failure
 from pmsm.targets.lava.processes.network import Network
 from pmsm.targets.lava.processes.neuron import PEAK_INPUT, PEAK_STATE
@@ -55,7 +56,10 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
     ``input_peak``: the largest ``|x|`` of the whole data set, when ``x`` is a part of it, so that
     the fixed-point input grid is the same for every part (default: ``x``'s own)."""
     view = analyse(graph_or_path)
-    x = _check_input(x, view.shapes[view.input], timesteps)
+    # Data, outputs and spikes are exchanged in ONNX's axis order (docs/nir.md §3a).
+    x = np.asarray(x)
+    x = _check_input(np.ascontiguousarray(layout.to_nir_layout(x, layout.layout(view.nodes[view.input])))
+                     if x.ndim == len(view.shapes[view.input]) + 1 else x, view.shapes[view.input], timesteps)
     n, t_steps = x.shape[0], int(timesteps)
     exponent = input_exponent_for(x if input_peak is None else np.array([input_peak]), INPUT_BITS) \
         if fixed_point else 0
@@ -87,6 +91,7 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
         means = np.array(np.load(means_path, mmap_mode="r"))
         spikes = _spikes(net, n, t_steps) if collect_spikes else {}
     output = to_nir(means, plan.output_shape, plan.output_perm).astype(np.float32)
+    output = np.ascontiguousarray(layout.to_onnx_layout(output, layout.layout(view.nodes[view.output])))
     return LavaResult(output, spikes, report, net.process_count + 2, seconds_to_start)
 
 
@@ -150,8 +155,9 @@ def _spikes(net: Network, n: int, t_steps: int) -> dict:
         window = recorded[i][steps].reshape((n, t_steps) + tuple(step.out_shape)).swapaxes(0, 1)
         flat = window.reshape((t_steps * n,) + tuple(step.out_shape))
         nir_layout = to_nir(flat, step.params["nir_shape"], step.params["perm"])
-        spikes[step.params["onnx_node"]] = nir_layout.reshape(
-            (t_steps, n) + tuple(step.params["nir_shape"])).astype(np.float32)
+        counts = nir_layout.reshape((t_steps, n) + tuple(step.params["nir_shape"])).astype(np.float32)
+        spikes[step.params["onnx_node"]] = np.ascontiguousarray(
+            layout.to_onnx_layout(counts, layout.layout(net.lowered.view.nodes[step.node]), lead=2))
     return spikes
 
 

@@ -136,6 +136,14 @@ def _through(node, name: str, r: _Range) -> tuple[_Range, str | None]:
             b = np.asarray(node.bias, np.float64)
             grid, bound = np.minimum(grid, lsb_exponent(b)), bound + np.abs(b)
         return _Range(grid, bound), None
+    if isinstance(node, nir.Conv1d):
+        from pmsm.targets.nir.interpreter import conv1d_args
+
+        stride, pad, dilation, groups = conv1d_args(node, name)
+        as_2d = nir.Conv2d(input_shape=None, weight=np.asarray(node.weight)[:, :, None, :], stride=(1, stride),
+                           padding=(0, pad), dilation=(1, dilation), groups=groups, bias=node.bias)
+        out, why = _through(as_2d, name, _Range(r.grid[:, :, None, :], r.bound[:, :, None, :]))
+        return _Range(out.grid[:, :, 0, :], out.bound[:, :, 0, :]), why
     if isinstance(node, nir.Conv2d):
         w = np.asarray(node.weight, np.float64)
         per_channel_in = _channel_min(r.grid)  # [N, C]

@@ -9,16 +9,43 @@ from pmsm.targets.nir import dialect
 from pmsm.targets.nir.emit import to_nir
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
 from pmsm.targets.nir.from_onnx import Problem, Translation, translate
+from pmsm.targets.nir.onnx_view import network_view
 
 
 def _label(model: onnx.ModelProto, source_name: str) -> str:
     return source_name or model.graph.name or "<model>"
 
 
+<<<<<<< HEAD
 def translate_network(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
     """Translate and fold; returns the working graph and every problem found on the way (the NIR
     target's pre-flight and its conversion in one pass)."""
     tr = translate(model, label)
+=======
+TOKEN_LAYOUT = (2, 1)  # a [N, T, F] input held as (F, T): token-wise linear layers become Conv1d
+
+
+def lower(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
+    """Translate and fold; returns the working graph and every problem found on the way.
+
+    NIR has no transpose, so the layout of a two-axis input ``[N, A, B]`` is chosen here, once: as
+    in ONNX (``(A, B)``: channels first, as a 1-D convolution reads it) or swapped (``(B, A)``:
+    features first, as a token-wise ``MatMul`` over the last axis needs it for ``Conv1d``). Both are
+    tried; the one with fewer problems wins, ONNX's order on a tie. ``Transpose`` nodes inside the
+    network then only change the recorded layout.
+    """
+    view = network_view(model, label)
+    best = _lower(model, label, (), view)
+    if best[1] and view.input_shape is not None and len(view.input_shape) == 2:
+        swapped = _lower(model, label, TOKEN_LAYOUT, network_view(model, label))
+        if len(swapped[1]) < len(best[1]):
+            best = swapped
+    return best
+
+
+def _lower(model, label, input_axes, view) -> tuple[Translation, list[Problem]]:
+    tr = translate(model, label, input_axes, view)
+>>>>>>> work/nir1d
     problems = list(tr.problems)
     prune(tr.work)
     fold_coefficients(tr.work)

@@ -15,8 +15,8 @@ READOUT = "mean"
 RESET = "subtract"
 MAX_POOL = {"op": "max_pool2d", "version": VERSION}
 
-NODE_TYPES = (nir.Input, nir.Output, nir.IF, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale, nir.Flatten,
-              nir.AvgPool2d, nir.SumPool2d)
+NODE_TYPES = (nir.Input, nir.Output, nir.IF, nir.Conv1d, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale,
+              nir.Flatten, nir.AvgPool2d, nir.SumPool2d)
 
 
 def graph_metadata(timesteps: int, source_sha256: str, source: str) -> dict:
@@ -25,9 +25,52 @@ def graph_metadata(timesteps: int, source_sha256: str, source: str) -> dict:
             "source_sha256": str(source_sha256 or ""), "source": str(source or ""), "readout": READOUT}
 
 
-def neuron_metadata(params: NeuronParams, onnx_node: str) -> dict:
-    return {"version": VERSION, "lo": int(params.lo), "hi": int(params.hi), "v_init": float(params.v_init),
+def neuron_metadata(params: NeuronParams, onnx_node: str, layout: tuple = ()) -> dict:
+    meta = {"version": VERSION, "lo": int(params.lo), "hi": int(params.hi), "v_init": float(params.v_init),
             "rounding": params.rounding, "reset": RESET, "onnx_node": str(onnx_node)}
+    if layout:
+        meta["layout"] = [int(a) for a in layout]
+    return meta
+
+
+def layout_metadata(layout: tuple) -> dict:
+    return {"version": VERSION, "layout": [int(a) for a in layout]}
+
+
+def layout(node: nir.NIRNode) -> tuple:
+    """``metadata["pmsm"]["layout"]`` of an Input, Output or IF node: NIR axis ``i`` holds ONNX axis
+    ``layout[i]`` (the batch is ONNX axis 0); ``()`` when NIR keeps ONNX's order."""
+    meta = normalise(node.metadata or {}).get(KEY)
+    value = meta.get("layout") if isinstance(meta, dict) else None
+    if value is None:
+        return ()
+    value = tuple(int(a) for a in (value if isinstance(value, list) else [value]))
+    if sorted(value) != list(range(1, len(value) + 1)):
+        raise BadInputError(f"metadata['{KEY}']['layout'] {list(value)} is not a permutation of the axes 1..n")
+    return value
+
+
+def to_onnx_shape(nir_shape: tuple, axes: tuple) -> tuple:
+    out = list(nir_shape)
+    for i, a in enumerate(axes):
+        out[a - 1] = nir_shape[i]
+    return tuple(out)
+
+
+def to_nir_layout(x, axes: tuple, lead: int = 1):
+    """An array ``[*lead axes, *ONNX axes]`` in NIR's axis order (numpy arrays and torch tensors)."""
+    if not axes:
+        return x
+    order = list(range(lead)) + [lead + a - 1 for a in axes]
+    return x.transpose(order) if isinstance(x, np.ndarray) else x.permute(order)
+
+
+def to_onnx_layout(x, axes: tuple, lead: int = 1):
+    """The inverse of :func:`to_nir_layout`."""
+    if not axes:
+        return x
+    order = list(range(lead)) + [lead + int(i) for i in np.argsort(axes)]
+    return x.transpose(order) if isinstance(x, np.ndarray) else x.permute(order)
 
 
 def normalise(value):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import nir
 import numpy as np
 
-from pmsm.targets.nir import arithmetic, dialect
+from pmsm.targets.nir import arithmetic, dialect, ops
 from pmsm.targets.nir.ir import Node, WorkGraph
 
 
@@ -16,17 +16,35 @@ def _pair(v) -> np.ndarray:
     return np.array([int(v[0]), int(v[1])], dtype=np.int64)
 
 
+def _layout(n: Node) -> dict:
+    """``metadata`` saying how NIR's axes map to ONNX's (docs/nir.md §3a); empty in ONNX's order."""
+    return {dialect.KEY: dialect.layout_metadata(n.params["layout"])} if n.params.get("layout") else {}
+
+
 def _nir_node(n: Node) -> nir.NIRNode:
     p = n.params
     if n.kind == "input":
-        return nir.Input(input_type={"input": np.array(n.out_shape)})
+        return nir.Input(input_type={"input": np.array(n.out_shape)}, metadata=_layout(n))
     if n.kind == "output":
-        return nir.Output(output_type={"output": np.array(n.in_shape)})
+        return nir.Output(output_type={"output": np.array(n.in_shape)}, metadata=_layout(n))
     if n.kind == "if":
         shape = n.out_shape
         return nir.IF(r=np.ones(shape, np.float32), v_threshold=np.ones(shape, np.float32),
                       v_reset=np.zeros(shape, np.float32),
-                      metadata={dialect.KEY: dialect.neuron_metadata(p["neuron"], n.onnx_node)})
+                      metadata={dialect.KEY: dialect.neuron_metadata(p["neuron"], n.onnx_node, p.get("layout", ()))})
+    if n.kind == "conv" and np.ndim(p["weight"]) == 3:
+        weight, bias = arithmetic.on_grid(p["weight"], p["bias"])
+        return nir.Conv1d(input_shape=int(n.in_shape[1]), weight=_f32(weight), stride=int(p["stride"][0]),
+                          padding=int(p["padding"][0]), dilation=int(p["dilation"][0]), groups=int(p["groups"]),
+                          bias=_f32(bias))
+    if n.kind == "sumpool" and len(p["kernel"]) == 1:
+        # NIR 1.0.8 has no 1-D pooling node: a window sum is a Conv1d whose weights are 1 on the
+        # channel diagonal (exact: sums of counts times 1); the 1/count factor is already folded.
+        channels = int(n.in_shape[0])
+        return nir.Conv1d(input_shape=int(n.in_shape[1]), weight=_f32(ops.sum_pool1d_weight(channels, p["kernel"][0])),
+                          stride=int(p["stride"][0]), padding=int(p["padding"][0]), dilation=1, groups=1,
+                          bias=np.zeros(channels, np.float32),
+                          metadata={dialect.KEY: {"op": "sum_pool1d", "version": dialect.VERSION}})
     if n.kind == "conv":
         weight, bias = arithmetic.on_grid(p["weight"], p["bias"])
         # input_shape given explicitly: nir's own inference is wrong for 'same' with stride 2.

@@ -47,7 +47,7 @@ def _back_through(node: Node, coef: np.ndarray) -> np.ndarray | None:
     v = per_channel(coef)
     if v is None or (node.kind == "maxpool" and not np.all(v > 0)):
         return None
-    return np.broadcast_to(v.reshape(-1, 1, 1), node.in_shape).copy()
+    return np.broadcast_to(v.reshape((-1,) + (1,) * (len(node.in_shape) - 1)), node.in_shape).copy()
 
 
 def _push_up(work: WorkGraph, edge: Edge, coef: np.ndarray, apply: bool) -> bool:
@@ -60,7 +60,7 @@ def _push_up(work: WorkGraph, edge: Edge, coef: np.ndarray, apply: bool) -> bool
         if v is None:
             return False
         if apply:
-            p["weight"] = p["weight"] * v[:, None, None, None]
+            p["weight"] = p["weight"] * v.reshape((-1,) + (1,) * (p["weight"].ndim - 1))
             p["bias"] = p["bias"] * v
         return True
     if src.kind == "affine":
@@ -106,7 +106,7 @@ def _push_down(work: WorkGraph, edge: Edge) -> bool:
         groups = p["groups"]
         # Input channel j of group g feeds output channels g*og .. (g+1)*og - 1.
         factor = np.repeat(v.reshape(groups, w.shape[1]), w.shape[0] // groups, axis=0)
-        p["weight"] = w * factor[:, :, None, None]
+        p["weight"] = w * factor.reshape(factor.shape + (1,) * (w.ndim - 2))
     for e in ins:
         e.coef = np.ones_like(e.coef)
     return True
@@ -154,13 +154,13 @@ def _push_bias(work: WorkGraph, edge: Edge, bias: np.ndarray, apply: bool) -> bo
         return True
     if src.kind == "flatten":
         back = bias.reshape(src.in_shape)
-    elif src.kind == "maxpool" or (src.kind == "sumpool" and src.params["padding"] == (0, 0)):
+    elif src.kind == "maxpool" or (src.kind == "sumpool" and not any(src.params["padding"])):
         v = per_channel(bias)
         if v is None:
             return False
         if src.kind == "sumpool":  # each output sums kh*kw copies of the offset
-            v = v / float(src.params["kernel"][0] * src.params["kernel"][1])
-        back = np.broadcast_to(v.reshape(-1, 1, 1), src.in_shape).copy()
+            v = v / float(np.prod(src.params["kernel"]))
+        back = np.broadcast_to(v.reshape((-1,) + (1,) * (len(src.in_shape) - 1)), src.in_shape).copy()
     else:
         return False
     for inner in work.into(src):
@@ -183,6 +183,8 @@ def fold_biases(work: WorkGraph) -> list[Problem]:
                 _push_bias(work, edge, bias, apply=True)
                 break
         else:
+            if _insert_bias_conv1d(work, node, bias):
+                continue
             origin = node.params.get("bias_from") or (node.onnx_node or node.name, node.kind)
             problems.append((origin[0], origin[1],
                              f"adds a constant offset (reaching '{node.onnx_node or node.name}') that NIR cannot "
@@ -190,3 +192,21 @@ def fold_biases(work: WorkGraph) -> list[Problem]:
                              "it, and there is none (e.g. an offset after a neuron with no linear layer after it, "
                              "or an offset on the input of a zero-padded Conv)"))
     return problems
+
+
+def _insert_bias_conv1d(work: WorkGraph, node: Node, bias: np.ndarray) -> bool:
+    """An offset per channel on a ``[C, L]`` value (e.g. a token-wise bias added after a QDQ
+    quantizer of a MatMul's output) with no layer to absorb it: a ``Conv1d`` of kernel 1 with identity
+    weights carries it. Its input is what reached ``node`` (the same sum), its output that plus the
+    offset: the identity weights are exact, and so is the sum in float64 (docs/nir.md §4a)."""
+    v = per_channel(bias)
+    if len(node.in_shape) != 2 or v is None:
+        return False
+    channels = node.in_shape[0]
+    carrier = work.add("conv", f"{node.name}_bias", node.in_shape, node.in_shape, onnx_node=node.onnx_node,
+                       weight=np.eye(channels)[:, :, None], bias=v.copy(), stride=(1,), padding=(0,), dilation=(1,),
+                       groups=1)
+    for edge in work.into(node):
+        edge.dst = carrier.name
+    work.edges.append(Edge(carrier.name, node.name, np.ones(node.in_shape)))
+    return True

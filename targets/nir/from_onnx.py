@@ -26,11 +26,18 @@ class Translation:
     problems: list[Problem] = field(default_factory=list)
 
 
-def translate(model: onnx.ModelProto, label: str) -> Translation:
-    view = network_view(model, label)
+# Ops that read the layout of their activation inputs (Expr.axes) themselves; every other op needs
+# ONNX's own axis order.
+_LAYOUT_AWARE = {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Relu", "BatchNormalization", "MatMul",
+                 "Transpose", "ReduceMean", "Flatten", "Reshape", "Squeeze"}
+
+
+def translate(model: onnx.ModelProto, label: str, input_axes: tuple = (),
+              view: NetworkView | None = None) -> Translation:
+    view = view or network_view(model, label)
     if view.input_shape is None:
         raise BadInputError(f"{label}: data input '{view.input_name}' needs fixed dimensions after the batch")
-    t = Translator(view)
+    t = Translator(view, input_axes)
     problems: list[Problem] = []
     for node in view.nodes:
         _visit(t, node, problems)
@@ -51,6 +58,8 @@ def _visit(t: Translator, node: onnx.NodeProto, problems: list[Problem]) -> None
             raise Unsupported(unsupported_reason(node))
         if all(t.is_const(name) for name in node.input if name):
             raise Unsupported("all inputs are constants, but the node could not be evaluated ahead of time")
+        if node.op_type not in _LAYOUT_AWARE and not is_neuron(node):
+            t.plain(node)
         for name, expr in zip(node.output, handler(t, node)):
             t.env[name] = expr
     except Unsupported as exc:
@@ -69,5 +78,7 @@ def _outputs(t: Translator, problems: list[Problem]) -> None:
             continue  # produced by a node already reported
         expr = t.env[src]
         node = t.work.add("output", out_name, expr.shape, expr.shape, onnx_node=out_name)
+        if expr.axes:
+            node.params["layout"] = tuple(expr.axes)
         t.work.connect(expr, node)
         node.params.setdefault("bias_from", expr.bias_from or (out_name, "Output"))

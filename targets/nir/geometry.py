@@ -30,17 +30,19 @@ class Axis:
     out: int  # output length in ONNX
 
 
-def onnx_axes(attrs: dict, in_hw: tuple[int, int], kernel: tuple[int, int]) -> list[Axis]:
-    strides = list(attrs.get("strides", [1, 1]))
-    dilations = list(attrs.get("dilations", [1, 1]))
+def onnx_axes(attrs: dict, in_hw: tuple[int, ...], kernel: tuple[int, ...]) -> list[Axis]:
+    """One :class:`Axis` per spatial axis (2 for Conv2d and pooling, 1 for Conv1d)."""
+    rank = len(kernel)
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
     auto_pad = attrs.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    pads = list(attrs.get("pads", [0] * (2 * rank)))
     ceil_mode = int(attrs.get("ceil_mode", 0))
-    if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
-        raise GeometryError("only 2-D windows are supported")
+    if len(in_hw) != rank or len(strides) != rank or len(dilations) != rank or len(pads) != 2 * rank:
+        raise GeometryError(f"only {rank}-D windows are supported here")
     axes = []
-    for i in range(2):
+    for i in range(rank):
         size, k, s, d = in_hw[i], kernel[i], int(strides[i]), int(dilations[i])
         span = d * (k - 1) + 1
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -52,7 +54,7 @@ def onnx_axes(attrs: dict, in_hw: tuple[int, int], kernel: tuple[int, int]) -> l
             pb = pe = 0
             out = out_size(size, k, s, 0, 0, d)
         elif auto_pad in ("NOTSET", ""):
-            pb, pe = int(pads[i]), int(pads[i + 2])
+            pb, pe = int(pads[i]), int(pads[i + rank])
             out = out_size(size, k, s, pb, pe, d)
             if ceil_mode:
                 out = math.ceil((size + pb + pe - span) / s) + 1
@@ -80,5 +82,6 @@ def symmetric(axis: Axis, kernel: int) -> tuple[int, int] | None:
 
 
 def describe(axes: list[Axis]) -> str:
-    pads = [axes[0].pad_begin, axes[1].pad_begin, axes[0].pad_end, axes[1].pad_end]
-    return f"pads {pads}, kernel {axes[0].kernel}x{axes[1].kernel}, output {axes[0].out}x{axes[1].out}"
+    pads = [a.pad_begin for a in axes] + [a.pad_end for a in axes]
+    return (f"pads {pads}, kernel {'x'.join(str(a.kernel) for a in axes)}, "
+            f"output {'x'.join(str(a.out) for a in axes)}")

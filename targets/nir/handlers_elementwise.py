@@ -18,17 +18,20 @@ def _binary(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     if not t.is_const(a) and not t.is_const(b):
         if op in ("Mul", "Div"):
             raise Unsupported(f"{op} of two activations is not linear: NIR cannot express it")
-        sa, sb = t.shape(a), t.shape(b)
+        sa, sb = t.onnx_shape(a), t.onnx_shape(b)
         if tuple(sa) != tuple(sb):
             raise Unsupported(f"{op} of activations with different shapes {tuple(sa)} and {tuple(sb)}")
         ea, eb = t.act(a), t.act(b)
+        if ea.axes != eb.axes:
+            raise Unsupported(f"{op} of activations held in NIR with different axis orders {list(ea.axes)} and "
+                              f"{list(eb.axes)} (NIR has no transpose)")
         return [ea.plus(eb if op == "Add" else eb.scaled(np.full(eb.shape, -1.0)))]
     const_first = t.is_const(a)
     act_name, const_name = (b, a) if const_first else (a, b)
     if op == "Div" and const_first:
         raise Unsupported("division of a constant by an activation is not linear")
-    c = full(t.view.constants[const_name], t.shape(act_name))
     e = t.act(act_name)
+    c = t.to_nir_layout(full(t.view.constants[const_name], t.onnx_shape(act_name)), e.axes)
     origin = (node_label(node), op)
     if op == "Mul":
         return [e.scaled(c)]
@@ -51,12 +54,14 @@ def _batch_norm(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     if not all(t.is_const(name) for name in node.input[1:5]):
         raise Unsupported("scale, bias, mean and variance must be constants")
     scale, bias, mean, var = (np.asarray(t.view.constants[name], np.float64) for name in node.input[1:5])
-    shape = t.shape(node.input[0])
+    shape = t.onnx_shape(node.input[0])
     per_channel = (-1,) + (1,) * (len(shape) - 1)  # channels first, shapes without batch
     gain = scale / np.sqrt(var + float(at.get("epsilon", 1e-5)))
     e = t.act(node.input[0])
-    return [e.scaled(full(gain.reshape(per_channel), shape)).shifted(
-        full((bias - mean * gain).reshape(per_channel), shape), (node_label(node), node.op_type))]
+
+    def laid_out(v):
+        return t.to_nir_layout(full(v.reshape(per_channel), shape), e.axes)
+    return [e.scaled(laid_out(gain)).shifted(laid_out(bias - mean * gain), (node_label(node), node.op_type))]
 
 
 def _identity(t: Translator, node: onnx.NodeProto) -> list[Expr]:
@@ -87,8 +92,10 @@ def neuron(t: Translator, node: onnx.NodeProto) -> list[Expr]:
         raise Unsupported(str(exc)) from None
     e = t.act(node.input[0])
     n = t.new("if", node, e.shape, e.shape, neuron=params)
+    if e.axes:
+        n.params["layout"] = tuple(e.axes)
     t.work.connect(e, n)
-    return [Expr.of(n)]
+    return [Expr.of(n, e.axes)]
 
 
 HANDLERS = {"Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary,

@@ -1,10 +1,11 @@
-"""Handlers of the ONNX linear layers: Conv -> ``Conv2d``, Gemm and MatMul -> ``Affine``."""
+"""Handlers of the ONNX linear layers: Conv -> ``Conv2d`` (``Conv1d`` over one axis), Gemm and MatMul ->
+``Affine`` (``Conv1d`` of kernel 1 token-wise, :mod:`.handlers_sequence`)."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from pmsm.targets.nir import geometry, ops
+from pmsm.targets.nir import geometry, handlers_sequence, ops
 from pmsm.targets.nir.ir import Expr
 from pmsm.targets.nir.translator import Translator, Unsupported, attrs
 
@@ -12,8 +13,10 @@ from pmsm.targets.nir.translator import Translator, Unsupported, attrs
 def _conv(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     w = t.const(node, 1, "weight")
     b = t.const(node, 2, "bias")
+    if w.ndim == 3:
+        return handlers_sequence.conv1d(t, node, w, b)
     if w.ndim != 4:
-        raise Unsupported(f"only 2-D convolutions are supported (weight has {w.ndim} dimensions)")
+        raise Unsupported(f"only 1-D and 2-D convolutions are supported (weight has {w.ndim} dimensions)")
     at = attrs(node)
     groups = int(at.get("group", 1))
     in_shape = t.shape(node.input[0])
@@ -60,6 +63,8 @@ def _conv(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 def _affine(t: Translator, node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> list[Expr]:
     in_shape = t.shape(node.input[0])
+    if len(in_shape) == 2:  # [N, T, F] @ W: the same W for every token
+        return handlers_sequence.token_linear(t, node, weight, bias)
     if len(in_shape) != 1 or in_shape[0] != weight.shape[1]:
         raise Unsupported(f"input of shape {tuple(in_shape)} does not match a [{weight.shape[1]}] feature vector")
     out_shape = (weight.shape[0],)
@@ -111,4 +116,4 @@ def _matmul(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     return _affine(t, node, w.T.copy(), np.zeros(w.shape[1]))
 
 
-HANDLERS = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul}
+HANDLERS = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Transpose": handlers_sequence.transpose}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from pmsm.targets.nir import geometry, ops
+from pmsm.targets.nir import geometry, handlers_sequence, ops
 from pmsm.targets.nir.ir import Expr, Shape, per_channel
 from pmsm.targets.nir.onnx_view import node_label
 from pmsm.targets.nir.translator import Translator, Unsupported, attrs, channels
@@ -38,6 +38,8 @@ def _pool_geometry(t: Translator, node: onnx.NodeProto, kernel=None):
 def _max_pool(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     if len(node.output) > 1 and node.output[1]:
         raise Unsupported("MaxPool's indices output is used")
+    if len(t.shape(node.input[0])) == 2:
+        raise Unsupported(handlers_sequence.MAX_POOL_1D)
     _, in_shape, out_shape, kernel, stride, padding = _pool_geometry(t, node)
     e = t.act(node.input[0])
     n = t.new("maxpool", node, in_shape, out_shape, kernel=kernel, stride=stride, padding=padding)
@@ -73,6 +75,8 @@ def _avg_like(t: Translator, node: onnx.NodeProto, in_shape, out_shape, kernel, 
 
 
 def _average_pool(t: Translator, node: onnx.NodeProto) -> list[Expr]:
+    if len(t.shape(node.input[0])) == 2:
+        return handlers_sequence.average_pool(t, node)
     at, in_shape, out_shape, kernel, stride, padding = _pool_geometry(t, node)
     include = bool(int(at.get("count_include_pad", 0)))
     return [_avg_like(t, node, in_shape, out_shape, kernel, stride, padding, include)]
@@ -80,6 +84,9 @@ def _average_pool(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 def _global_average(t: Translator, node: onnx.NodeProto, keep_dims: bool = True) -> list[Expr]:
     in_shape = t.shape(node.input[0])
+    if len(in_shape) == 2 and node.op_type == "GlobalAveragePool":
+        t.check_shape(node, (in_shape[0], 1))
+        return handlers_sequence.global_average(t, node)
     if len(in_shape) != 3:
         raise Unsupported(f"input of shape {tuple(in_shape)} is not [C, H, W]")
     kernel = (in_shape[1], in_shape[2])
@@ -97,10 +104,13 @@ def _reduce_mean(t: Translator, node: onnx.NodeProto) -> list[Expr]:
         axes = t.const(node, 1, "axes").reshape(-1).tolist()
     in_shape = t.shape(node.input[0])
     rank = len(in_shape) + 1
+    keep = bool(int(at.get("keepdims", 1)))
+    if rank == 3 and axes is not None:
+        return handlers_sequence.reduce_mean(t, node, [int(a) for a in axes], keep)
+    t.plain(node)
     if axes is None or sorted(int(a) % rank for a in axes) != [2, 3] or rank != 4:
         raise Unsupported(f"ReduceMean over axes {axes} of a rank-{rank} tensor: only the spatial mean "
                           "(axes 2, 3 of [N, C, H, W]) is supported")
-    keep = bool(int(at.get("keepdims", 1)))
     out = _global_average(t, node, keep_dims=keep)
     if not keep:
         t.check_shape(node, out[0].shape)
@@ -117,9 +127,12 @@ def _flatten_expr(t: Translator, node: onnx.NodeProto, e: Expr) -> Expr:
 
 
 def _to_shape(t: Translator, node: onnx.NodeProto, out_shape: Shape) -> list[Expr]:
-    in_shape = t.shape(node.input[0])
+    in_shape = t.onnx_shape(node.input[0])
     out_shape = tuple(int(d) for d in out_shape)
     t.check_shape(node, out_shape)
+    if not handlers_sequence.same_flat_order(t.act(node.input[0])):
+        raise Unsupported(f"reshape of {tuple(in_shape)} (held in NIR with its axes in the order "
+                          f"{list(t.axes(node.input[0]))}): flattening would reorder the elements; NIR has no transpose")
     if out_shape == tuple(in_shape):
         return [t.act(node.input[0])]
     if out_shape == (int(np.prod(in_shape)),):
@@ -128,7 +141,7 @@ def _to_shape(t: Translator, node: onnx.NodeProto, out_shape: Shape) -> list[Exp
 
 
 def _flatten(t: Translator, node: onnx.NodeProto) -> list[Expr]:
-    in_shape = t.shape(node.input[0])
+    in_shape = t.onnx_shape(node.input[0])
     axis = int(attrs(node).get("axis", 1))
     if axis % (len(in_shape) + 1) != 1:
         raise Unsupported(f"Flatten with axis={axis} mixes the batch with the features")
@@ -137,7 +150,7 @@ def _flatten(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 def _reshape(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     target = t.const(node, 1, "target shape")
-    in_shape = tuple(t.shape(node.input[0]))
+    in_shape = tuple(t.onnx_shape(node.input[0]))
     target = [int(v) for v in np.asarray(target).reshape(-1)]
     if int(attrs(node).get("allowzero", 0)) and 0 in target:
         raise Unsupported(f"Reshape to {target} with allowzero=1 makes an empty tensor")
@@ -162,7 +175,7 @@ def _reshape(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 
 def _squeeze(t: Translator, node: onnx.NodeProto) -> list[Expr]:
-    in_shape = tuple(t.shape(node.input[0]))
+    in_shape = tuple(t.onnx_shape(node.input[0]))
     axes = attrs(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         axes = t.const(node, 1, "axes").reshape(-1).tolist()

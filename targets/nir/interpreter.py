@@ -48,6 +48,23 @@ def conv_padding(node: nir.Conv2d, name: str) -> tuple[int, int]:
     return _pair(pad)
 
 
+def conv1d_args(node: nir.Conv1d, name: str) -> tuple[int, int, int, int]:
+    """``(stride, padding, dilation, groups)`` of a Conv1d, its padding as one integer."""
+    def one(v) -> int:
+        return int(np.asarray(v).reshape(-1)[0])
+
+    stride, dilation, pad = one(node.stride), one(node.dilation), node.padding
+    if isinstance(pad, str):
+        span = dilation * (int(node.weight.shape[2]) - 1)
+        if pad == "valid":
+            pad = 0
+        elif pad == "same" and stride == 1 and span % 2 == 0:
+            pad = span // 2
+        else:
+            raise BadInputError(f"Conv1d node '{name}': padding '{pad}' with this stride/kernel is ambiguous")
+    return stride, one(pad), dilation, int(node.groups)
+
+
 def _linear_op(node: nir.NIRNode, name: str, absolute: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """The function a stateless node applies to a float64 batch ``[N, ...]``; with ``absolute``, the
     same node with every parameter replaced by its magnitude (a bound on the terms it sums)."""
@@ -59,6 +76,10 @@ def _linear_op(node: nir.NIRNode, name: str, absolute: bool = False) -> Callable
         w, b = param(node.weight), param(node.bias)
         args = (_pair(node.stride), conv_padding(node, name), _pair(node.dilation), int(node.groups))
         return lambda x: ops.conv2d(x, w, b, *args)
+    if isinstance(node, nir.Conv1d):
+        w, b = param(node.weight), param(node.bias)
+        args = conv1d_args(node, name)
+        return lambda x: ops.conv1d(x, w, b, *args)
     if isinstance(node, nir.Affine):
         w, b = param(node.weight), param(node.bias)
         return lambda x: x @ w.T + b
@@ -100,7 +121,13 @@ class NirInterpreter:
         self.order = topological(graph, label)
         self.sources = {name: [src for src, dst in graph.edges if dst == name] for name in graph.nodes}
         self.input = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
-        self.input_shape = tuple(int(d) for d in np.asarray(graph.nodes[self.input].input_type["input"]).reshape(-1))
+        # Data, outputs and spikes are exchanged in ONNX's axis order; a node whose metadata gives a
+        # layout (docs/nir.md §3a) holds them permuted inside the graph.
+        self.layouts = {n: dialect.layout(node) for n, node in graph.nodes.items()
+                        if isinstance(node, (nir.Input, nir.Output, nir.IF))}
+        self.nir_input_shape = tuple(int(d) for d in
+                                     np.asarray(graph.nodes[self.input].input_type["input"]).reshape(-1))
+        self.input_shape = dialect.to_onnx_shape(self.nir_input_shape, self.layouts[self.input])
         self.outputs = [n for n in self.order if isinstance(graph.nodes[n], nir.Output)]
         self.neurons = {n: self._neuron(node, n, label) for n, node in graph.nodes.items() if isinstance(node, nir.IF)}
         self.ops = {n: _linear_op(graph.nodes[n], n) for n in self.order
@@ -143,7 +170,7 @@ class NirInterpreter:
         if x.shape[1:] != self.input_shape:
             raise BadInputError(f"{self.label}: input of shape {x.shape} does not match the Input node "
                                 f"[N, {', '.join(map(str, self.input_shape))}]")
-        return x
+        return np.ascontiguousarray(dialect.to_nir_layout(x, self.layouts[self.input]))
 
     def _evaluate(self, x: np.ndarray, timesteps: int, ops: dict, fire, record) -> None:
         """Step the graph; ``fire(name, z, t)`` gives a neuron's output for its float64 input ``z``,
@@ -181,13 +208,18 @@ class NirInterpreter:
             sums[name] += value.astype(np.float32)  # each step's output is rounded to float32 once
 
         self._evaluate(x, timesteps, self.ops, fire, record)
-        means = {name: (sums[name] / timesteps).astype(np.float32) for name in self.outputs}
+        means = {name: dialect.to_onnx_layout((sums[name] / timesteps).astype(np.float32), self.layouts[name])
+                 for name in self.outputs}
         return NirResult(
             output=means[self.outputs[0]],
             outputs=means,
-            spikes={self.key(name): np.stack(s) for name, s in spikes.items()},
-            inputs={self.key(name): np.stack(z) for name, z in inputs.items()},
+            spikes={self.key(name): self._onnx_order(name, np.stack(s)) for name, s in spikes.items()},
+            inputs={self.key(name): self._onnx_order(name, np.stack(z)) for name, z in inputs.items()},
         )
+
+    def _onnx_order(self, name: str, a: np.ndarray) -> np.ndarray:
+        """``[T, N, ...]`` of a neuron from NIR's axis order to ONNX's."""
+        return dialect.to_onnx_layout(a, self.layouts[name], lead=2)
 
     def _output_shape(self, name: str) -> tuple[int, ...]:
         return tuple(int(d) for d in np.asarray(self.graph.nodes[name].output_type["output"]).reshape(-1))
@@ -205,8 +237,8 @@ class NirInterpreter:
 
         def fire(name, z, t):
             out[name].append(z)
-            s = np.asarray(spikes[self.key(name)][t], np.float64)
+            s = dialect.to_nir_layout(np.asarray(spikes[self.key(name)][t], np.float64), self.layouts[name])
             return np.abs(s) if absolute else s
 
         self._evaluate(x, timesteps, self._absolute_ops if absolute else self.ops, fire, lambda *a: None)
-        return {self.key(name): np.stack(z) for name, z in out.items()}
+        return {self.key(name): self._onnx_order(name, np.stack(z)) for name, z in out.items()}

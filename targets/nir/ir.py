@@ -50,18 +50,21 @@ class Expr:
     terms: dict[str, np.ndarray] = field(default_factory=dict)
     bias: np.ndarray | None = None
     bias_from: tuple[str, str] | tuple = ()  # (ONNX node, op) that introduced the offset, for messages
+    # Layout: NIR axis i holds the ONNX axis axes[i] (the batch is ONNX axis 0); () means the same
+    # order as in ONNX. A token tensor [N, T, F] held as (F, T) in NIR has axes (2, 1).
+    axes: tuple = ()
 
     @staticmethod
-    def of(node: Node) -> "Expr":
-        return Expr(node.out_shape, {node.name: np.ones(node.out_shape)})
+    def of(node: Node, axes: tuple = ()) -> "Expr":
+        return Expr(node.out_shape, {node.name: np.ones(node.out_shape)}, axes=tuple(axes))
 
     def scaled(self, factor: np.ndarray) -> "Expr":
         bias = None if self.bias is None else self.bias * factor
-        return Expr(self.shape, {k: c * factor for k, c in self.terms.items()}, bias, self.bias_from)
+        return Expr(self.shape, {k: c * factor for k, c in self.terms.items()}, bias, self.bias_from, self.axes)
 
     def shifted(self, offset: np.ndarray, origin: tuple = ()) -> "Expr":
         bias = offset if self.bias is None else self.bias + offset
-        return Expr(self.shape, dict(self.terms), bias, self.bias_from or origin)
+        return Expr(self.shape, dict(self.terms), bias, self.bias_from or origin, self.axes)
 
     def plus(self, other: "Expr") -> "Expr":
         terms = dict(self.terms)
@@ -71,11 +74,30 @@ class Expr:
             bias = self.bias
         else:
             bias = other.bias if self.bias is None else self.bias + other.bias
-        return Expr(self.shape, terms, bias, self.bias_from or other.bias_from)
+        return Expr(self.shape, terms, bias, self.bias_from or other.bias_from, self.axes)
 
     def reshaped(self, shape: Shape) -> "Expr":
         bias = None if self.bias is None else self.bias.reshape(shape)
         return Expr(shape, {k: c.reshape(shape) for k, c in self.terms.items()}, bias, self.bias_from)
+
+    @property
+    def onnx_shape(self) -> Shape:
+        """The shape ONNX sees (without batch): ``shape`` with the layout undone."""
+        return to_onnx_shape(self.shape, self.axes)
+
+
+def to_onnx_shape(nir_shape: Shape, axes: tuple) -> Shape:
+    if not axes:
+        return tuple(nir_shape)
+    out = [0] * len(nir_shape)
+    for i, a in enumerate(axes):
+        out[a - 1] = nir_shape[i]
+    return tuple(out)
+
+
+def to_nir_array(a: np.ndarray, axes: tuple) -> np.ndarray:
+    """A per-sample array in ONNX layout (no batch axis) -> NIR layout."""
+    return a if not axes else np.ascontiguousarray(np.transpose(a, [x - 1 for x in axes]))
 
 
 def per_channel(a: np.ndarray) -> np.ndarray | None:

@@ -92,3 +92,25 @@ def window_counts(shape_hw: Pair, kernel: Pair, stride: Pair, padding: Pair) -> 
     """Number of real (non-padding) elements in each window, ``[Ho, Wo]``."""
     ones = np.ones((1, 1) + tuple(shape_hw))
     return pool2d(ones, kernel, stride, padding, "sum")[0, 0]
+
+
+def conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: int,
+           dilation: int, groups: int) -> np.ndarray:
+    """ONNX ``Conv`` over one axis (``x [N, C, L]``, weight ``[O, C/groups, K]``): the 2-D kernel on a
+    unit height, so both share one implementation."""
+    out = conv2d(x[:, :, None, :], weight[:, :, None, :], bias, (1, int(stride)), (0, int(padding)),
+                 (1, int(dilation)), groups)
+    return out[:, :, 0, :]
+
+
+def sum_pool1d(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """Per channel, the sum over each zero-padded window of ``x [N, C, L]``."""
+    return pool2d(x[:, :, None, :], (1, int(kernel)), (1, int(stride)), (0, int(padding)), "sum")[:, :, 0, :]
+
+
+def sum_pool1d_weight(channels: int, kernel: int) -> np.ndarray:
+    """The ``Conv1d`` weight ``[C, C, K]`` that sums each channel over its window: ones on the channel
+    diagonal. NIR 1.0.8 has no 1-D pooling node; a sum of spike counts times 1 is exact."""
+    w = np.zeros((channels, channels, int(kernel)))
+    w[np.arange(channels), np.arange(channels), :] = 1.0
+    return w

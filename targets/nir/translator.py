@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from pmsm.targets.nir.ir import Edge, Expr, Node, Shape, WorkGraph
+from pmsm.targets.nir.ir import Edge, Expr, Node, Shape, WorkGraph, to_nir_array, to_onnx_shape
 from pmsm.targets.nir.onnx_view import TIMESTEPS_INPUT, NetworkView, node_label
 
 Problem = tuple[str, str, str]
@@ -27,14 +27,23 @@ class Unknown(Exception):
 class Translator:
     """What handlers read (inputs as constants, shapes, expressions) and build (nodes)."""
 
-    def __init__(self, view: NetworkView) -> None:
+    def __init__(self, view: NetworkView, input_axes: tuple = ()) -> None:
+        """``input_axes``: the layout of the data input in NIR (see :attr:`.ir.Expr.axes`); ``()``
+        keeps ONNX's order. A token input ``[N, T, F]`` is held as ``(F, T)`` (axes ``(2, 1)``) so
+        that token-wise linear layers are ``Conv1d`` nodes of kernel 1 (docs/nir.md §3a)."""
         self.view = view
         self.work = WorkGraph()
         self.env: dict[str, Expr] = {}
         self.unknown: set[str] = set()
-        self.input = self.work.add("input", view.input_name, view.input_shape, view.input_shape)
+        self.input_axes = tuple(input_axes)
+        shape = tuple(view.input_shape)
+        if self.input_axes:
+            shape = tuple(shape[a - 1] for a in self.input_axes)
+        self.input = self.work.add("input", view.input_name, shape, shape)
+        if self.input_axes:
+            self.input.params["layout"] = self.input_axes
         for name in view.aliases:
-            self.env[name] = Expr.of(self.input)
+            self.env[name] = Expr.of(self.input, self.input_axes)
 
     # -- inputs of a node ------------------------------------------------------------------------
 
@@ -71,7 +80,28 @@ class Translator:
             raise self._not_data(name)
         raise Unknown(name)
 
+    def onnx_shape(self, name: str) -> Shape:
+        """The activation's shape as ONNX sees it (without batch), whatever its layout in NIR."""
+        shape = self.shape(name)
+        return to_onnx_shape(shape, self.env[name].axes) if name in self.env else shape
+
+    def axes(self, name: str) -> tuple:
+        return self.env[name].axes if name in self.env else ()
+
+    def plain(self, node: onnx.NodeProto) -> None:
+        """Unsupported unless every activation input keeps ONNX's axis order in NIR."""
+        for name in node.input:
+            if name and self.axes(name):
+                raise Unsupported(f"input '{name}' is held in NIR with its axes in the order "
+                                  f"{list(self.axes(name))} of ONNX's (features first, for token-wise "
+                                  f"Conv1d), which {node.op_type} cannot take")
+
+    @staticmethod
+    def to_nir_layout(a: np.ndarray, axes: tuple) -> np.ndarray:
+        return to_nir_array(a, axes)
+
     def check_shape(self, node: onnx.NodeProto, shape: Shape) -> None:
+        """``shape``: the output shape in ONNX's axis order."""
         inferred = self.view.shapes.get(node.output[0])
         if inferred is not None and tuple(inferred) != tuple(shape):
             raise Unsupported(f"output shape {tuple(shape)} computed here differs from ONNX shape inference "

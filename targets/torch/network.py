@@ -25,7 +25,7 @@ from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import neuron
 from pmsm.runtime.neuron import NeuronParams
 from pmsm.targets.nir import dialect
-from pmsm.targets.nir.interpreter import conv_padding
+from pmsm.targets.nir.interpreter import conv1d_args, conv_padding
 from pmsm.targets.nir import read_nir
 
 NIRTORCH_VERSION = "2.6"
@@ -54,6 +54,7 @@ class PmsmNeuron(nn.Module):
         super().__init__()
         self.params = params
         self.key = key
+        self.layout: tuple = ()  # docs/nir.md §3a: its spikes are reported in ONNX's axis order
         self.record: list | None = None
 
     def forward(self, z: torch.Tensor, state: torch.Tensor | None = None):
@@ -77,6 +78,19 @@ class Conv2d(nn.Module):
         exact = torch.backends.cudnn.flags(enabled=False) if x.is_cuda else nullcontext()
         with exact:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv1d(nn.Module):
+    def __init__(self, node: nir.Conv1d, name: str):
+        super().__init__()
+        self.weight = nn.Parameter(_tensor(node.weight), requires_grad=False)
+        self.bias = nn.Parameter(_tensor(node.bias), requires_grad=False)
+        self.stride, self.padding, self.dilation, self.groups = conv1d_args(node, name)
+
+    def forward(self, x):
+        exact = torch.backends.cudnn.flags(enabled=False) if x.is_cuda else nullcontext()
+        with exact:
+            return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Affine(nn.Module):
@@ -136,12 +150,15 @@ def node_map(graph: nir.NIRGraph, label: str = "<nir graph>") -> dict:
     def neuron_module(node: nir.IF):
         name = names.get(id(node), "?")
         meta = node.metadata.get(dialect.KEY, {}) if node.metadata else {}
-        return PmsmNeuron(dialect.neuron_params(node, name, label), str(meta.get("onnx_node") or name))
+        module = PmsmNeuron(dialect.neuron_params(node, name, label), str(meta.get("onnx_node") or name))
+        module.layout = dialect.layout(node)
+        return module
 
     return {
         nir.Input: lambda node: nn.Identity(),
         nir.Output: lambda node: nn.Identity(),
         nir.IF: neuron_module,
+        nir.Conv1d: lambda node: Conv1d(node, names.get(id(node), "?")),
         nir.Conv2d: lambda node: Conv2d(node, names.get(id(node), "?")),
         nir.Affine: lambda node: Affine(node.weight, node.bias),
         nir.Linear: lambda node: Affine(node.weight),
@@ -172,7 +189,12 @@ class TorchNetwork(nn.Module):
                                                   dtype=DTYPE)
         self.neurons = [m for m in self.graph_module.modules() if isinstance(m, PmsmNeuron)]
         first = next(node for node in graph.nodes.values() if isinstance(node, nir.Input))
-        self.input_shape = tuple(int(d) for d in np.asarray(first.input_type["input"]).reshape(-1))
+        # run() takes data and gives outputs and spikes in ONNX's axis order; forward() works in
+        # the file's own (docs/nir.md §3a).
+        self.input_layout = dialect.layout(first)
+        self.output_layout = dialect.layout(next(node for node in graph.nodes.values() if isinstance(node, nir.Output)))
+        self.input_shape = dialect.to_onnx_shape(
+            tuple(int(d) for d in np.asarray(first.input_type["input"]).reshape(-1)), self.input_layout)
         self.to(device)
 
     @property
@@ -191,7 +213,7 @@ class TorchNetwork(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:
             raise BadInputError(f"{self.label}: input of shape {tuple(x.shape)} does not match the Input node "
                                 f"[N, {', '.join(map(str, self.input_shape))}]")
-        x = x.to(torch.float32).to(device=self.device, dtype=DTYPE)
+        x = dialect.to_nir_layout(x.to(torch.float32), self.input_layout).to(device=self.device, dtype=DTYPE)
         for n in self.neurons:
             n.record = [] if collect_spikes else None
         try:
@@ -201,8 +223,10 @@ class TorchNetwork(nn.Module):
                 # each step's output is rounded to float32 once, then summed in time order
                 step = out.to(torch.float32).to(DTYPE)
                 total = step if total is None else total + step
-            output = (total / timesteps).to(torch.float32).cpu().numpy()
-            spikes = {n.key: torch.stack(n.record).cpu().numpy() for n in self.neurons} if collect_spikes else {}
+            output = dialect.to_onnx_layout((total / timesteps).to(torch.float32), self.output_layout)
+            output = output.contiguous().cpu().numpy()
+            spikes = {n.key: dialect.to_onnx_layout(torch.stack(n.record), n.layout, lead=2).cpu().numpy()
+                      for n in self.neurons} if collect_spikes else {}
         finally:
             for n in self.neurons:
                 n.record = None
