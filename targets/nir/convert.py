@@ -16,17 +16,12 @@ def _label(model: onnx.ModelProto, source_name: str) -> str:
     return source_name or model.graph.name or "<model>"
 
 
-<<<<<<< HEAD
-def translate_network(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
-    """Translate and fold; returns the working graph and every problem found on the way (the NIR
-    target's pre-flight and its conversion in one pass)."""
-    tr = translate(model, label)
-=======
 TOKEN_LAYOUT = (2, 1)  # a [N, T, F] input held as (F, T): token-wise linear layers become Conv1d
 
 
-def lower(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
-    """Translate and fold; returns the working graph and every problem found on the way.
+def translate_network(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
+    """Translate and fold; returns the working graph and every problem found on the way (the NIR
+    target's pre-flight and its conversion in one pass).
 
     NIR has no transpose, so the layout of a two-axis input ``[N, A, B]`` is chosen here, once: as
     in ONNX (``(A, B)``: channels first, as a 1-D convolution reads it) or swapped (``(B, A)``:
@@ -45,7 +40,6 @@ def lower(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem
 
 def _lower(model, label, input_axes, view) -> tuple[Translation, list[Problem]]:
     tr = translate(model, label, input_axes, view)
->>>>>>> work/nir1d
     problems = list(tr.problems)
     prune(tr.work)
     fold_coefficients(tr.work)
