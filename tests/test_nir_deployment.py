@@ -1,0 +1,91 @@
+"""Hybrid NIR deployments (docs/nir.md §7): a network NIR does not express whole is written as NIR
+regions in the PMSM dialect, host ops as standard ONNX and a manifest, and verified step by step
+against the spiking ONNX with temporal compensation on.
+
+The models are real: torchvision's VisionTransformer and a ConvNeXt-style block, exported by torch
+and quantized by onnxruntime's ``quantize_static`` (the builders of tests/test_architectures.py).
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import nir
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from pmsm.pipeline import Request, run
+from pmsm.targets.nir.deployment import FORMAT, Deployment, DeploymentRunner, read_deployment
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+import test_architectures as arch  # noqa: E402
+
+pytestmark = pytest.mark.producers
+
+
+def _model(kind: str, op_types: str, folder) -> str:
+    if kind == "vit":
+        model, shape = arch.vit()
+    else:
+        model, shape = arch.ConvNeXtBlock().eval(), (3, 16, 16)
+    path = folder / f"{kind}_{op_types}.onnx"
+    onnx.save(arch.export_quantized(model, shape, 1, op_types, folder), str(path))
+    return str(path)
+
+
+def test_a_qdq_vision_transformer_is_written_as_regions_nir_reads_and_host_models_onnx_runtime_runs(tmp_path):
+    path = _model("vit", "default", tmp_path)
+    out = tmp_path / "vit.nir"
+    outcome = run(Request(model=path, target="nir", output=str(out), progress=False))
+    assert outcome.code == 0
+    data = out.read_bytes()
+    assert data[:4] == b"PK\x03\x04"  # a deployment archive, not an HDF5 NIR file
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["format"] == FORMAT and manifest["compensation"] is True
+    for stage in manifest["stages"]:
+        member = tmp_path / stage["file"].replace("/", "_")
+        member.write_bytes(archive.read(stage["file"]))
+        if stage["kind"] == "region":
+            graph = nir.read(str(member), type_check=True)  # standard NIR 1.0.8, type checked
+            assert any(isinstance(n, nir.IF) for n in graph.nodes.values())
+        else:
+            session = ort.InferenceSession(str(member), providers=["CPUExecutionProvider"])  # plain ONNX Runtime
+            assert {i.name for i in session.get_inputs()} >= set(stage["inputs"])
+    summary = manifest["summary"]
+    assert summary["host_weight_macs"] == 0  # every layer with weights runs in a region
+    # what stays on the host is what NIR has no node for: layer norm, softmax, GELU, products of two activations
+    assert {"LayerNormalization", "Softmax", "Gelu", "MatMul"} <= set(summary["host_ops"])
+    assert summary["region_macs"] + summary["activation_product_macs"] == summary["macs_per_sample"]
+
+
+def test_a_deployment_runner_reproduces_the_spiking_onnx_predictions_at_t_1_and_2(tmp_path):
+    path = _model("convnext", "default", tmp_path)
+    out = tmp_path / "convnext.nir"
+    outcome = run(Request(model=path, target="nir", output=str(out), progress=False))
+    deployment = read_deployment(str(out))
+    assert isinstance(deployment, Deployment) and deployment.regions and deployment.hosts
+    from pmsm.runtime.execute import SpikingModel
+
+    x = np.random.default_rng(1).normal(size=(6, 3, 16, 16)).astype(np.float32)
+    for t in (1, 2):
+        mine, _, _ = DeploymentRunner(deployment).run(x, t)
+        reference = SpikingModel(outcome.export.spiking).run(x, t).outputs[0]
+        assert np.array_equal(mine.argmax(-1), reference.argmax(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,op_types", [("vit", "default"), ("vit", "all"), ("convnext", "default")])
+def test_hybrid_deployments_verify_against_the_compensated_spiking_onnx_at_t_1_2_4(kind, op_types, tmp_path):
+    path = _model(kind, op_types, tmp_path)
+    report = tmp_path / "report.json"
+    outcome = run(Request(model=path, target="nir", output=str(tmp_path / "out.nir"), timesteps=(1, 2, 4),
+                          verify=True, report=str(report), pictures=False, progress=False))
+    assert outcome.code == 0, outcome.report["verification"]["failures"]
+    for t, tally in outcome.report["verification"]["backends"]["nir"].items():
+        assert tally["argmax_agreement"] == 1.0
+        assert sum(row["unexplained"] for row in tally["mismatch_by_layer"]) == 0
