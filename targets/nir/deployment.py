@@ -236,13 +236,28 @@ def read_target_file(path: str):
 
 
 class _Region:
-    def __init__(self, graph: nir.NIRGraph, stage: dict):
+    def __init__(self, graph: nir.NIRGraph, stage: dict, engine: str = "interpreter"):
         self.interp = NirInterpreter(graph, stage["name"])
+        self.engine = engine
+        self.modules = _torch_modules(graph, stage["name"]) if engine == "torch" else {}
         self.stage = stage
         self.inputs = [(p["node"], p["tensor"], tuple(p["layout"])) for p in stage["inputs"]]
         self.outputs = [(p["node"], p["tensor"], tuple(p["layout"])) for p in stage["outputs"]]
         self.layouts = self.interp.layouts
         self._ops = {"value": self.interp.ops}
+        if engine == "torch":
+            self._ops["value"] = {k: _torch_op(self.modules[k]) for k in self.interp.ops}
+
+    def fire(self, name: str, z: np.ndarray, membrane):
+        """One step of neuron ``name``: ``(membrane, spikes)``; the torch engine runs the torch
+        runtime's neuron module, the interpreter the numpy neuron."""
+        if self.engine == "torch":
+            import torch  # the torch extra: only the torch engine runs here
+
+            spikes, membrane = self.modules[name](torch.from_numpy(z), membrane)
+            return membrane, spikes.numpy()
+        return neuron.step(membrane if membrane is not None else neuron.initial_membrane(z.shape, self.interp.neurons[name]),
+                           z, self.interp.neurons[name])
 
     def ops(self, mode: str) -> dict:
         if mode not in self._ops:
@@ -252,6 +267,23 @@ class _Region:
                 graph = self.interp.graph
                 self._ops[mode] = {k: _linear_op(_indicator(graph.nodes[k]), k) for k in self.interp.ops}
         return self._ops[mode]
+
+
+def _torch_modules(graph: nir.NIRGraph, label: str) -> dict:
+    from pmsm.targets.torch.network import node_map  # the torch extra: only the torch engine needs it
+
+    mapping = node_map(graph, label)
+    return {name: mapping[type(node)](node).double() for name, node in graph.nodes.items()
+            if not isinstance(node, nir.Input)}
+
+
+def _torch_op(module):
+    import torch  # the torch extra: only the torch engine runs here
+
+    def run(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(z))).numpy()
+    return run
 
 
 def _indicator(node):
@@ -270,13 +302,15 @@ class DeploymentRunner:
     """Runs a deployment step by step: regions by the NIR interpreter's arithmetic (docs/nir.md
     §4), host stages by ONNX Runtime (unoptimised sessions, as the spiking ONNX is verified)."""
 
-    def __init__(self, deployment: Deployment):
+    def __init__(self, deployment: Deployment, engine: str = "interpreter"):
+        """``engine``: what runs the regions: ``interpreter`` (the numpy NIR interpreter) or
+        ``torch`` (the torch runtime's modules, float64: pmsm.targets.torch)."""
         self.deployment = deployment
         m = deployment.manifest
         self.stages = []
         for stage in m["stages"]:
             if stage["kind"] == "region":
-                self.stages.append(_Region(deployment.regions[stage["name"]], stage))
+                self.stages.append(_Region(deployment.regions[stage["name"]], stage, engine))
             else:
                 self.stages.append((stage, inference_session(deployment.hosts[stage["name"]])))
         self.data_input = m["data_input"]["tensor"]
@@ -363,12 +397,9 @@ class DeploymentRunner:
                     s = dialect.to_nir_layout(_replayed(replay, key, t, z.shape[0]), layout)
                     s = np.abs(s) if mode == "absolute" else (s != 0).astype(np.float64) if mode == "indicator" else s
                 else:
-                    params = interp.neurons[name]
                     where = (region.stage["name"], name)
-                    if where not in membranes:
-                        membranes[where] = neuron.initial_membrane(z.shape, params)
-                    membranes[where], s = neuron.step(membranes[where], z, params)
-                    s = s.astype(np.float64)
+                    membranes[where], s = region.fire(name, z, membranes.get(where))
+                    s = np.asarray(s, np.float64)
                 if mode == "value":
                     spikes.setdefault(key, []).append(dialect.to_onnx_layout(s.astype(np.float32), layout))
                 local[name] = s
@@ -410,16 +441,17 @@ def _replayed(replay, key: str, t: int, rows: int) -> np.ndarray:
 
 
 class DeploymentBackend:
-    """A deployment as a backend of ``--verify``: regions by the project's NIR interpreter, host
-    stages by ONNX Runtime; its spikes are explained per layer against the spiking ONNX."""
+    """A deployment as a backend of ``--verify``: regions by the project's NIR interpreter (or,
+    ``engine="torch"``, by the torch runtime), host stages by ONNX Runtime; its spikes are explained
+    per layer against the spiking ONNX."""
 
-    name = "nir"
     reference = "onnx"
     sample_limit = None
     explained = True
 
-    def __init__(self, deployment: Deployment):
-        self.runner = DeploymentRunner(deployment)
+    def __init__(self, deployment: Deployment, engine: str = "interpreter"):
+        self.name = "torch" if engine == "torch" else "nir"
+        self.runner = DeploymentRunner(deployment, engine)
 
     def run(self, x: np.ndarray, timesteps: int, progress: ProgressFn = None) -> BackendRun:
         output, spikes, _ = self.runner.run(x, timesteps, collect_spikes=True)

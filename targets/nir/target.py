@@ -74,7 +74,8 @@ class NirTarget(Target):
 
     def backends(self, plan, graph) -> list:
         if isinstance(graph, hybrid.Deployment):
-            return [hybrid.DeploymentBackend(graph)]
+            engines = ["interpreter"] + (["torch"] if plan.torch else [])
+            return [hybrid.DeploymentBackend(graph, engine) for engine in engines]
         interpreter = NirBackend(graph)
         if plan.source is None:  # a NIR source: the interpreter is the root
             interpreter.reference = ""
