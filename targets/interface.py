@@ -151,3 +151,8 @@ class Target:
     def notes(self, export: Export) -> list[str]:
         """Lines the command prints about what it wrote, beyond 'wrote ...'."""
         return []
+
+    def report_fields(self, export: Export) -> dict:
+        """Sections this target adds to the verification report (the nir target: what runs where
+        in a hybrid deployment)."""
+        return {}

@@ -27,9 +27,34 @@ import test_architectures as arch  # noqa: E402
 pytestmark = pytest.mark.producers
 
 
+class EfficientNetBlock(torch.nn.Module):
+    """An MBConv block as EfficientNet builds it: 1x1 expansion, depthwise 3x3, squeeze-excite
+    (global mean, two 1x1 convolutions, sigmoid gate), SiLU activations, 1x1 projection, residual."""
+
+    def __init__(self, channels=8, expand=4):
+        super().__init__()
+        wide = channels * expand
+        self.stem = torch.nn.Conv2d(3, channels, 3, stride=2, padding=1)
+        self.expand = torch.nn.Conv2d(channels, wide, 1)
+        self.depthwise = torch.nn.Conv2d(wide, wide, 3, padding=1, groups=wide)
+        self.squeeze, self.excite = torch.nn.Conv2d(wide, channels // 2, 1), torch.nn.Conv2d(channels // 2, wide, 1)
+        self.project = torch.nn.Conv2d(wide, channels, 1)
+        self.head = torch.nn.Linear(channels, 10)
+
+    def forward(self, x):
+        silu = torch.nn.functional.silu
+        x = silu(self.stem(x))
+        y = silu(self.depthwise(silu(self.expand(x))))
+        gate = torch.sigmoid(self.excite(silu(self.squeeze(y.mean(dim=(2, 3), keepdim=True)))))
+        y = self.project(y * gate)
+        return self.head((x + y).mean(dim=(2, 3)))
+
+
 def _model(kind: str, op_types: str, folder) -> str:
     if kind == "vit":
         model, shape = arch.vit()
+    elif kind == "efficientnet":
+        model, shape = EfficientNetBlock().eval(), (3, 16, 16)
     else:
         model, shape = arch.ConvNeXtBlock().eval(), (3, 16, 16)
     path = folder / f"{kind}_{op_types}.onnx"
@@ -79,7 +104,8 @@ def test_a_deployment_runner_reproduces_the_spiking_onnx_predictions_at_t_1_and_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,op_types", [("vit", "default"), ("vit", "all"), ("convnext", "default")])
+@pytest.mark.parametrize("kind,op_types", [("vit", "default"), ("vit", "all"), ("convnext", "default"),
+                                            ("efficientnet", "default")])
 def test_hybrid_deployments_verify_against_the_compensated_spiking_onnx_at_t_1_2_4(kind, op_types, tmp_path):
     path = _model(kind, op_types, tmp_path)
     report = tmp_path / "report.json"

@@ -507,3 +507,13 @@ def summary_lines(manifest: dict) -> list[str]:
              + (f" ({100 * share:.1f} %)" if share is not None else ""),
              "host ops: " + ", ".join(f"{op} x{n}" for op, n in s["host_ops"].items())]
     return lines
+
+
+def report_section(manifest: dict) -> dict:
+    """The report's ``deployment`` section: the summary, and the schedule of one timestep."""
+    section = dict(manifest["summary"])
+    section["format"] = manifest["format"]
+    section["schedule"] = [{"stage": s["name"], "kind": s["kind"],
+                            "ops": [o["op"] for o in s.get("ops", [])]} for s in manifest["stages"]]
+    section["host_reasons"] = manifest["host_reasons"]
+    return section

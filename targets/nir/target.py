@@ -96,6 +96,12 @@ class NirTarget(Target):
                 f"(K <= {g.max_units}), {g.weights_pmsm} -> {g.weights_standard} weights; exact at T=1 only"]
 
 
+    def report_fields(self, export: Export) -> dict:
+        if not isinstance(export.nir_graph, hybrid.Deployment):
+            return {}
+        return {"deployment": hybrid.report_section(export.nir_graph.manifest)}
+
+
 def _importable(module: str) -> bool:
     """Whether ``module`` imports here (an optional extra is installed)."""
     try:
