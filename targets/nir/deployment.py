@@ -417,14 +417,14 @@ class DeploymentRunner:
         declared = {i.name for i in session.get_inputs()}
         if STEP_INPUT in declared:
             feeds[STEP_INPUT] = np.array(t, np.int64)
-        for s in spec["state"]:
-            if s["input"] in state:
-                feeds[s["input"]] = state[s["input"]]
+        for s in spec["state"]:  # keyed by stage: two host models may name their state alike
+            if (spec["name"], s["input"]) in state:
+                feeds[s["input"]] = state[(spec["name"], s["input"])]
         names = list(spec["outputs"]) + [s["output"] for s in spec["state"]]
         for name, value in zip(names, session.run(names, feeds)):
             values[name] = value
         for s in spec["state"]:
-            state[s["input"]] = values.pop(s["output"])
+            state[(spec["name"], s["input"])] = values.pop(s["output"])
 
 
 def _replayed(replay, key: str, t: int, rows: int) -> np.ndarray:
