@@ -238,6 +238,8 @@ class Request:
     sharding: Sharding = Sharding()
     progress: bool = True
     limits: Optional[run_limits.Limits] = None
+    golden: Optional[str] = None  # golden traces (docs/nir.md §12) of the first golden_samples samples
+    golden_samples: int = 4
 
 
 @dataclass
@@ -261,7 +263,8 @@ def run(request: Request, out=None) -> Outcome:
         output = default_output(request.model, request.target)
     outputs = [] if request.check else (([] if nir_source else [Role("-o", output)])
                                         + report_roles(request.report, request.pictures)
-                                        + _ci_roles(request.junit, request.summary_md))
+                                        + _ci_roles(request.junit, request.summary_md)
+                                        + ([Role("--golden", request.golden)] if request.golden else []))
     data_path = request.data if request.verify and isinstance(request.data, (str, os.PathLike)) else None
     resolved = check_run_paths(request.model, outputs, data_path)
     with run_limits.applied(request.limits or run_limits.current()):
@@ -301,6 +304,11 @@ def run(request: Request, out=None) -> Outcome:
                 if request.report:
                     _stage_report(report, request.report, resolved, staging, request.pictures)
                 _stage_ci_outputs(report, request.junit, request.summary_md, resolved, staging)
+                if request.golden:
+                    from pmsm.targets.nir.golden import write_golden  # nir's data IR: only for --golden
+
+                    x = next(dataset.chunks(request.golden_samples)).x
+                    write_golden(chosen.golden(export, x, timesteps[-1]), staging.path(resolved[request.golden]))
             written = staging.commit()
         export.output_path = output
     given = {real: path for path, real in resolved.items()}
@@ -324,11 +332,13 @@ def run_command(args: argparse.Namespace) -> int:
     limits = run_limits.from_arguments(args)
     timesteps = run_limits.check_timesteps(args.timesteps, limits)
     for flag, value in (("MODEL", args.model), ("-o", args.output), ("--data", args.data), ("--report", args.report),
+                        ("--golden", args.golden),
                         ("--junit", args.junit), ("--summary-md", args.summary_md)):
         if value is not None and not value:
             raise BadInputError(f"{flag}: empty path; give a file name")
     needing = [flag for flag, value in (("--report", args.report), ("--data", args.data), ("--junit", args.junit),
                                         ("--summary-md", args.summary_md), ("--workers", args.workers),
+                                        ("--golden", args.golden),
                                         ("--ray", args.ray)) if value is not None]
     if needing and not args.verify:
         raise BadInputError(f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} --verify")
@@ -336,7 +346,8 @@ def run_command(args: argparse.Namespace) -> int:
                       compensation=args.compensation, nir_profile=args.nir_profile, check=args.check,
                       verify=args.verify, data=args.data, report=args.report, junit=args.junit,
                       summary_md=args.summary_md, reference_samples=args.reference_samples,
-                      sharding=Sharding(args.workers, args.ray is not None, args.ray or None), limits=limits)
+                      sharding=Sharding(args.workers, args.ray is not None, args.ray or None), limits=limits,
+                      golden=args.golden, golden_samples=args.golden_samples)
     outcome = run(request, out=sys.stdout)
     if outcome.report is not None:
         for failure in outcome.report["verification"]["failures"]:

@@ -319,7 +319,7 @@ class DeploymentRunner:
         self.batch = m["data_input"].get("batch")
 
     def run(self, x: np.ndarray, timesteps: int, collect_spikes: bool = False, replay: dict | None = None,
-            modes: tuple = ("value",)) -> tuple[np.ndarray, dict, dict]:
+            modes: tuple = ("value",), steps: list | None = None) -> tuple[np.ndarray, dict, dict]:
         """``(mean output [N, ...], spikes by neuron [T, N, ...], neuron inputs by mode and neuron)``.
 
         ``replay``: spikes (keyed like the result) the neurons emit instead of running; the inputs
@@ -340,8 +340,10 @@ class DeploymentRunner:
             if self.batch and stop - start < chunk:
                 xb = np.concatenate([xb, np.zeros((chunk - (stop - start),) + xb.shape[1:], np.float32)])
             r = None if replay is None else (replay, start, stop, chunk)
-            out, s, z = self._run_chunk(xb, int(timesteps), r, modes)
+            out, s, z, per_step = self._run_chunk(xb, int(timesteps), r, modes)
             outs.append(out[: stop - start])
+            if steps is not None:  # each step's first graph output, [T, n, ...]
+                steps.append(per_step[:, : stop - start])
             for store, values in [(spikes, s)] + [(inputs[mode], z[mode]) for mode in modes]:
                 for key, steps in values.items():
                     a = np.stack(steps)
@@ -357,6 +359,7 @@ class DeploymentRunner:
         sums = {name: None for name in self.outputs}
         spikes: dict = {}
         inputs: dict = {mode: {} for mode in modes}
+        per_step = []
         for t in range(timesteps):
             values = {self.data_input: x}
             links = {mode: {} for mode in modes}  # region-to-region tensors, per mode
@@ -370,7 +373,8 @@ class DeploymentRunner:
             for name in self.outputs:
                 v = values[name].astype(np.float32).astype(np.float64)
                 sums[name] = v if sums[name] is None else sums[name] + v
-        return (sums[self.outputs[0]] / timesteps).astype(np.float32), spikes, inputs
+            per_step.append(values[self.outputs[0]].astype(np.float32))
+        return (sums[self.outputs[0]] / timesteps).astype(np.float32), spikes, inputs, np.stack(per_step)
 
     def _region_step(self, region: _Region, values: dict, links: dict, membranes: dict, spikes: dict, inputs: dict,
                      t: int, replay, mode: str) -> None:

@@ -7,7 +7,7 @@ import importlib
 import os
 import time
 
-from pmsm.runtime.base.errors import UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.targets.interface import ConvertOptions, Export, Target
 from pmsm.targets.nir.backend import NirBackend
 from pmsm.targets.nir.convert import translate_network, translated_to_nir
@@ -95,6 +95,14 @@ class NirTarget(Target):
         return [f"standard profile: {g.neurons_pmsm} PMSM neurons -> {g.neurons_standard} binary units "
                 f"(K <= {g.max_units}), {g.weights_pmsm} -> {g.weights_standard} weights; exact at T=1 only"]
 
+
+    def golden(self, export: Export, x, timesteps: int):
+        from pmsm.targets.nir.golden import traces  # nir's data IR: only when --golden asks for it
+
+        if export.nir_growth is not None:
+            raise BadInputError("--golden needs the pmsm profile (the standard profile's binary units are not "
+                                "the PMSM neurons the traces record)")
+        return traces(export.nir_graph, x, timesteps)
 
     def report_fields(self, export: Export) -> dict:
         if not isinstance(export.nir_graph, hybrid.Deployment):
