@@ -135,7 +135,7 @@ def _deployment_layers(deployment, x: np.ndarray, spikes: dict[str, np.ndarray])
             if origin is not None and origin[0] == "region":
                 memo[tensor] = back(origin[1], origin[2], set())
             elif origin is not None:
-                memo[tensor] = set().union(*[of_tensor(t) for t in origin[1]["inputs"]]) if origin[1]["inputs"] else set()
+                memo[tensor] = set().union(set(), *[of_tensor(t) for t in origin[1]["inputs"]])
         return memo[tensor]
 
     layers, feeding = [], {}

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 
@@ -29,9 +28,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from pmsm.exporter.compensation import compensate
+from pmsm.exporter.synapses import mac_share, synaptic_layers
 from pmsm.exporter.timeloop import Names, element_types, implicit_inputs
 from pmsm.runtime import neuron
-from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.files import atomic_write_bytes
 from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.backend import BackendRun, ProgressFn
@@ -100,7 +100,8 @@ def build(folded: onnx.ModelProto, part: Partition, *, compensation: bool, times
         "format": FORMAT, "nir_version": nir.__version__ if hasattr(nir, "__version__") else "1.0.8",
         "dialect": dialect.KEY, "timesteps": int(timesteps), "compensation": bool(compensation),
         "source": source_name, "source_sha256": source_sha256,
-        "data_input": {"tensor": part.data_input, "shape": list(part.data_shape), "batch": _batch_of(folded, part.data_input)},
+        "data_input": {"tensor": part.data_input, "shape": list(part.data_shape),
+                       "batch": _batch_of(folded, part.data_input)},
         "readout": "mean", "outputs": outputs, "stages": stages,
         "host_reasons": {k: {"op": op, "why": why} for k, (op, why) in part.host_reasons.items()},
         "summary": summary,
@@ -118,7 +119,8 @@ def _batch_of(model: onnx.ModelProto, name: str):
 
 
 def _port(p) -> dict:
-    return {"node": p.node, "tensor": p.tensor, "shape": [int(d) for d in p.shape], "layout": [int(a) for a in p.layout]}
+    return {"node": p.node, "tensor": p.tensor, "shape": [int(d) for d in p.shape],
+            "layout": [int(a) for a in p.layout]}
 
 
 def _varying(network: onnx.ModelProto) -> set[str]:
@@ -256,8 +258,8 @@ class _Region:
 
             spikes, membrane = self.modules[name](torch.from_numpy(z), membrane)
             return membrane, spikes.numpy()
-        return neuron.step(membrane if membrane is not None else neuron.initial_membrane(z.shape, self.interp.neurons[name]),
-                           z, self.interp.neurons[name])
+        params = self.interp.neurons[name]
+        return neuron.step(membrane if membrane is not None else neuron.initial_membrane(z.shape, params), z, params)
 
     def ops(self, mode: str) -> dict:
         if mode not in self._ops:
@@ -465,8 +467,6 @@ class DeploymentBackend:
 def summarise(folded: onnx.ModelProto, part: Partition) -> dict:
     """What runs where: per region its neuron layers, neurons, synapses (weights) and MACs per
     sample; the host ops by type; the share of the network's MACs that run in regions."""
-    from pmsm.exporter.synapses import mac_share, synaptic_layers
-
     layers = {layer.name: layer for layer in synaptic_layers(folded)}
     shares = mac_share(folded)
     rows = []

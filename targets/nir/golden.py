@@ -43,7 +43,8 @@ def _graph_traces(interp: NirInterpreter, spikes_onnx: dict) -> dict:
     nodes = {}
     for name in interp.neurons:
         s = spikes_onnx[interp.key(name)]
-        nodes[name] = NIRNodeData({"spikes": _gridded(dialect.to_nir_layout(np.asarray(s), interp.layouts[name], lead=2))})
+        held = dialect.to_nir_layout(np.asarray(s), interp.layouts[name], lead=2)
+        nodes[name] = NIRNodeData({"spikes": _gridded(held)})
     return nodes
 
 

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from pmsm.exporter.linearity import commutes_with_time_mean
+from pmsm.exporter.linearity import FLOAT_TYPES, commutes_with_time_mean
 from pmsm.exporter.timeloop import VALUE_FREE_OPS, element_types, implicit_inputs
-from pmsm.exporter.linearity import FLOAT_TYPES
 from pmsm.runtime.schema import is_neuron
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
-from pmsm.targets.nir.from_onnx import HANDLERS, _op, _outputs
+from pmsm.targets.nir.from_onnx import _LAYOUT_AWARE, HANDLERS, _op, _outputs
 from pmsm.targets.nir import handlers_elementwise
 from pmsm.targets.nir.ir import Edge, Expr, WorkGraph
 from pmsm.targets.nir.onnx_view import NetworkView, network_view, node_label
@@ -215,10 +214,6 @@ class _Cut:
                     self.host_reads[name] = out.name
         problems: list = []
         _outputs(t, problems)
-
-
-# Ops that read the layout of their activation inputs themselves (pmsm.targets.nir.from_onnx).
-from pmsm.targets.nir.from_onnx import _LAYOUT_AWARE  # noqa: E402
 
 
 def _components(work: WorkGraph) -> dict[str, int]:

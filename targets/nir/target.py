@@ -12,7 +12,7 @@ from pmsm.targets.interface import ConvertOptions, Export, Target
 from pmsm.targets.nir.backend import NirBackend
 from pmsm.targets.nir.convert import translate_network, translated_to_nir
 from pmsm.targets.nir.deployable import refusal_note
-from pmsm.targets.nir.io import read_nir, write_nir
+from pmsm.targets.nir.io import write_nir
 from pmsm.targets.nir import deployment as hybrid
 from pmsm.targets.nir.partition import partition
 from pmsm.exporter.convert import spiking_from_network
@@ -50,7 +50,8 @@ class NirTarget(Target):
         if options.compensation != export.compensation:
             timed = spiking_from_network(export.network, source_sha256=source.sha256,
                                          default_timesteps=options.timesteps, compensation=options.compensation)
-            export.spiking, export.compensated, export.uncompensated = timed.model, timed.compensated, timed.uncompensated
+            export.spiking, export.compensated = timed.model, timed.compensated
+            export.uncompensated = timed.uncompensated
             export.compensation = options.compensation
         summary = hybrid.summarise(folded, part)
         summary["partition_seconds"] = round(time.perf_counter() - started, 3)
