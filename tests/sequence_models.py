@@ -57,7 +57,7 @@ def _modules():
     class TokenMlp(nn.Module):
         """Token-wise linear layers on ``[N, T, F]``, quantizers, a residual sum, mean over tokens."""
 
-        def __init__(self, quantized: bool, levels: int = 2):
+        def __init__(self, quantized: bool, levels: int = 2, flatten: bool = False):
             super().__init__()
 
             def act():
@@ -68,22 +68,26 @@ def _modules():
             self.q1 = act()
             self.mlp = nn.Linear(16, 16)
             self.q2 = act()
-            self.head = nn.Linear(16, 10)
+            self.flatten = flatten  # classify all tokens (flattened) instead of their mean
+            self.head = nn.Linear(16 * 8 if flatten else 16, 10)
 
         def forward(self, x):
             h = self.q1(self.embed(self.q0(x)))
             h = self.q2(self.mlp(h) + h)
-            return self.head(h.mean(dim=1))
+            return self.head(h.flatten(1) if self.flatten else h.mean(dim=1))
 
     return torch, KeywordCnn, TokenMlp, calibrate_model
 
 
 def build(arch: str, producer: str, folder: Path, data: Digits, batch: int = 1) -> Path:
-    """``arch``: "kws" or "token"; ``producer``: "pmsm" (PMSM layer) or "qdq" (quantize_static)."""
+    """``arch``: "kws", "token" (mean over tokens) or "token_flat" (all tokens flattened into the
+    classifier); ``producer``: "pmsm" (PMSM layer) or "qdq" (quantize_static)."""
     torch, KeywordCnn, TokenMlp, calibrate_model = _modules()
-    cls = KeywordCnn if arch == "kws" else TokenMlp
     torch.manual_seed(0)
-    model = cls(quantized=producer == "pmsm")
+    if arch == "kws":
+        model = KeywordCnn(quantized=producer == "pmsm")
+    else:
+        model = TokenMlp(quantized=producer == "pmsm", flatten=arch == "token_flat")
     if producer == "pmsm":
         calibrate_model(model, torch.from_numpy(data.x_train[:256]))
     model = train(model, data, EPOCHS)

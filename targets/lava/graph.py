@@ -292,7 +292,8 @@ def _out_shape(node, in_shape, pool: PoolGeometry | None, conv: ConvGeometry | N
                            dilation=conv.dilation, groups=conv.groups, bias=node.bias)
         out = _conv_shape(as_2d, (in_shape[0], 1, in_shape[1]), conv)
         if node.input_shape is not None and int(np.ravel(node.input_shape)[0]) != in_shape[1]:
-            raise _Problem(f"input_shape {int(np.ravel(node.input_shape)[0])} disagrees with the incoming {in_shape[1]}")
+            raise _Problem(f"input_shape {int(np.ravel(node.input_shape)[0])} disagrees with the incoming "
+                           f"{in_shape[1]}")
         return (out[0], out[2])
     if isinstance(node, nir.Conv2d):
         return _conv_shape(node, in_shape, conv)

@@ -8,6 +8,7 @@ Public API::
     write_nir(graph, path)            # atomic
     read_nir(path) -> nir.NIRGraph    # type-checked, metadata normalised, dialect checked
     NirInterpreter(graph).run(x, timesteps, collect_spikes=False) -> NirResult
+                                      # x, outputs and spikes in the ONNX model's axis order (§3a)
 """
 from pmsm.targets.nir.convert import network_to_nir
 from pmsm.targets.nir.dialect import DIALECT_FORMAT, VERSION

@@ -162,8 +162,8 @@ def _through(node, name: str, r: _Range) -> tuple[_Range, str | None]:
 def certify(graph: nir.NIRGraph, x: np.ndarray | None = None) -> Certificate:
     """Check that float64 evaluates ``graph`` exactly (docs/nir.md §4).
 
-    ``x``: the data batch the graph will run on; without it the nodes fed by the analog input are
-    listed as data dependent instead of checked.
+    ``x``: the data batch the graph will run on, in the ONNX model's axis order; without it the nodes
+    fed by the analog input are listed as data dependent instead of checked.
     """
     order = topological(graph, "<graph>")
     sources = {name: [s for s, d in graph.edges if d == name] for name in graph.nodes}
@@ -172,7 +172,9 @@ def certify(graph: nir.NIRGraph, x: np.ndarray | None = None) -> Certificate:
     for name in order:
         node = graph.nodes[name]
         if isinstance(node, nir.Input):
-            data = None if x is None else np.asarray(x, np.float32).astype(np.float64)
+            # ``x`` in the ONNX model's axis order, as the interpreter takes it (docs/nir.md §3a)
+            data = None if x is None else dialect.to_nir_layout(np.asarray(x, np.float32).astype(np.float64),
+                                                                 dialect.layout(node))
             ranges[name] = None if data is None else _Range(lsb_exponent(data), np.abs(data))
             continue
         ins = [ranges[s] for s in sources[name]]

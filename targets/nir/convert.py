@@ -9,7 +9,7 @@ from pmsm.targets.nir import dialect
 from pmsm.targets.nir.emit import to_nir
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
 from pmsm.targets.nir.from_onnx import Problem, Translation, translate
-from pmsm.targets.nir.onnx_view import network_view
+from pmsm.targets.nir.onnx_view import network_view, node_label
 
 
 def _label(model: onnx.ModelProto, source_name: str) -> str:
@@ -26,14 +26,20 @@ def translate_network(model: onnx.ModelProto, label: str) -> tuple[Translation, 
     NIR has no transpose, so the layout of a two-axis input ``[N, A, B]`` is chosen here, once: as
     in ONNX (``(A, B)``: channels first, as a 1-D convolution reads it) or swapped (``(B, A)``:
     features first, as a token-wise ``MatMul`` over the last axis needs it for ``Conv1d``). Both are
-    tried; the one with fewer problems wins, ONNX's order on a tie. ``Transpose`` nodes inside the
-    network then only change the recorded layout.
+    tried; the one with fewer problems wins, then the one whose first problem comes later in the
+    graph (more of it converts before it), then ONNX's order. ``Transpose`` nodes inside the network
+    then only change the recorded layout.
     """
     view = network_view(model, label)
     best = _lower(model, label, (), view)
     if best[1] and view.input_shape is not None and len(view.input_shape) == 2:
         swapped = _lower(model, label, TOKEN_LAYOUT, network_view(model, label))
-        if len(swapped[1]) < len(best[1]):
+        position = {node_label(n): i for i, n in enumerate(view.nodes)}
+
+        def rank(lowered):
+            problems = lowered[1]
+            return len(problems), -min((position.get(p[0], len(position)) for p in problems), default=0)
+        if rank(swapped) < rank(best):
             best = swapped
     return best
 

@@ -131,8 +131,11 @@ def _to_shape(t: Translator, node: onnx.NodeProto, out_shape: Shape) -> list[Exp
     out_shape = tuple(int(d) for d in out_shape)
     t.check_shape(node, out_shape)
     if not handlers_sequence.same_flat_order(t.act(node.input[0])):
+        if out_shape == (int(np.prod(in_shape)),):
+            return [handlers_sequence.flatten_in_onnx_order(t, node, t.act(node.input[0]))]
         raise Unsupported(f"reshape of {tuple(in_shape)} (held in NIR with its axes in the order "
-                          f"{list(t.axes(node.input[0]))}): flattening would reorder the elements; NIR has no transpose")
+                          f"{list(t.axes(node.input[0]))}) to {out_shape}: it would reorder the elements, and NIR "
+                          "has no transpose")
     if out_shape == tuple(in_shape):
         return [t.act(node.input[0])]
     if out_shape == (int(np.prod(in_shape)),):

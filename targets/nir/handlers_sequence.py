@@ -16,8 +16,11 @@ import onnx
 
 from pmsm.targets.nir import geometry, ops
 from pmsm.targets.nir.ir import Expr, per_channel, to_onnx_shape
+from pmsm.targets.nir.onnx_view import node_label
 from pmsm.targets.nir.translator import Translator, Unsupported, attrs, channels
 
+# Largest permutation written as an Affine (weights, all but one per row zero): 4096 elements.
+MAX_PERMUTATION_WEIGHTS = 1 << 24
 MAX_POOL_1D = ("MaxPool over one axis: NIR 1.0.8 has no 1-D pooling node (only AvgPool2d and SumPool2d), and "
                "this dialect's max pooling is a marked SumPool2d over (C, H, W); use average pooling (written "
                "as a Conv1d that sums each window) or a strided Conv, or keep this network on --target onnx")
@@ -177,4 +180,31 @@ def reduce_mean(t: Translator, node: onnx.NodeProto, axes: list[int], keep: bool
     out = global_average(t, node, keep_dims=keep)
     onnx_out = to_onnx_shape(out[0].shape, out[0].axes)
     t.check_shape(node, onnx_out)
+    return out
+
+
+def flatten_in_onnx_order(t: Translator, node: onnx.NodeProto, e: Expr) -> Expr:
+    """Flatten a value NIR holds with its axes permuted (tokens ``(F, T)`` where ONNX flattens
+    ``[T, F]``): NIR's ``Flatten`` gives the elements in NIR's order, and an ``Affine`` whose weights
+    are a permutation matrix (ones, exact) puts them in ONNX's, so everything after it (a classifier
+    ``Gemm``, a quantizer) sees ONNX's order."""
+    from pmsm.targets.nir.handlers_pooling import _flatten_expr
+
+    size = int(np.prod(e.shape))
+    if size * size > MAX_PERMUTATION_WEIGHTS:
+        raise Unsupported(f"flattening {e.onnx_shape}, held in NIR with its axes in the order {list(e.axes)}, "
+                          f"needs a {size}x{size} permutation (NIR has no transpose); more than "
+                          f"{MAX_PERMUTATION_WEIGHTS} weights: average over the tokens instead")
+    flat = _flatten_expr(t, node, e)
+    # entry j: the ONNX flat index of NIR flat element j
+    onnx_index = np.arange(size).reshape(e.onnx_shape).transpose([a - 1 for a in e.axes]).ravel()
+    weight = np.zeros((size, size))
+    weight[onnx_index, np.arange(size)] = 1.0
+    n = t.work.add("affine", f"{node_label(node)}_order", (size,), (size,), onnx_node=node_label(node),
+                   weight=weight, bias=np.zeros(size))
+    t.work.connect(Expr(flat.shape, flat.terms), n)
+    out = Expr.of(n)
+    if flat.bias is not None:
+        out = out.shifted(weight @ flat.bias)
+        out.bias_from = flat.bias_from
     return out

@@ -47,6 +47,10 @@ class LiteralInterpreter(NirInterpreter):
 
     def __init__(self, graph: nir.NIRGraph, label: str = "<nir graph>") -> None:
         super().__init__(graph, label)
+        for name in self.neurons:  # the units keep their PMSM neuron's axis order (docs/nir.md §3a)
+            meta = dialect.normalise(graph.nodes[name].metadata or {}).get(KEY) or {}
+            if meta.get("layout") is not None:
+                self.layouts[name] = tuple(int(a) for a in np.ravel(meta["layout"]))
         for name in self.ops:  # metadata ignored: a max-pool marker is just a sum pool
             node = graph.nodes[name]
             if isinstance(node, nir.SumPool2d) and node.metadata:
@@ -73,7 +77,8 @@ class LiteralInterpreter(NirInterpreter):
             sums[name] += value.astype(np.float32)
 
         self._evaluate(x, timesteps, self.ops, fire, record)
-        means = {name: (sums[name] / timesteps).astype(np.float32) for name in self.outputs}
+        means = {name: dialect.to_onnx_layout((sums[name] / timesteps).astype(np.float32), self.layouts[name])
+                 for name in self.outputs}
         return NirResult(output=means[self.outputs[0]], outputs=means,
                          spikes=self._recombined(spikes) if collect_spikes else {})
 
@@ -87,5 +92,6 @@ class LiteralInterpreter(NirInterpreter):
             s = np.stack(s)  # [T, N, K * C, ...]: the units of level k in block k
             blocks = s.reshape(s.shape[:2] + (len(signs), s.shape[2] // len(signs)) + s.shape[3:])
             key = str(meta["onnx_node"])
-            out[key] = out.get(key, 0) + np.tensordot(blocks, signs, axes=([2], [0]))
+            counts = dialect.to_onnx_layout(np.tensordot(blocks, signs, axes=([2], [0])), self.layouts[name], lead=2)
+            out[key] = out.get(key, 0) + counts
         return {k: v.astype(np.float32) for k, v in out.items()}

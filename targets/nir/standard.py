@@ -107,6 +107,12 @@ def _diag(scale, shape, label: str, name: str) -> np.ndarray:
             raise UnsupportedModelError(label, "nir", [(name, "Scale", "a factor that varies within a channel "
                                                         "cannot become a 1x1 convolution of units")])
         return np.diag(per[:, 0])[:, :, None, None]
+    if len(shape) == 2:  # (C, L): a Conv1d of kernel 1
+        per = c.reshape(shape[0], -1)
+        if not np.all(per == per[:, :1]):
+            raise UnsupportedModelError(label, "nir", [(name, "Scale", "a factor that varies along the positions "
+                                                        "cannot become a kernel-1 Conv1d of units")])
+        return np.diag(per[:, 0])[:, :, None]
     return np.diag(c.reshape(-1))
 
 
@@ -162,7 +168,17 @@ class _Rewrite:
                                   stride=node.stride, padding=node.padding, dilation=node.dilation,
                                   groups=int(node.groups), bias=b.astype(np.float32))
             return np.asarray(node.weight, np.float64), np.asarray(node.bias, np.float64), build
+        if isinstance(node, nir.Conv1d):
+            def build(w, b):
+                return nir.Conv1d(input_shape=node.input_shape, weight=w.astype(np.float32), stride=node.stride,
+                                  padding=node.padding, dilation=node.dilation, groups=int(node.groups),
+                                  bias=b.astype(np.float32))
+            return np.asarray(node.weight, np.float64), np.asarray(node.bias, np.float64), build
+
         def build(w, b):
+            if w.ndim == 3:
+                return nir.Conv1d(input_shape=int(in_shape[1]), weight=w.astype(np.float32), stride=1, padding=0,
+                                  dilation=1, groups=1, bias=b.astype(np.float32))
             if w.ndim == 4:
                 return nir.Conv2d(input_shape=in_shape[1:], weight=w.astype(np.float32), stride=(1, 1),
                                   padding=(0, 0), dilation=(1, 1), groups=1, bias=b.astype(np.float32))
@@ -177,7 +193,7 @@ class _Rewrite:
         if isinstance(node, (nir.IF, nir.Input)):  # straight into a neuron: a factor of one
             w = _diag(np.ones(in_shape), in_shape, self.label, name)
             return w, np.zeros(w.shape[0]), build
-        self.refuse(name, "only Conv2d, Affine, Linear and Scale can feed a neuron in the standard profile")
+        self.refuse(name, "only Conv1d, Conv2d, Affine, Linear and Scale can feed a neuron in the standard profile")
 
     def linear(self, name: str, reads: str, out_signs: np.ndarray, stem: str) -> str:
         """A node computing linear node ``name`` applied to the value of ``reads``, once per sign of
@@ -192,13 +208,17 @@ class _Rewrite:
             feeds_neuron = [isinstance(self.g.nodes[d], nir.IF) for d in self.dst[name]]
             if isinstance(node, nir.Input):
                 # named as nir.NIRGraph.from_list names them: spyx and rockpool look the ends up by name
-                self.values[name] = _plain(self.add("input", nir.Input(input_type=node.input_type), []))
+                self.values[name] = _plain(self.add("input", nir.Input(input_type=node.input_type,
+                                                                       metadata=node.metadata or {}), []))
             elif isinstance(node, nir.IF):
                 self.neuron(name, node)
-            elif isinstance(node, (nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)):
+            elif isinstance(node, (nir.Conv1d, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)):
                 if any(feeds_neuron) and not all(feeds_neuron):
                     self.refuse(name, "feeds a neuron and something else")
                 if not any(feeds_neuron):
+                    if len(self.src[name]) != 1:
+                        self.refuse(name, "a linear node summing several inputs (a residual sum) that does not "
+                                          "feed a neuron has no standard-profile form")
                     (src,) = self.src[name]
                     self.values[name] = _plain(self.linear(name, src, np.ones(1), name))
             elif isinstance(node, nir.Flatten):
@@ -214,7 +234,7 @@ class _Rewrite:
                 inputs = [self.recombined(s) for s in self.src[name]]
                 if len(inputs) > 1:  # consumers such as nirtorch return an Output's inputs unsummed
                     inputs = [self.add(f"{name}_sum", self._identity(self.shape_of(name), np.ones(1)), inputs)]
-                self.add("output", nir.Output(output_type=node.output_type), inputs)
+                self.add("output", nir.Output(output_type=node.output_type, metadata=node.metadata or {}), inputs)
             else:
                 self.refuse(name, f"{type(node).__name__} has no standard-profile form")
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, type_check=True)
@@ -222,6 +242,9 @@ class _Rewrite:
     def _identity(self, shape: tuple, in_signs: np.ndarray) -> nir.NIRNode:
         """A node summing ``in_signs[k]`` times block ``k`` of a stacked value of block ``shape``."""
         w, b = _stacked(_diag(np.ones(shape), shape, self.label, "output"), np.zeros(shape[0]), np.ones(1), in_signs)
+        if w.ndim == 3:
+            return nir.Conv1d(input_shape=int(shape[1]), weight=w.astype(np.float32), stride=1, padding=0,
+                              dilation=1, groups=1, bias=b.astype(np.float32))
         if w.ndim == 4:
             return nir.Conv2d(input_shape=shape[1:], weight=w.astype(np.float32), stride=(1, 1), padding=(0, 0),
                               dilation=(1, 1), groups=1, bias=b.astype(np.float32))
@@ -253,11 +276,16 @@ class _Rewrite:
                 self.refuse(src, "a linear node with fan-in")
             inputs.append(self.linear(src, reads, signs.astype(np.float64), f"{src}_to_{name}"))
         levels = [int(level) for level in range(p.lo + 1, p.hi + 1)]
-        unit = self.add(name, self._unit_if([np.full(shape, t, np.float32) for t in thresholds],
-                                            {KEY: {"onnx_node": onnx_node, "levels": levels}}), inputs)
+        meta = {"onnx_node": onnx_node, "levels": levels}
+        if dialect.layout(node):  # the units' blocks keep the neuron's axis order (docs/nir.md §3a)
+            meta["layout"] = list(dialect.layout(node))
+        unit = self.add(name, self._unit_if([np.full(shape, t, np.float32) for t in thresholds], {KEY: meta}),
+                        inputs)
         self.values[name] = _Value(unit, signs.astype(np.float64), True)
 
     def pool(self, name: str, node) -> None:
+        if len(self.src[name]) != 1:
+            self.refuse(name, "a pooling node summing several inputs (a residual sum) has no standard-profile form")
         (src,) = self.src[name]
         value = self.values[src]
         geo = dict(kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)

@@ -161,8 +161,9 @@ def unsupported_reason(node: onnx.NodeProto) -> str:
         return f"{op} inside the network: NIR has no {op}; export the logits instead (argmax is unchanged)"
     if node.domain not in ("", "ai.onnx"):
         return f"custom op of domain '{node.domain}' has no NIR equivalent"
-    return f"{op} has no equivalent in the NIR target (supported: Conv, Gemm, MatMul, Add/Sub/Mul/Div, " \
-           "MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Flatten, Reshape, Identity, the neuron)"
+    return f"{op} has no equivalent in the NIR target (supported: Conv (1-D, 2-D), Gemm, MatMul (also token-wise), " \
+           "Add/Sub/Mul/Div, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Flatten, Reshape, Transpose, " \
+           "Identity, the neuron)"
 
 
 def full(c: np.ndarray, shape: Shape) -> np.ndarray:
