@@ -31,7 +31,6 @@ from pmsm.runtime.base.memory import check_fits, chunk_samples
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 from pmsm.targets.interface import TARGET_NAMES, ConvertOptions, Export, target_named
 from pmsm.verification import split_at, terminal_progress, verify_chunks
-from pmsm.targets.nir import write_nir
 from pmsm.runtime.execute import SpikingModel
 from pmsm.ci_outputs import write_junit, write_summary_markdown
 from pmsm.sharding import executor_for
@@ -154,12 +153,12 @@ def plan_for(export: Export, dataset, reference_samples: Optional[int] = DEFAULT
 
 
 def _nir_file_bytes(export: Export) -> bytes:
-    """The NIR file the export's graph makes, written to a scratch file."""
+    """The file the export's graph makes (what its target writes), written to a scratch file."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="pmsm-nir-") as folder:
         path = os.path.join(folder, "model.nir")
-        write_nir(export.nir_graph, path)
+        target_named(export.target).write(export, path)  # a NIR file, or a deployment archive
         with open(path, "rb") as handle:
             return handle.read()
 

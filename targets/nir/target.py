@@ -22,16 +22,18 @@ from pmsm.targets.nir.standard import to_standard
 class NirTarget(Target):
     name = "nir"
     nir_profiles = ("pmsm", "standard")
+    writes_deployments = True  # a network NIR does not express whole becomes a hybrid deployment (docs/nir.md §11)
 
     def convert(self, source, options: ConvertOptions) -> Export:
         export = super().convert(source, options)
         network = export.folded
         name = os.path.basename(source.path)
         translation, problems = translate_network(network, network.graph.name or "<model>")
-        if problems and options.nir_profile == "standard":
+        if problems and (options.nir_profile == "standard" or not self.writes_deployments):
             raise UnsupportedModelError(source.path, self.name, problems, note=refusal_note(network, problems)
-                                        + " The standard profile takes networks NIR expresses whole; the pmsm "
-                                          "profile writes the rest as a hybrid deployment.")
+                                        + (" The standard profile takes networks NIR expresses whole; the pmsm "
+                                           "profile writes the rest as a hybrid deployment."
+                                           if self.writes_deployments else ""))
         if problems:
             return self._deployment(export, source, options, name)
         export.nir_graph = translated_to_nir(translation, source_sha256=source.sha256, source_name=name,
