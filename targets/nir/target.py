@@ -31,7 +31,7 @@ class NirTarget(Target):
         translation, problems = translate_network(network, network.graph.name or "<model>")
         if problems and (options.nir_profile == "standard" or not self.writes_deployments):
             raise UnsupportedModelError(source.path, self.name, problems, note=refusal_note(network, problems)
-                                        + (" The standard profile takes networks NIR expresses whole; the pmsm "
+                                        + ("\nthe standard profile takes networks NIR expresses whole; the pmsm "
                                            "profile writes the rest as a hybrid deployment."
                                            if self.writes_deployments else ""))
         if problems:
