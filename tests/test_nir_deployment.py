@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 
 import nir
@@ -115,3 +116,36 @@ def test_hybrid_deployments_verify_against_the_compensated_spiking_onnx_at_t_1_2
     for t, tally in outcome.report["verification"]["backends"]["nir"].items():
         assert tally["argmax_agreement"] == 1.0
         assert sum(row["unexplained"] for row in tally["mismatch_by_layer"]) == 0
+
+
+DIGITS = os.path.join(os.path.dirname(__file__), "..", "samples")
+
+
+def _digits_vit_deployment(tmp_path):
+    model = os.path.join(DIGITS, "digits_vit_pmsm_L4.onnx")
+    outcome = run(Request(model=model, target="nir", output=str(tmp_path / "vit.nir"), progress=False))
+    return outcome.export
+
+
+def test_the_digits_vit_deployment_is_spike_for_spike_the_spiking_onnx_at_t1(tmp_path):
+    from pmsm.runtime.execute import SpikingModel
+
+    export = _digits_vit_deployment(tmp_path)
+    x = np.load(os.path.join(DIGITS, "digits_test.npz"))["x"][:24]
+    output, spikes, _ = DeploymentRunner(export.nir_graph).run(x, 1)
+    reference = SpikingModel(export.spiking).run(x, 1, collect_spikes=True)
+    assert set(spikes) == set(reference.spikes)
+    assert all(np.array_equal(spikes[k], reference.spikes[k]) for k in spikes)
+    assert np.array_equal(output.argmax(-1), reference.outputs[0].argmax(-1))
+
+
+@pytest.mark.slow
+def test_the_digits_vit_accuracy_through_the_deployment_equals_the_spiking_onnx_at_t_1_2_4(tmp_path):
+    model = os.path.join(DIGITS, "digits_vit_pmsm_L4.onnx")
+    outcome = run(Request(model=model, target="nir", output=str(tmp_path / "vit.nir"), timesteps=(1, 2, 4),
+                          verify=True, data=os.path.join(DIGITS, "digits_test.npz"), progress=False))
+    assert outcome.code == 0, outcome.report["verification"]["failures"]
+    backends = outcome.report["verification"]["backends"]
+    for t in ("1", "2", "4"):
+        assert backends["nir"][t]["accuracy"] == backends["onnx"][t]["accuracy"]
+        assert backends["nir"][t]["argmax_agreement"] == 1.0
