@@ -87,6 +87,7 @@ def test_a_qdq_vision_transformer_is_written_as_regions_nir_reads_and_host_model
     # what stays on the host is what NIR has no node for: layer norm, softmax, GELU, products of two activations
     assert {"LayerNormalization", "Softmax", "Gelu", "MatMul"} <= set(summary["host_ops"])
     assert summary["region_macs"] + summary["activation_product_macs"] == summary["macs_per_sample"]
+    assert summary["region_mac_share"] >= 0.9  # measured 91.9 %: the rest is attention's products of activations
 
 
 def test_a_deployment_runner_reproduces_the_spiking_onnx_predictions_at_t_1_and_2(tmp_path):
