@@ -88,6 +88,14 @@ def test_a_qdq_vision_transformer_is_written_as_regions_nir_reads_and_host_model
     assert {"LayerNormalization", "Softmax", "Gelu", "MatMul"} <= set(summary["host_ops"])
     assert summary["region_macs"] + summary["activation_product_macs"] == summary["macs_per_sample"]
     assert summary["region_mac_share"] >= 0.9  # measured 91.9 %: the rest is attention's products of activations
+    # the report's section and its picture, next to the report
+    from pmsm.plots import write_pictures
+    from pmsm.targets.nir.deployment import report_section
+
+    section = report_section(manifest)
+    assert [s["kind"] for s in section["schedule"]].count("region") == len(summary["regions"])
+    drawn = write_pictures({"deployment": section, "model": {"path": path}}, str(tmp_path), "r")
+    assert [os.path.basename(p) for p in drawn] == ["r-partition.png"]
 
 
 def test_a_deployment_runner_reproduces_the_spiking_onnx_predictions_at_t_1_and_2(tmp_path):
