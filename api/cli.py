@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--junit", metavar="J.xml",
                         help="write JUnit XML: one test case per backend and T, failures carrying the criterion")
     verify.add_argument("--summary-md", metavar="S.md", help="write a Markdown table for a pull-request comment")
+    verify.add_argument("--golden", metavar="G.h5",
+                        help="--target nir: write golden traces of the first --golden-samples samples of --data (the "
+                        "input, every neuron layer's spike counts and the output at every step of the largest T) in "
+                        "NIR's data format (nir.write_data; docs/nir.md §12)")
+    verify.add_argument("--golden-samples", type=parse_count, metavar="K", default=4,
+                        help="samples the golden traces record (default 4)")
     parser.add_argument(
         "--check", action="store_true",
         help="pre-flight only: list every node the target cannot take and exit (0 if none, 2 otherwise)",

@@ -22,6 +22,7 @@ import nir
 import numpy as np
 
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
+from pmsm.targets.nir.deployment import Deployment, DeploymentRunner
 from pmsm.targets.nir.interpreter import NirInterpreter
 
 UNIT_ROUNDOFF = 2.0 ** -24
@@ -78,24 +79,86 @@ def feeding_neurons(graph: nir.NIRGraph) -> dict[str, list[str]]:
 def explain(graph: nir.NIRGraph, x: np.ndarray, reference: dict[str, np.ndarray],
             spikes: dict[str, np.ndarray]) -> list[LayerMismatch]:
     """Per neuron layer (in graph order): the spikes of a NIR backend (``spikes``, keyed by ONNX
-    node, ``[T, N, ...]``) against the reference's, each difference classified (module docstring)."""
+    node, ``[T, N, ...]``) against the reference's, each difference classified (module docstring).
+    ``graph``: a NIR graph, or a hybrid deployment (:func:`_deployment_layers`)."""
+    if isinstance(graph, Deployment):
+        return _classify(*_deployment_layers(graph, x, spikes), reference, spikes)
     interp = NirInterpreter(graph)
     currents = interp.currents(x, spikes)
     magnitude = interp.currents(x, spikes, absolute=True)
     terms = _term_counts(graph, x, spikes)
     keys = {name: interp.key(name) for name in interp.neurons}
-    feeding = feeding_neurons(graph)
+    feeding = {keys[name]: [keys[f] for f in found] for name, found in feeding_neurons(graph).items()}
+    layers = [(keys[name], interp.neurons[name]) for name in interp.order if name in interp.neurons]
+    return _classify(layers, feeding, currents, magnitude, terms, reference, spikes)
+
+
+def _deployment_layers(deployment, x: np.ndarray, spikes: dict[str, np.ndarray]):
+    """The neuron layers of a deployment in the order one timestep runs them, the neurons feeding
+    each (through region nodes, and through host stages, whose outputs are taken to depend on all
+    their inputs), and the inputs each neuron receives from ``spikes`` (value, magnitude, terms)."""
+    runner = DeploymentRunner(deployment)
+    timesteps = len(next(iter(spikes.values())))
+    _, _, z = runner.run(x, timesteps, replay=spikes, modes=("value", "absolute", "indicator"))
+    producers, regions = {}, {}
+    for stage in runner.stages:
+        if isinstance(stage, tuple):
+            for tensor in stage[0]["outputs"]:
+                producers[tensor] = ("host", stage[0])
+        else:
+            regions[stage.stage["name"]] = stage
+            for node, tensor, _ in stage.outputs:
+                producers[tensor] = ("region", stage, node)
+    memo: dict = {}
+
+    def back(region, name: str, seen: set) -> set:
+        """IF keys reached walking back from ``name`` in ``region`` (excluded), across stages."""
+        found, stack = set(), list(region.interp.sources[name])
+        while stack:
+            s = stack.pop()
+            if s in seen:
+                continue
+            seen.add(s)
+            if s in region.interp.neurons:
+                found.add(region.interp.key(s))
+            elif isinstance(region.interp.graph.nodes[s], nir.Input):
+                tensor = next(t for node, t, _ in region.inputs if node == s)
+                found |= of_tensor(tensor)
+            else:
+                stack.extend(region.interp.sources[s])
+        return found
+
+    def of_tensor(tensor: str) -> set:
+        if tensor not in memo:
+            memo[tensor] = set()
+            origin = producers.get(tensor)
+            if origin is not None and origin[0] == "region":
+                memo[tensor] = back(origin[1], origin[2], set())
+            elif origin is not None:
+                memo[tensor] = set().union(set(), *[of_tensor(t) for t in origin[1]["inputs"]])
+        return memo[tensor]
+
+    layers, feeding = [], {}
+    for stage in runner.stages:
+        if isinstance(stage, tuple):
+            continue
+        for name in stage.interp.order:
+            if name in stage.interp.neurons:
+                key = stage.interp.key(name)
+                layers.append((key, stage.interp.neurons[name]))
+                feeding[key] = sorted(back(stage, name, set()))
+    return layers, feeding, z["value"], z["absolute"], z["indicator"]
+
+
+def _classify(layers, feeding, currents, magnitude, terms, reference, spikes) -> list[LayerMismatch]:
     differs_by_layer: dict[str, np.ndarray] = {}  # [T, N]: some element differs at that step
     rows = []
-    for name in interp.order:
-        if name not in interp.neurons:
-            continue
-        key, p = keys[name], interp.neurons[name]
+    for key, p in layers:
         mine, ref = np.asarray(spikes[key]), np.asarray(reference[key])
         diff = mine != ref
-        differs_by_layer[name] = diff.reshape(diff.shape[0], diff.shape[1], -1).any(axis=2)
-        upstream = np.zeros(differs_by_layer[name].shape, bool)
-        for f in feeding[name]:
+        differs_by_layer[key] = diff.reshape(diff.shape[0], diff.shape[1], -1).any(axis=2)
+        upstream = np.zeros(differs_by_layer[key].shape, bool)
+        for f in feeding[key]:
             upstream |= np.logical_or.accumulate(differs_by_layer[f], axis=0)
         earlier = np.logical_or.accumulate(diff, axis=0)
         earlier = np.concatenate([np.zeros_like(earlier[:1]), earlier[:-1]])

@@ -31,7 +31,6 @@ from pmsm.runtime.base.memory import check_fits, chunk_samples
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 from pmsm.targets.interface import TARGET_NAMES, ConvertOptions, Export, target_named
 from pmsm.verification import split_at, terminal_progress, verify_chunks
-from pmsm.targets.nir import write_nir
 from pmsm.runtime.execute import SpikingModel
 from pmsm.ci_outputs import write_junit, write_summary_markdown
 from pmsm.sharding import executor_for
@@ -159,12 +158,12 @@ def plan_for(export: Export, dataset, reference_samples: Optional[int] = DEFAULT
 
 
 def _nir_file_bytes(export: Export) -> bytes:
-    """The NIR file the export's graph makes, written to a scratch file."""
+    """The file the export's graph makes (what its target writes), written to a scratch file."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="pmsm-nir-") as folder:
         path = os.path.join(folder, "model.nir")
-        write_nir(export.nir_graph, path)
+        target_named(export.target).write(export, path)  # a NIR file, or a deployment archive
         with open(path, "rb") as handle:
             return handle.read()
 
@@ -243,6 +242,8 @@ class Request:
     sharding: Sharding = Sharding()
     progress: bool = True
     limits: Optional[run_limits.Limits] = None
+    golden: Optional[str] = None  # golden traces (docs/nir.md §12) of the first golden_samples samples
+    golden_samples: int = 4
 
 
 @dataclass
@@ -266,7 +267,8 @@ def run(request: Request, out=None) -> Outcome:
         output = default_output(request.model, request.target)
     outputs = [] if request.check else (([] if nir_source else [Role("-o", output)])
                                         + report_roles(request.report, request.pictures)
-                                        + _ci_roles(request.junit, request.summary_md))
+                                        + _ci_roles(request.junit, request.summary_md)
+                                        + ([Role("--golden", request.golden)] if request.golden else []))
     data_path = request.data if request.verify and isinstance(request.data, (str, os.PathLike)) else None
     resolved = check_run_paths(request.model, outputs, data_path)
     with run_limits.applied(request.limits or run_limits.current()):
@@ -306,6 +308,11 @@ def run(request: Request, out=None) -> Outcome:
                 if request.report:
                     _stage_report(report, request.report, resolved, staging, request.pictures)
                 _stage_ci_outputs(report, request.junit, request.summary_md, resolved, staging)
+                if request.golden:
+                    from pmsm.targets.nir.golden import write_golden  # nir's data IR: only for --golden
+
+                    x = next(dataset.chunks(request.golden_samples)).x
+                    write_golden(chosen.golden(export, x, timesteps[-1]), staging.path(resolved[request.golden]))
             written = staging.commit()
         export.output_path = output
     given = {real: path for path, real in resolved.items()}
@@ -329,11 +336,13 @@ def run_command(args: argparse.Namespace) -> int:
     limits = run_limits.from_arguments(args)
     timesteps = run_limits.check_timesteps(args.timesteps, limits)
     for flag, value in (("MODEL", args.model), ("-o", args.output), ("--data", args.data), ("--report", args.report),
+                        ("--golden", args.golden),
                         ("--junit", args.junit), ("--summary-md", args.summary_md)):
         if value is not None and not value:
             raise BadInputError(f"{flag}: empty path; give a file name")
     needing = [flag for flag, value in (("--report", args.report), ("--data", args.data), ("--junit", args.junit),
                                         ("--summary-md", args.summary_md), ("--workers", args.workers),
+                                        ("--golden", args.golden),
                                         ("--ray", args.ray)) if value is not None]
     if needing and not args.verify:
         raise BadInputError(f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} --verify")
@@ -341,7 +350,8 @@ def run_command(args: argparse.Namespace) -> int:
                       compensation=args.compensation, nir_profile=args.nir_profile, check=args.check,
                       verify=args.verify, data=args.data, report=args.report, junit=args.junit,
                       summary_md=args.summary_md, reference_samples=args.reference_samples,
-                      sharding=Sharding(args.workers, args.ray is not None, args.ray or None), limits=limits)
+                      sharding=Sharding(args.workers, args.ray is not None, args.ray or None), limits=limits,
+                      golden=args.golden, golden_samples=args.golden_samples)
     outcome = run(request, out=sys.stdout)
     if outcome.report is not None:
         for failure in outcome.report["verification"]["failures"]:

@@ -7,7 +7,9 @@
 - ``<stem>-energy.png``: energy per sample of each synaptic layer for the ANN and the SNN (binary and
   graded events) at the largest T, and the totals against T;
 - ``<stem>-spikes.png``: the distribution of spike levels of each neuron layer at the largest T
-  (small multiples).
+  (small multiples);
+- ``<stem>-partition.png``: a hybrid NIR deployment's schedule of one timestep, stage by stage: the
+  MACs and neurons of each NIR region, and the ops of each host stage.
 
 Matplotlib draws off screen (the Agg canvas, no pyplot state); each file is written to a temporary
 file in the target folder and renamed over the target.
@@ -22,7 +24,7 @@ from pmsm.runtime.base.files import atomic_path
 
 __all__ = ["write_pictures", "picture_paths"]
 
-PICTURE_KINDS = ("accuracy", "energy", "spikes")
+PICTURE_KINDS = ("accuracy", "energy", "spikes", "partition")
 
 MAX_PANELS = 48  # spike histograms beyond this many neuron layers are left out (and said so)
 COLORS = {"ann": "#4d4d4d", "binary": "#d95f02", "graded": "#1b9e77", "snn": "#1b9e77"}
@@ -36,7 +38,8 @@ def picture_paths(folder: str, stem: str) -> list[str]:
 def write_pictures(report: dict, folder: str, stem: str) -> list[str]:
     """Write the report's pictures into ``folder`` as ``<stem>-*.png``; returns the paths written."""
     written = []
-    drawers = {"accuracy": _accuracy_figure, "energy": _energy_figure, "spikes": _spikes_figure}
+    drawers = {"accuracy": _accuracy_figure, "energy": _energy_figure, "spikes": _spikes_figure,
+               "partition": _partition_figure}
     for kind, path in zip(PICTURE_KINDS, picture_paths(folder, stem)):
         figure = drawers[kind](report)
         if figure is None:
@@ -283,4 +286,34 @@ def _spikes_figure(report: dict):
             ax.set_ylabel("share of neuron-steps", fontsize=8)
     note = f" (first {MAX_PANELS} of {len(records)} layers)" if len(records) > MAX_PANELS else ""
     figure.suptitle(": ".join(filter(None, [_title(report), f"spike levels per neuron layer at T={t_key}{note}"])))
+    return figure
+
+
+def _partition_figure(report: dict):
+    """One bar per stage of a deployment's timestep, in order: regions by their MACs (neurons
+    written on the bar), host stages as a marker labelled with their ops."""
+    deployment = report.get("deployment")
+    if not deployment:
+        return None
+    regions = {r["region"]: r for r in deployment["regions"]}
+    schedule = deployment["schedule"]
+    figure = _figure(max(6.0, 0.22 * len(schedule) + 2), 4.2)
+    axes = figure.add_subplot(1, 1, 1)
+    peak = max([r["macs"] for r in regions.values()] + [1])
+    for index, stage in enumerate(schedule):
+        if stage["kind"] == "region":
+            r = regions[stage["stage"]]
+            axes.bar(index, max(r["macs"], peak * 0.01), color=COLORS["snn"])
+            axes.text(index, max(r["macs"], peak * 0.01), f"{r['neurons']}", ha="center", va="bottom", fontsize=6,
+                      rotation=90)
+        else:
+            axes.bar(index, -peak * 0.08, color=COLORS["binary"])
+            label = ",".join(sorted(set(stage["ops"])))
+            axes.text(index, -peak * 0.1, label, ha="center", va="top", fontsize=6, rotation=90)
+    share = deployment.get("region_mac_share")
+    axes.set_ylim(-peak * 0.6, peak * 1.25)
+    axes.set_xlabel("stage of one timestep (green: NIR region, neurons above; orange: host ops, below)")
+    axes.set_ylabel("MACs per sample")
+    axes.set_title(f"{_title(report)}: {len(regions)} NIR regions, {deployment['host_stages']} host stages, "
+                   + (f"{100 * share:.1f} % of MACs on neuromorphic cores" if share is not None else ""), fontsize=9)
     return figure

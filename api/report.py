@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
-from typing import TextIO
+from typing import Optional, TextIO
 
 from pmsm.energy import energy_report
 from pmsm.exporter.synapses import mac_share
 from pmsm.runtime.base.version import __version__
+from pmsm.targets.interface import target_named
 
 SCHEMA = "pmsm-report/1"
 
@@ -59,6 +60,8 @@ def build_report(export, verification, dataset) -> dict:
                                                   for t, r in sorted(roots.get(root, {}).items())}
     for key, by_t in sorted(tallies.details.items()):
         report[key] = {str(t): _jsonable(r) for t, r in sorted(by_t.items())}
+    if export.target:
+        report.update(target_named(export.target).report_fields(export))
     return report
 
 
@@ -207,4 +210,20 @@ def print_summary(report: dict, out: TextIO) -> None:
         for t, e in totals["snn"].items():
             print(f"    SNN T={t}: {_micro(e['binary_pj'])} uJ binary spikes, {_micro(e['graded_pj'])} uJ graded "
                   f"({_ratio(e['ratio_binary'])} / {_ratio(e['ratio_graded'])} the ANN)", file=out)
+    _print_deployment(report.get("deployment"), out)
     print("  verification " + ("passed" if verification["passed"] else "FAILED"), file=out)
+
+
+def _print_deployment(deployment: Optional[dict], out) -> None:
+    """What runs where in a hybrid NIR deployment: per region, then the host ops by type."""
+    if not deployment:
+        return
+    share = deployment["region_mac_share"]
+    print(f"  deployment: {len(deployment['regions'])} NIR region(s), {deployment['host_stages']} host stage(s); "
+          f"MACs on neuromorphic cores {deployment['region_macs']} of {deployment['macs_per_sample']} per sample"
+          + (f" ({100 * share:.1f} %)" if share is not None else ""), file=out)
+    print(f"  {'region':<11}{'stage':>6}{'layers':>8}{'neurons':>9}{'synapses':>10}{'MACs':>10}", file=out)
+    for r in deployment["regions"]:
+        print(f"  {r['region']:<11}{r['stage']:>6}{r['neuron_layers']:>8}{r['neurons']:>9}{r['synapses']:>10}"
+              f"{r['macs']:>10}", file=out)
+    print("  host ops: " + ", ".join(f"{op} x{n}" for op, n in deployment["host_ops"].items()), file=out)

@@ -128,12 +128,17 @@ def node_attribute(node: onnx.NodeProto, name: str, default=None):
 
 
 def _elements(shape) -> Optional[int]:
-    """Elements per sample of a shape with the batch first; None when unknown."""
+    """Elements per sample of a shape at batch 1 (:func:`static_shapes`); None when unknown.
+
+    At batch 1 every element belongs to the one sample, whatever axis holds the batch: attention in
+    sequence-first layout (``[tokens, batch, features]``) has the tokens first, and counting from
+    the second axis would drop them (the input projection of torchvision's ViT counted 1/17 of its
+    MACs)."""
     if shape is None or len(shape) == 0:
         return None if shape is None else 1
-    if any(not isinstance(d, int) or d < 0 for d in shape[1:]):
+    if any(not isinstance(d, int) or d < 0 for d in shape):
         return None
-    return int(np.prod(shape[1:], dtype=np.int64))
+    return int(np.prod(shape, dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------

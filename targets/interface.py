@@ -151,3 +151,12 @@ class Target:
     def notes(self, export: Export) -> list[str]:
         """Lines the command prints about what it wrote, beyond 'wrote ...'."""
         return []
+
+    def golden(self, export: Export, x, timesteps: int):
+        """The golden traces of ``x`` (``--golden``: NIR's data format), where the target writes NIR."""
+        raise BadInputError(f"--golden needs --target nir (target '{self.name}' writes no NIR file)")
+
+    def report_fields(self, export: Export) -> dict:
+        """Sections this target adds to the verification report (the nir target: what runs where
+        in a hybrid deployment)."""
+        return {}

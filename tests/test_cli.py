@@ -163,7 +163,10 @@ def test_verification_mismatch_exits_1(qdq_mlp_path, tmp_path, conversion_with_a
                  "--timesteps", "1"]) == 1
 
 
-def test_nir_target_lists_every_node_nir_cannot_take_and_exits_2(tmp_path):
+def test_nir_target_writes_what_nir_cannot_take_as_host_ops_and_the_standard_profile_lists_them(tmp_path):
+    """The pmsm profile writes a hybrid deployment (docs/nir.md §11) whose host ops are the two
+    nodes NIR has no node for; the standard profile takes only networks NIR expresses whole, so it
+    still lists every such node and exits 2."""
     from conftest import build_qdq_mlp
     from onnx import helper
 
@@ -178,9 +181,13 @@ def test_nir_target_lists_every_node_nir_cannot_take_and_exits_2(tmp_path):
     onnx.save(model, str(path))
     assert run_cli(str(path), "--check").returncode == 0  # fine for spiking ONNX: acts per row
     result = run_cli(str(path), "--target", "nir", "-o", str(tmp_path / "m.nir"))
+    assert result.returncode == 0, result.stderr
+    assert "host ops: Sigmoid x1, Softmax x1" in result.stdout
+    assert (tmp_path / "m.nir").read_bytes()[:4] == b"PK\x03\x04"  # the deployment archive
+    result = run_cli(str(path), "--target", "nir", "--nir-profile", "standard", "-o", str(tmp_path / "s.nir"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'squash' (Sigmoid)" in result.stderr and "'probabilities' (Softmax)" in result.stderr
-    assert not (tmp_path / "m.nir").exists()
+    assert not (tmp_path / "s.nir").exists()
 
 
 def test_nir_target_writes_a_file_plain_nir_reads(qdq_mlp_path, tmp_path):

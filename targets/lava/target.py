@@ -32,6 +32,7 @@ class NirNeuron:
 class LavaTarget(NirTarget):
     name = "lava"
     nir_profiles = ("pmsm",)
+    writes_deployments = False  # Lava runs plain NIR files; hybrid deployments are not lowered yet
 
     def convert(self, source, options: ConvertOptions) -> Export:
         export = super().convert(source, options)

@@ -131,7 +131,7 @@ class NirInterpreter:
         self.outputs = [n for n in self.order if isinstance(graph.nodes[n], nir.Output)]
         self.neurons = {n: self._neuron(node, n, label) for n, node in graph.nodes.items() if isinstance(node, nir.IF)}
         self.ops = {n: _linear_op(graph.nodes[n], n) for n in self.order
-                    if n != self.input and n not in self.neurons}
+                    if not isinstance(graph.nodes[n], nir.Input) and n not in self.neurons}
         self._absolute_ops = None
         # Nodes fed only by the input see the same value at every step: computed once per run.
         dynamic: set[str] = set()
