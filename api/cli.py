@@ -7,11 +7,11 @@ import signal
 import sys
 import threading
 
+from pmsm.pipeline import TARGETS, run_command
 from pmsm.plan import DEFAULT_REFERENCE_SAMPLES
 from pmsm.runtime.base.children import clear_pending, exit_on_signal, interruption_behind, remove_multiprocessing_folder
 from pmsm.runtime.base.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.runtime.base.limits import MAX_TIMESTEP_VALUES, Limits
-from pmsm.pipeline import TARGETS, run_command
 
 DESCRIPTION = """\
 Convert a quantized ANN exported as ONNX into a spiking network of Polarity

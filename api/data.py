@@ -28,11 +28,10 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from pmsm.npz import Declared, declared_arrays, read_npy_header
 from pmsm.runtime.base import limits as run_limits
 from pmsm.runtime.base.errors import BadInputError, first_line
-from pmsm.npz import Declared, declared_arrays, read_npy_header
-from pmsm.runtime.inputs import (PROBE_SAMPLES, PROBE_SEED, InputSpec, Samples,  # noqa: F401 - re-exported
-                                 probe_batch, specs_of, unfeedable)
+from pmsm.runtime.inputs import PROBE_SAMPLES, PROBE_SEED, InputSpec, Samples, probe_batch, specs_of, unfeedable  # noqa: F401 - re-exported
 
 LABELS = "y"
 SINGLE = "x"  # the array of a model with one input, whatever its name

@@ -12,8 +12,8 @@ import os
 import shutil
 import tempfile
 
-from pmsm.runtime.base.errors import BadInputError
 from pmsm.paths import check_output_target
+from pmsm.runtime.base.errors import BadInputError
 
 STAGING_PREFIX = ".pmsm-staging-"
 

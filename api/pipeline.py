@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-
+from pmsm.ci_outputs import write_junit, write_summary_markdown
 from pmsm.data import DataSet, data_files, from_arrays, open_data, open_model_data
 from pmsm.exporter.loading import external_data_files, load_source, read_model
 from pmsm.exporter.postflight import check_spiking_model
@@ -28,12 +28,11 @@ from pmsm.runtime.base import limits as run_limits
 from pmsm.runtime.base.errors import EXIT_MISMATCH, EXIT_OK, BadInputError
 from pmsm.runtime.base.files import atomic_write_json
 from pmsm.runtime.base.memory import check_fits, chunk_samples
+from pmsm.runtime.execute import SpikingModel
 from pmsm.runtime.schema import TIMESTEPS_INPUT
+from pmsm.sharding import executor_for
 from pmsm.targets.interface import TARGET_NAMES, ConvertOptions, Export, target_named
 from pmsm.verification import split_at, terminal_progress, verify_chunks
-from pmsm.runtime.execute import SpikingModel
-from pmsm.ci_outputs import write_junit, write_summary_markdown
-from pmsm.sharding import executor_for
 
 TARGETS = TARGET_NAMES
 

@@ -26,8 +26,13 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
-from pmsm.runtime.base.children import exit_on_signal, exit_with_parent, remove_multiprocessing_folder, terminate_processes
 from pmsm.data import Chunk
+from pmsm.runtime.base.children import (
+    exit_on_signal,
+    exit_with_parent,
+    remove_multiprocessing_folder,
+    terminate_processes,
+)
 from pmsm.runtime.base.errors import BadInputError, MissingExtraError, PmsmError
 from pmsm.runtime.base.sessions import set_threads
 from pmsm.verification import Tallies

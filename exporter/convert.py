@@ -23,16 +23,16 @@ from typing import Callable
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.exporter import normalise, quantizers
 from pmsm.exporter.degenerate import DegenerateQuantizerError
-from pmsm.exporter.timeloop import TimedModel, loop_over_time
 from pmsm.exporter.preflight import unsupported_for_onnx
 from pmsm.exporter.proof import prove
 from pmsm.exporter.quantizers import NEURON_DOMAIN, NeuronRecord
+from pmsm.exporter.timeloop import TimedModel, loop_over_time
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.runtime.base.version import __version__
-from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, NEURON_DOMAIN_VERSION
 from pmsm.runtime.portable import attach_neuron_function
+from pmsm.runtime.schema import NEURON_DOMAIN_VERSION, SPIKING_ONNX_FORMAT
 
 IR_VERSION = 10
 

@@ -17,12 +17,12 @@ from typing import Optional
 import onnx
 from google.protobuf.message import DecodeError
 
-from pmsm.runtime.base import limits as run_limits
-from pmsm.runtime.base.errors import BadInputError, first_line, one_line
 from pmsm.exporter import validation
+from pmsm.runtime.base import limits as run_limits
 from pmsm.runtime.base import proto
-from pmsm.runtime.base.memory import available_bytes
+from pmsm.runtime.base.errors import BadInputError, first_line, one_line
 from pmsm.runtime.base.isolation import call_isolated
+from pmsm.runtime.base.memory import available_bytes
 from pmsm.runtime.execute import AnnRunner as Runner
 from pmsm.runtime.inputs import probe_batch, specs_of, unfeedable
 

@@ -11,10 +11,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from pmsm.exporter.graph import add_node, constant_value, fresh_name, producer, replace_uses, scalar_value, split_constant_operand
+from pmsm.exporter.graph import (
+    add_node,
+    constant_value,
+    fresh_name,
+    producer,
+    replace_uses,
+    scalar_value,
+    split_constant_operand,
+)
 from pmsm.runtime.base.sessions import inference_session
-from pmsm.runtime.qonnx import QONNX_DOMAINS
-from pmsm.runtime.qonnx import qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
+from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_bipolar_quant, qonnx_int_range, qonnx_quant
 
 
 def drop_initializer_inputs(graph: gs.Graph) -> gs.Graph:

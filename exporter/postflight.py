@@ -12,10 +12,10 @@ from typing import Optional
 
 import onnx
 
-from pmsm.runtime.base import limits as run_limits
-from pmsm.runtime.base.isolation import call_isolated
 from pmsm.runtime import ortop
+from pmsm.runtime.base import limits as run_limits
 from pmsm.runtime.base import sessions
+from pmsm.runtime.base.isolation import call_isolated
 from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.execute import SpikingModel
 from pmsm.runtime.inputs import probe_batch, unfeedable

@@ -46,7 +46,6 @@ from pmsm.runtime.neuron import NeuronParams
 from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_int_range
 from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIMESTEPS_INPUT
 
-
 INTEGER_RANGES = {
     np.dtype(np.int8): (-128, 127),
     np.dtype(np.uint8): (0, 255),

@@ -26,14 +26,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from pmsm.runtime import ortop, portable
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.sessions import inference_session
-from pmsm.runtime import ortop
-from pmsm.runtime.qonnx import uses_qonnx, with_qonnx_defaults
 from pmsm.runtime.inputs import Batch, InputSpec, Samples, feeds_of
 from pmsm.runtime.ortop import ExecutionError
+from pmsm.runtime.qonnx import uses_qonnx, with_qonnx_defaults
 from pmsm.runtime.schema import SPIKING_ONNX_FORMAT, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
-from pmsm.runtime import portable
 
 __all__ = [
     "MAX_IR_VERSION",

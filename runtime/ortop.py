@@ -56,9 +56,15 @@ import onnx
 
 from pmsm.runtime import extensions
 from pmsm.runtime.base.errors import BadInputError
-from pmsm.runtime.qonnx import (QONNX_BIPOLAR_OP, QONNX_DOMAINS, QONNX_QUANT_OPS, qonnx_bipolar_quant, qonnx_int_range,
-                                 qonnx_quant)
 from pmsm.runtime.neuron import NeuronParams, step
+from pmsm.runtime.qonnx import (
+    QONNX_BIPOLAR_OP,
+    QONNX_DOMAINS,
+    QONNX_QUANT_OPS,
+    qonnx_bipolar_quant,
+    qonnx_int_range,
+    qonnx_quant,
+)
 from pmsm.runtime.schema import NEURON_ATTRIBUTES, NEURON_OP
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
 

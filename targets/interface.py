@@ -104,7 +104,6 @@ class Target:
     suffix = ".nir"  # of the default output, next to the model
     nir_profiles = ("pmsm",)  # the --nir-profile values it takes
     keeps_compensation = False  # whether the spiking ONNX it is checked against keeps temporal compensation
-    explains_spikes = False  # whether verification explains, per layer, spikes that differ from onnx
 
     def default_output(self, model_path: str) -> str:
         return os.path.splitext(model_path)[0] + self.suffix

@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 
 import onnx
 
-from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base import proto
+from pmsm.runtime.base.errors import BadInputError
 
 MAX_TIMESTEP_VALUES = 16  # `--timesteps 1,2,...,10000` would run every backend 10,000 times
 

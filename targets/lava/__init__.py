@@ -16,9 +16,8 @@ from pmsm.targets.lava.availability import require_lava
 require_lava()
 
 from pmsm.targets.lava.fixed_point import InputQuantization, NeuronQuantization, SynapseQuantization
-from pmsm.targets.lava.graph import GraphView
+from pmsm.targets.lava.graph import GraphView, unsupported_nir_nodes
 from pmsm.targets.lava.graph import analyse as check_graph
-from pmsm.targets.lava.graph import unsupported_nir_nodes
 from pmsm.targets.lava.processes.failure import LavaProcessError
 from pmsm.targets.lava.processes.network import LOWERINGS, Network
 from pmsm.targets.lava.run import LavaResult, run_lava

@@ -22,11 +22,11 @@ from pmsm.targets.lava.fixed_point import FixedPointPlan
 from pmsm.targets.lava.graph import GraphView
 from pmsm.targets.lava.partition import Partition
 from pmsm.targets.lava.plan import INPUT, Plan, Step
-from pmsm.targets.lava.program import STAT_COLUMNS, CoreProgram, Operation
 from pmsm.targets.lava.processes.core import CoreProcess
 from pmsm.targets.lava.processes.elementwise import Elementwise
 from pmsm.targets.lava.processes.neuron import PmsmNeuron
 from pmsm.targets.lava.processes.pool import Pool
+from pmsm.targets.lava.program import STAT_COLUMNS, CoreProgram, Operation
 
 CONV_SYNAPSES = ("conv", "sparse")
 LAVA_CONV_MAX_GROUPS = 127      # Lava's Conv keeps `groups` in an int8 Var: 144 groups read as -112

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import nir
 import numpy as np
 
-from pmsm.runtime.base.order import topological_order
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
+from pmsm.runtime.base.order import topological_order
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.targets.nir.io import read_nir
 from pmsm.targets.nir.dialect import DIALECT_FORMAT, normalise
 from pmsm.targets.nir.interpreter import conv1d_args
+from pmsm.targets.nir.io import read_nir
 
 TARGET = "lava"
 GRAPH = "<graph>"

@@ -20,9 +20,9 @@ import numpy as np
 from lava.proc.conv import utils as conv_utils
 
 from pmsm.targets.lava.graph import GraphView
+from pmsm.targets.lava.kernels import pool_whc
 from pmsm.targets.lava.layout import conv_weight, lava_shape, layout_perm, single_to_lava, wh
 from pmsm.targets.lava.plan import CONVERTERS, INPUT, Plan, Step, Term, spike_bits
-from pmsm.targets.lava.kernels import pool_whc
 from pmsm.targets.nir.dialect import normalise
 
 ANALOG_BITS = 24    # message width assumed for the analog input and for currents

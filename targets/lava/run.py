@@ -23,7 +23,6 @@ from pmsm.runtime.base.errors import BadInputError
 from pmsm.targets.lava.fixed_point import NeuronQuantization, SynapseQuantization, input_exponent_for, quantize_input
 from pmsm.targets.lava.graph import analyse
 from pmsm.targets.lava.layout import to_lava, to_nir
-from pmsm.targets.nir import dialect as layout
 from pmsm.targets.lava.processes.failure import raise_recorded_failure
 from pmsm.targets.lava.processes.network import Network
 from pmsm.targets.lava.processes.neuron import PEAK_INPUT, PEAK_STATE
@@ -31,6 +30,7 @@ from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
 from pmsm.targets.lava.program import INPUT_PEAK, OVERFLOWS, PEAK, STATE_OVERFLOWS, STATE_PEAK, WORD_BITS
 from pmsm.targets.lava.shutdown import WorkerGuard, scratch_folder
+from pmsm.targets.nir import dialect as layout
 
 INPUT_BITS = 8
 CHUNK_SECONDS = 1.0         # simulated time between progress reports and error checks

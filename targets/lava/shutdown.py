@@ -60,9 +60,15 @@ import tempfile
 import threading
 from multiprocessing import util
 
+from pmsm.runtime.base.children import (
+    ForkWindow,
+    exit_on_signal,
+    exit_with_parent,
+    interruption,
+    kill_processes,
+    stop_processes,
+)
 from pmsm.runtime.base.errors import BadInputError
-from pmsm.runtime.base.children import (ForkWindow, exit_on_signal, exit_with_parent, interruption, kill_processes,
-                                         stop_processes)
 
 SCRATCH_PREFIX = "pmsm-lava-"
 

@@ -12,9 +12,9 @@ from pmsm.runtime.base.errors import UnsupportedModelError
 from pmsm.targets.interface import ConvertOptions, Export
 from pmsm.targets.lava.backend import LavaBackend
 from pmsm.targets.lava.graph import unsupported_nir_nodes
+from pmsm.targets.lava.processes.network import Network
 from pmsm.targets.nir import NirInterpreter, read_nir
 from pmsm.targets.nir.target import NirTarget
-from pmsm.targets.lava.processes.network import Network
 
 NIR_SOURCE_ROOT = "nir"
 NIR_SOURCE_CRITERIA = ["lava (floating point) vs nir at every T: argmax_agreement == 1"]

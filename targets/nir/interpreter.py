@@ -17,9 +17,9 @@ from typing import Callable
 import nir
 import numpy as np
 
-from pmsm.runtime.base.order import topological_order
-from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import neuron
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.order import topological_order
 from pmsm.targets.nir import dialect, ops
 
 

@@ -12,8 +12,8 @@ import onnx
 from onnx import numpy_helper
 
 from pmsm.runtime.base.errors import BadInputError
-from pmsm.runtime.schema import TIMESTEPS_INPUT, is_neuron
 from pmsm.runtime.schema import NEURON_DOMAIN as PMSM_DOMAIN
+from pmsm.runtime.schema import TIMESTEPS_INPUT, is_neuron
 
 
 def node_label(node: onnx.NodeProto) -> str:

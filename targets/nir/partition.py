@@ -25,9 +25,9 @@ import onnx
 from pmsm.exporter.linearity import FLOAT_TYPES, commutes_with_time_mean
 from pmsm.exporter.timeloop import VALUE_FREE_OPS, element_types, implicit_inputs
 from pmsm.runtime.schema import is_neuron
+from pmsm.targets.nir import handlers_elementwise
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
 from pmsm.targets.nir.from_onnx import _LAYOUT_AWARE, HANDLERS, _op, _outputs
-from pmsm.targets.nir import handlers_elementwise
 from pmsm.targets.nir.ir import Edge, Expr, WorkGraph
 from pmsm.targets.nir.onnx_view import NetworkView, network_view, node_label
 from pmsm.targets.nir.translator import Translator, Unknown, Unsupported, unsupported_reason

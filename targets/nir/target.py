@@ -7,15 +7,15 @@ import importlib
 import os
 import time
 
+from pmsm.exporter.convert import spiking_from_network
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.targets.interface import ConvertOptions, Export, Target
+from pmsm.targets.nir import deployment as hybrid
 from pmsm.targets.nir.backend import NirBackend
 from pmsm.targets.nir.convert import translate_network, translated_to_nir
 from pmsm.targets.nir.deployable import refusal_note
 from pmsm.targets.nir.io import write_nir
-from pmsm.targets.nir import deployment as hybrid
 from pmsm.targets.nir.partition import partition
-from pmsm.exporter.convert import spiking_from_network
 from pmsm.targets.nir.standard import to_standard
 
 

@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime import neuron
+from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.targets.nir import dialect
-from pmsm.targets.nir import read_nir
+from pmsm.targets.nir import dialect, read_nir
 from pmsm.targets.nir.interpreter import conv1d_args, conv_padding
 
 NIRTORCH_VERSION = "2.6"

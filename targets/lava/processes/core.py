@@ -25,8 +25,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from pmsm.targets.lava.partition import MAX_INPUTS
-from pmsm.targets.lava.program import CoreProgram, FixedPointRunner, FloatRunner
 from pmsm.targets.lava.processes.failure import FailureGuard
+from pmsm.targets.lava.program import CoreProgram, FixedPointRunner, FloatRunner
 
 IN_PORTS = tuple(f"in{k}" for k in range(MAX_INPUTS))
 
