@@ -15,7 +15,6 @@ from pmsm.runtime.backend import AnnBackend, OnnxBackend
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.memory import INPUT_COPIES, spiking_bytes_per_sample
 from pmsm.targets.interface import EXPLAINED_TARGETS, SPIKING_BACKENDS, target_named
-from pmsm.targets.nir.deployment import read_target_file
 from pmsm.verification import CUSTOM_OP, Verifier
 
 DEFAULT_REFERENCE_SAMPLES = 256  # samples the custom op runs on besides the standard-op body
@@ -83,6 +82,8 @@ class VerificationPlan:
                 path = os.path.join(folder, "model.nir")
                 with open(path, "wb") as handle:
                     handle.write(self.nir)
+                from pmsm.targets.nir.deployment import read_target_file  # NIR reading: 0.3 s of imports, for NIR plans only
+
                 object.__setattr__(self, "graph", read_target_file(path)[0])
         return self.graph
 
