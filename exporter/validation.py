@@ -303,7 +303,9 @@ def _not_finite_positive(values: np.ndarray) -> Optional[str]:
         return "is empty"
     for bad, text in ((np.isnan(flat), "NaN"), (np.isinf(flat), "infinite"), (flat <= 0, "zero or negative")):
         if np.any(bad):
-            return f"holds a {text} value ({flat[np.argmax(bad)]!r})" if flat.size > 1 else f"is {text} ({flat[0]!r})"
+            # plain floats: numpy 2 writes np.float64(inf) where numpy 1 wrote inf
+            value = float(flat[np.argmax(bad)])
+            return f"holds a {text} value ({value!r})" if flat.size > 1 else f"is {text} ({value!r})"
     return None
 
 

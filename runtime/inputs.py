@@ -151,8 +151,8 @@ def unfeedable(specs: Sequence[InputSpec]) -> list[tuple[str, str]]:
             found.append((spec.name, f"takes {spec.type_name} values; only numbers and bool can be fed from a data "
                                      "file (export the model with the tensor computed inside it)"))
         elif spec.dims is not None and len(spec.dims) == 0:
-            found.append((spec.name, "is a scalar: it has no batch axis to feed samples along (export it with a "
-                                     "batch axis, or as a constant)"))
+            found.append((spec.name, "is a scalar: it has no batch axis to feed samples along (declared of rank 0; "
+                                     "export it with a batch axis, or as a constant)"))
     batches = {spec.name: spec.fixed_batch for spec in specs if spec.fixed_batch}
     if len(set(batches.values())) > 1:
         listed = ", ".join(f"'{name}' {batch}" for name, batch in batches.items())
