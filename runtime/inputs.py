@@ -24,6 +24,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from pmsm.runtime.base import proto
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.schema import TIMESTEPS_INPUT
 
@@ -268,7 +269,7 @@ def index_bounds(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]
     move values), the smallest row count of the tables it indexes; 0 when one's size is unknown.
     Inputs that index nothing are left out. Every graph and function body is searched (the
     spiking model runs the source's nodes inside its time loop)."""
-    graphs = list(_all_graphs(model))
+    graphs = list(proto.all_graphs(model))
     nodes = [node for graph in graphs for node in graph.node] + [n for f in model.functions for n in f.node]
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
@@ -314,15 +315,3 @@ def _table_rows(gather: onnx.NodeProto, shapes: dict, makers: dict) -> Optional[
             return None
         table = maker.input[0]
     return None
-
-
-def _all_graphs(model: onnx.ModelProto):
-    stack = [model.graph]
-    while stack:
-        graph = stack.pop()
-        yield graph
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    stack.append(attribute.g)
-                stack.extend(attribute.graphs)
