@@ -159,3 +159,7 @@ class Target:
         """Sections this target adds to the verification report (the nir target: what runs where
         in a hybrid deployment)."""
         return {}
+
+    def lowering_summary(self, export: Export, timesteps: int) -> str:
+        """What the target makes of a source of its own format without running it (``read_source``)."""
+        return "read; nothing written"
