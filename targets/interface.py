@@ -24,8 +24,7 @@ from typing import Optional
 
 import onnx
 
-from pmsm.exporter.convert import convert as convert_model
-from pmsm.exporter.convert import network_for_targets
+from pmsm.exporter.convert import network_for_targets, spiking_from_network, untimed_network
 from pmsm.runtime.base.errors import BadInputError
 
 TARGET_NAMES = ("onnx", "nir", "lava")
@@ -120,11 +119,23 @@ class Target:
 
     def convert(self, source, options: ConvertOptions) -> Export:
         """The spiking ONNX of ``source`` (a validated :class:`pmsm.exporter.loading.ValidatedSource`)."""
-        compensation = options.compensation and self.keeps_compensation
-        converted = convert_model(source.model, path=source.path, source_sha256=source.sha256,
-                                  default_timesteps=options.timesteps, compensation=compensation)
-        return Export(source.path, source.sha256, self.name, converted.spiking, converted.neurons, converted.network,
-                      converted.compensated, converted.uncompensated, compensation, source=source.model)
+        export = self.untimed(source)
+        self.add_time_loop(export, options, options.compensation and self.keeps_compensation)
+        return export
+
+    def untimed(self, source) -> Export:
+        """The untimed network of ``source``: every quantizer recognised, proven and replaced by a
+        neuron; no time loop yet (``spiking`` is None)."""
+        network, neurons = untimed_network(source.model, source.path)
+        return Export(source.path, source.sha256, self.name, None, neurons, network, source=source.model)
+
+    @staticmethod
+    def add_time_loop(export: Export, options: ConvertOptions, compensation: bool) -> None:
+        """The spiking ONNX of the export's untimed network, with or without temporal compensation."""
+        timed = spiking_from_network(export.network, source_sha256=export.source_sha256,
+                                     default_timesteps=options.timesteps, compensation=compensation)
+        export.spiking, export.compensation = timed.model, compensation
+        export.compensated, export.uncompensated = timed.compensated, timed.uncompensated
 
     def read_source(self, path: str) -> Export:
         raise BadInputError(f"{path}: a NIR file can only be lowered to Lava (--target lava); "

@@ -187,11 +187,20 @@ def archive_bytes(deployment: Deployment) -> bytes:
         files[f"host/{name}.onnx"] = model.SerializeToString()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, json.dumps(deployment.manifest, indent=1, sort_keys=False))
-        for member, data in files.items():
-            archive.writestr(member, data)
+        members = {MANIFEST: json.dumps(deployment.manifest, indent=1, sort_keys=False).encode(), **files}
+        for member, data in members.items():
+            archive.writestr(_entry(member), data)
     deployment.files = files
     return buffer.getvalue()
+
+
+def _entry(member: str) -> zipfile.ZipInfo:
+    """A member with a fixed date (the zip format's earliest) and mode: the same network gives the
+    same archive, byte for byte, whenever it is converted."""
+    entry = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    entry.external_attr = 0o644 << 16
+    return entry
 
 
 def write_deployment(deployment: Deployment, path: str) -> None:

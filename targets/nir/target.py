@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import time
 
-from pmsm.exporter.convert import spiking_from_network
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.targets.interface import ConvertOptions, Export, Target
 from pmsm.targets.nir import deployment as hybrid
@@ -25,7 +23,7 @@ class NirTarget(Target):
     writes_deployments = True  # a network NIR does not express whole becomes a hybrid deployment (docs/nir.md §11)
 
     def convert(self, source, options: ConvertOptions) -> Export:
-        export = super().convert(source, options)
+        export = self.untimed(source)
         network = export.folded
         name = os.path.basename(source.path)
         translation, problems = translate_network(network, network.graph.name or "<model>")
@@ -34,8 +32,10 @@ class NirTarget(Target):
                                         + ("\nthe standard profile takes networks NIR expresses whole; the pmsm "
                                            "profile writes the rest as a hybrid deployment."
                                            if self.writes_deployments else ""))
-        if problems:
+        if problems:  # host ops compute what the loop body computes: the reference keeps compensation as asked
+            self.add_time_loop(export, options, options.compensation)
             return self._deployment(export, source, options, name)
+        self.add_time_loop(export, options, options.compensation and self.keeps_compensation)
         export.nir_graph = translated_to_nir(translation, source_sha256=source.sha256, source_name=name,
                                              timesteps=options.timesteps)
         if options.nir_profile == "standard":
@@ -46,17 +46,9 @@ class NirTarget(Target):
         """A network NIR does not express whole: NIR regions and host ops (docs/nir.md §7). The
         host ops compute what the spiking ONNX's loop body computes, temporal compensation
         included, so the reference is the spiking ONNX with compensation as asked (on by default)."""
-        started = time.perf_counter()
         folded = export.folded
         part = partition(folded, folded.graph.name or name, compensation=options.compensation)
-        if options.compensation != export.compensation:
-            timed = spiking_from_network(export.network, source_sha256=source.sha256,
-                                         default_timesteps=options.timesteps, compensation=options.compensation)
-            export.spiking, export.compensated = timed.model, timed.compensated
-            export.uncompensated = timed.uncompensated
-            export.compensation = options.compensation
         summary = hybrid.summarise(folded, part)
-        summary["partition_seconds"] = round(time.perf_counter() - started, 3)
         export.nir_graph = hybrid.build(folded, part, compensation=options.compensation, timesteps=options.timesteps,
                                         source_sha256=source.sha256, source_name=name, summary=summary)
         return export
