@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -42,7 +43,7 @@ from pmsm.exporter.graph import (
     split_constant_operand,
 )
 from pmsm.exporter.rules import PatternError, Refusal, Rule, run_rules
-from pmsm.runtime.neuron import NeuronParams
+from pmsm.runtime.neuron import NeuronParams, round_levels
 from pmsm.runtime.qonnx import QONNX_DOMAINS, qonnx_int_range
 from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIMESTEPS_INPUT
 
@@ -302,24 +303,31 @@ def _clamps_before(graph: gs.Graph, z: gs.Tensor, v_init: float, rounding: str, 
             nodes.append(node)
             tensor = entry = node.inputs[0]
             continue
-        split = split_constant_operand(node) if node.op in ("Mul", "Div") else None
-        if split is None or np.asarray(split[1]).size != 1 or not float(np.asarray(split[1]).reshape(())) > 0:
+        tensor = _scaled_input(node, scalings)
+        if tensor is None:
             break
-        if node.op == "Div" and split[2] != 1:
-            break
-        scalings.insert(0, (node.op, np.float32(np.asarray(split[1]).reshape(()))))
-        tensor = split[0]
     return _ClampsBefore(nodes, lo, hi, entry)
 
 
+def _scaled_input(node: gs.Node, scalings: list) -> Optional[gs.Tensor]:
+    """The input of ``node`` when it scales it by a positive scalar (``Mul`` either way round, or
+    ``Div`` by the constant), the scaling put first in ``scalings``; None for any other node."""
+    split = split_constant_operand(node) if node.op in ("Mul", "Div") else None
+    if split is None or np.asarray(split[1]).size != 1 or not float(np.asarray(split[1]).reshape(())) > 0:
+        return None
+    if node.op == "Div" and split[2] != 1:
+        return None
+    scalings.insert(0, (node.op, np.float32(np.asarray(split[1]).reshape(()))))
+    return split[0]
+
+
 def _level_of_bound(bound: float, scalings, v_init: float, rounding: str) -> float:
-    """``R(v_init + P(bound))`` in float32 (``P``: the scalings from the clamp to the rounding),
-    kept within the int32 range the neuron's bounds are written in."""
+    """``R(v_init + P(bound))`` in float32 (``P``: the scalings from the clamp to the rounding, ``R``
+    the neuron's own rounding), kept within the int32 range the neuron's bounds are written in."""
     value = np.float32(bound)
     for op, factor in scalings:
         value = np.float32(value * factor) if op == "Mul" else np.float32(value / factor)
-    u = np.float32(np.float32(v_init) + value)
-    level = np.floor(u) if rounding == "floor" else np.rint(u)
+    level = round_levels(np.float32(np.float32(v_init) + value), rounding)
     if not np.isfinite(level):
         return float(level)  # a clamp at infinity bounds nothing
     return float(np.clip(level, -(2**31), 2**31 - 1))
@@ -748,8 +756,8 @@ class ClampBeforeNeuronRule(Rule):
             bounds = _clip_bounds(node)
             if bounds is not None:
                 params = record.params
-                low = params.lo if bounds[0] is None else max(params.lo, _level_of(bounds[0], scalings, params))
-                high = params.hi if bounds[1] is None else min(params.hi, _level_of(bounds[1], scalings, params))
+                low = params.lo if bounds[0] is None else max(params.lo, _int32_level(bounds[0], scalings, params))
+                high = params.hi if bounds[1] is None else min(params.hi, _int32_level(bounds[1], scalings, params))
                 if not low <= 0 <= high:
                     break
                 clamped = node.inputs[0]
@@ -759,13 +767,9 @@ class ClampBeforeNeuronRule(Rule):
                 clamps.append(node)
                 tensor = clamped  # a clamp may follow another (Min of a Max)
                 continue
-            split = split_constant_operand(node) if node.op in ("Mul", "Div") else None
-            if split is None or np.asarray(split[1]).size != 1 or not float(np.asarray(split[1]).reshape(())) > 0:
+            tensor = _scaled_input(node, scalings)
+            if tensor is None:
                 break
-            if node.op == "Div" and split[2] != 1:
-                break
-            scalings.insert(0, (node.op, np.float32(np.asarray(split[1]).reshape(()))))
-            tensor = split[0]
         return _AbsorbedClamps(neuron, record, clamps) if clamps else None
 
     def rewrite(self, graph: gs.Graph, found: _AbsorbedClamps) -> list[NeuronRecord]:
@@ -778,14 +782,9 @@ class ClampBeforeNeuronRule(Rule):
         return [found.record]
 
 
-def _level_of(bound: float, scalings, params: NeuronParams) -> int:
-    """``R(v_init + P(bound))`` in float32, ``P`` the scalings from the clamp to the neuron."""
-    value = np.float32(bound)
-    for op, factor in scalings:
-        value = np.float32(value * factor) if op == "Mul" else np.float32(value / factor)
-    u = np.float32(np.float32(params.v_init) + value)
-    level = np.floor(u) if params.rounding == "floor" else np.rint(u)
-    return int(np.clip(level, -(2**31), 2**31 - 1))
+def _int32_level(bound: float, scalings, params: NeuronParams) -> int:
+    """``R(v_init + P(bound))`` as a neuron bound: an infinite one at the end of the int32 range."""
+    return int(np.clip(_level_of_bound(bound, scalings, params.v_init, params.rounding), -(2**31), 2**31 - 1))
 
 
 def _rounds_zero_to_zero(v_init: float, rounding: str) -> bool:

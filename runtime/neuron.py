@@ -112,6 +112,12 @@ def initial_membrane(shape: tuple[int, ...], params: NeuronParams, like=None):
     return _library(like).full(tuple(shape), float(np.float32(params.v_init)), like)
 
 
+def round_levels(u, rounding: str):
+    """``R`` of the membrane: ``floor``, or round half to even (numpy or torch, as ``u`` is)."""
+    lib = _library(u)
+    return lib.floor(u) if rounding == "floor" else lib.rint(u)
+
+
 def step(u, z, params: NeuronParams):
     """Advance one timestep: returns (new membrane, spikes), both float32.
 
@@ -120,7 +126,7 @@ def step(u, z, params: NeuronParams):
     """
     lib = _library(u)
     u = lib.as_float32(u, like=u) + lib.as_float32(z, like=u)
-    rounded = lib.floor(u) if params.rounding == "floor" else lib.rint(u)
+    rounded = round_levels(u, params.rounding)
     s = lib.clip(rounded, params.lo, params.hi)
     if params.lo == 0 or params.hi == 0:
         # A -0.0 at a bound of 0 leaves numpy 1's clip as +0.0 and numpy 2's as -0.0; adding +0.0

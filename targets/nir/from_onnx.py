@@ -49,19 +49,25 @@ def _op(node: onnx.NodeProto) -> str:
     return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
 
 
-def _visit(t: Translator, node: onnx.NodeProto, problems: list[Problem]) -> None:
+def translate_node(t: Translator, node: onnx.NodeProto) -> None:
+    """Translate one node into ``t`` (its outputs bound in ``t.env``); ``Unsupported`` with the
+    reason when NIR cannot take it."""
     handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if is_neuron(node):
         handler = handlers_elementwise.neuron
+    if handler is None:
+        raise Unsupported(unsupported_reason(node))
+    if all(t.is_const(name) for name in node.input if name):
+        raise Unsupported("all inputs are constants, but the node could not be evaluated ahead of time")
+    if node.op_type not in _LAYOUT_AWARE and not is_neuron(node):
+        t.plain(node)
+    for name, expr in zip(node.output, handler(t, node)):
+        t.env[name] = expr
+
+
+def _visit(t: Translator, node: onnx.NodeProto, problems: list[Problem]) -> None:
     try:
-        if handler is None:
-            raise Unsupported(unsupported_reason(node))
-        if all(t.is_const(name) for name in node.input if name):
-            raise Unsupported("all inputs are constants, but the node could not be evaluated ahead of time")
-        if node.op_type not in _LAYOUT_AWARE and not is_neuron(node):
-            t.plain(node)
-        for name, expr in zip(node.output, handler(t, node)):
-            t.env[name] = expr
+        translate_node(t, node)
     except Unsupported as exc:
         problems.append((node_label(node), _op(node), str(exc)))
         t.unknown.update(node.output)

@@ -25,12 +25,11 @@ import onnx
 from pmsm.exporter.linearity import FLOAT_TYPES, commutes_with_time_mean
 from pmsm.exporter.timeloop import VALUE_FREE_OPS, element_types, implicit_inputs
 from pmsm.runtime.schema import is_neuron
-from pmsm.targets.nir import handlers_elementwise
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
-from pmsm.targets.nir.from_onnx import _LAYOUT_AWARE, HANDLERS, _op, _outputs
+from pmsm.targets.nir.from_onnx import _LAYOUT_AWARE, _op, _outputs, translate_node
 from pmsm.targets.nir.ir import Edge, Expr, WorkGraph
 from pmsm.targets.nir.onnx_view import NetworkView, network_view, node_label
-from pmsm.targets.nir.translator import Translator, Unknown, Unsupported, unsupported_reason
+from pmsm.targets.nir.translator import Translator, Unknown, Unsupported
 
 LINK_PREFIX = "pmsm_link/"  # manifest tensors joining two regions (no ONNX tensor has the name)
 _TOKEN_LAYOUT = (2, 1)
@@ -123,18 +122,7 @@ class _Cut:
             before = set(t.work.nodes)
             try:
                 self._stand_ins(node)
-                handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-                if is_neuron(node):
-                    handler = handlers_elementwise.neuron
-                if handler is None:
-                    raise Unsupported(unsupported_reason(node))
-                if all(t.is_const(n) for n in node.input if n):
-                    raise Unsupported("all inputs are constants, but the node could not be evaluated ahead of time")
-                if node.op_type not in _LAYOUT_AWARE and not is_neuron(node):
-                    t.plain(node)
-                results = handler(t, node)
-                for name, expr in zip(node.output, results):
-                    t.env[name] = expr
+                translate_node(t, node)
                 made = set(t.work.nodes) - before
                 reads = {k for n in node.input if n in t.env for k in t.env[n].terms}
                 self.touched[label_] = made | reads | {k for o in node.output if o in t.env for k in t.env[o].terms}
