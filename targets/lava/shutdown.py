@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.util
 import os
 import re
 import shutil
@@ -140,6 +141,11 @@ class WorkerGuard:
 
         self.raise_if_interrupted()
         _check_socket_room()
+        # multiprocessing's folder (pymp-*: the managers' sockets) made here, before any fork: the
+        # forked managers and workers inherit it instead of each making its own, which a SIGKILLed
+        # child never removes (seen as a pymp-* folder left after a SIGTERM during start-up); the
+        # command removes this one as it ends
+        multiprocessing.util.get_temp_dir()
         executable = process.compile(run_cfg)
         self.raise_if_interrupted()
         runtime = Runtime(executable, ActorType.MultiProcessing, loglevel=process._log_config.level)
