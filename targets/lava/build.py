@@ -21,8 +21,8 @@ from scipy.sparse import csr_matrix
 from pmsm.targets.lava.fixed_point import FixedPointPlan
 from pmsm.targets.lava.graph import GraphView
 from pmsm.targets.lava.partition import Partition
-from pmsm.targets.lava.plan import INPUT, Plan, Step
-from pmsm.targets.lava.processes.core import CoreProcess
+from pmsm.targets.lava.plan import Plan, Step, input_index, is_input
+from pmsm.targets.lava.processes.core import OUT_PORTS, CoreProcess
 from pmsm.targets.lava.processes.elementwise import Elementwise
 from pmsm.targets.lava.processes.neuron import PmsmNeuron
 from pmsm.targets.lava.processes.pool import Pool
@@ -61,16 +61,23 @@ def build(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, timesteps: 
     for step, proc in zip(plan.steps, processes):
         for term in step.inputs:
             _connect(term, processes, in_port(proc), links)
-    for term in plan.output_terms:
-        src = out_port(processes[term.src])
-        links.append(lambda net, src=src: _reshaped(src, net.out.shape).connect(net.out))
+    for k, output in enumerate(plan.outputs):
+        for term in output.terms:
+            src = out_port(processes[term.src])
+            links.append(lambda net, src=src, k=k: _reshaped(src, net.outputs[k].shape).connect(net.outputs[k]))
     latency = {i: step.latency for i, step in plan.neurons()}
     return Lowered(view, plan, fixed, processes, links, latency, plan.depth)
 
 
 def build_cores(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, partition: Partition,
-                timesteps: int, work_dir: str, record_paths: dict | None = None) -> Lowered:
-    """One CoreProcess per core; ``work_dir`` receives their statistics and error files."""
+                timesteps: int, work_dir: str, record_paths: dict | None = None, offset: int = 0,
+                input_delays: tuple = (), rows: int = 1) -> Lowered:
+    """One CoreProcess per core; ``work_dir`` receives their statistics and error files.
+    ``offset``: the step at which sample time 0 reaches the input ports (0 for a network fed by
+    the data; in a hybrid deployment, where the region sits in the schedule). ``input_delays``:
+    per input port, steps its messages are held back beyond the core's own alignment (ports whose
+    producers deliver earlier than the latest one). ``rows``: independent rows of every value
+    (program.py)."""
     processes, stats_paths = [], []
     for c, core in enumerate(partition.cores):
         operations = []
@@ -81,30 +88,40 @@ def build_cores(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, parti
                                         tuple(step.in_shape), tuple(step.out_shape), params))
         reads = {}
         for key, slot in core.reads.items():
-            shape = plan.input_lava_shape if key == INPUT else plan.steps[key].out_shape
+            shape = plan.inputs[input_index(key)].lava_shape if is_input(key) else plan.steps[key].out_shape
             reads[key] = (slot.port, slot.offset, slot.size, tuple(shape))
+        delays = [i.delay + (_extra_delay(input_delays, i.source) if is_input(i.source) else 0) for i in core.inputs]
         stats_path = os.path.join(work_dir, f"stats_{c:04d}.npy")
         np.lib.format.open_memmap(stats_path, mode="w+", dtype=np.float64, shape=(max(1, len(operations)), STAT_COLUMNS))
         stats_paths.append(stats_path)
         program = CoreProgram(
-            core.name, operations, reads, [i.size for i in core.inputs], [i.delay for i in core.inputs],
-            list(core.sends), [(t.src, tuple(t.shape)) for t in plan.output_terms] if core.has_output else [],
-            int(timesteps), core.latency,
+            core.name, operations, reads, [i.size * rows for i in core.inputs], delays,
+            list(core.sends),
+            [[(t.src, tuple(t.shape)) for t in output.terms] for output in plan.outputs] if core.has_output else [],
+            int(timesteps), core.latency + int(offset),
             {i: p for i, p in (record_paths or {}).items() if i in core.neurons},
-            stats_path, os.path.join(work_dir, f"core_{c:04d}.error"))
+            stats_path, os.path.join(work_dir, f"core_{c:04d}.error"), int(rows))
         processes.append(CoreProcess(program=program, name=core.name))
     links = []
     for core, proc in zip(partition.cores, processes):
         for port, feed in enumerate(core.inputs):
             dst = getattr(proc, f"in{port}")
-            if feed.source == INPUT:
-                links.append(lambda net, dst=dst: _reshaped(net.inp, dst.shape).connect(dst))
+            if is_input(feed.source):
+                k = input_index(feed.source)
+                links.append(lambda net, dst=dst, k=k: _reshaped(net.inputs[k], dst.shape).connect(dst))
             else:
                 processes[feed.source].s_out.connect(dst)
     output = processes[partition.output_core]
-    links.append(lambda net: _reshaped(output.a_out, net.out.shape).connect(net.out))
-    latency = {n: partition.neuron_latency(n) for n, _ in plan.neurons()}
+    for k in range(len(plan.outputs)):
+        src = getattr(output, OUT_PORTS[k])
+        links.append(lambda net, src=src, k=k: _reshaped(src, net.outputs[k].shape).connect(net.outputs[k]))
+    latency = {n: partition.neuron_latency(n) + int(offset) for n, _ in plan.neurons()}
     return Lowered(view, plan, fixed, processes, links, latency, partition.depth, partition, stats_paths)
+
+
+def _extra_delay(input_delays: tuple, key: int) -> int:
+    k = input_index(key)
+    return int(input_delays[k]) if k < len(input_delays) else 0
 
 
 def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: str):
@@ -175,7 +192,8 @@ def _reshaped(port, shape):
 
 def _connect(term, processes, dst, links) -> None:
     # a reshape to the destination's shape covers Flatten and flat Sparse ports alike
-    if term.src == INPUT:
-        links.append(lambda net: _reshaped(net.inp, dst.shape).connect(dst))
+    if is_input(term.src):
+        k = input_index(term.src)
+        links.append(lambda net: _reshaped(net.inputs[k], dst.shape).connect(dst))
     else:
         _reshaped(out_port(processes[term.src]), dst.shape).connect(dst)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pmsm.runtime.base.errors import UnsupportedModelError
-from pmsm.targets.lava.plan import CONVERTERS, INPUT, Plan, spike_bits
+from pmsm.targets.lava.plan import CONVERTERS, Plan, input_key, is_input, spike_bits
 
 TARGET = "lava (fixed point)"
 STATE_BITS = 24
@@ -73,9 +73,17 @@ class NeuronQuantization:
 @dataclass
 class FixedPointPlan:
     params: dict                # step index -> parameters for the fixed-point process
-    output_unit: float          # level value of one integer step at the network output
-    input_exponent: int
-    records: list               # InputQuantization first, then per step
+    output_units: list          # per output port: the level value of one integer step
+    input_exponents: list       # per input port
+    records: list               # InputQuantization per input port first, then per step
+
+    @property
+    def output_unit(self) -> float:
+        return self.output_units[0]
+
+    @property
+    def input_exponent(self) -> int:
+        return self.input_exponents[0]
 
 
 def input_exponent_for(x: np.ndarray, bits: int = 8) -> int:
@@ -91,26 +99,33 @@ def quantize_input(x: np.ndarray, exponent: int, bits: int = 8) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, np.float64) * 2.0 ** exponent), -limit, limit).astype(np.int64)
 
 
-def quantize(plan: Plan, input_exponent: int, input_bits: int = 8, source: str = "<graph>",
+def quantize(plan: Plan, input_exponent, input_bits=8, source: str = "<graph>",
              input_node: str = "input", conv_synapse: str = "conv") -> FixedPointPlan:
-    """``conv_synapse="sparse"``: convolutions run as Lava Sparse, which stores weights like Dense."""
+    """``input_exponent`` and ``input_bits``: one value, or one per input port of the plan.
+    ``conv_synapse="sparse"``: convolutions run as Lava Sparse, which stores weights like Dense."""
     grids = dict(GRIDS, conv=GRIDS["dense"]) if conv_synapse == "sparse" else dict(GRIDS)
-    return _Quantizer(plan, input_exponent, input_bits, source, input_node, grids).run()
+    ports = len(plan.inputs)
+    exponents = [int(e) for e in np.broadcast_to(np.asarray(input_exponent), (ports,))]
+    bits = [int(b) for b in np.broadcast_to(np.asarray(input_bits), (ports,))]
+    nodes = [input_node] if ports == 1 else [p.node for p in plan.inputs]
+    return _Quantizer(plan, exponents, bits, source, nodes, grids).run()
 
 
 class _Quantizer:
-    def __init__(self, plan: Plan, input_exponent: int, input_bits: int, source: str, input_node: str,
+    def __init__(self, plan: Plan, input_exponents: list, input_bits: list, source: str, input_nodes: list,
                  grids: dict):
-        self.plan, self.source, self.input_node, self.grids = plan, source, input_node, grids
-        self.input_exponent, self.input_bits = input_exponent, input_bits
+        self.plan, self.source, self.input_nodes, self.grids = plan, source, input_nodes, grids
+        self.input_exponents, self.input_bits = input_exponents, input_bits
         self.port: dict[int, float] = {}
-        self.out: dict[int, float] = {INPUT: 2.0 ** -input_exponent}
-        self.bound: dict[int, float] = {INPUT: 2.0 ** (input_bits - 1) - 1}
+        keys = [input_key(k) for k in range(len(input_exponents))]
+        self.out: dict[int, float] = {key: 2.0 ** -e for key, e in zip(keys, input_exponents)}
+        self.bound: dict[int, float] = {key: 2.0 ** (b - 1) - 1 for key, b in zip(keys, input_bits)}
         # worst-case magnitude in levels of what each step sends, known before any scale is set
-        self.level_bound: dict[int, float] = {INPUT: self.bound[INPUT] * 2.0 ** -input_exponent}
+        self.level_bound: dict[int, float] = {key: self.bound[key] * self.out[key] for key in keys}
 
     def run(self) -> FixedPointPlan:
-        records = [InputQuantization(self.input_node, "input", self.input_exponent, self.input_bits)]
+        records = [InputQuantization(node, "input", e, b)
+                   for node, e, b in zip(self.input_nodes, self.input_exponents, self.input_bits)]
         params = {}
         steps = self.plan.steps
         for i, step in enumerate(steps):
@@ -121,12 +136,12 @@ class _Quantizer:
             elif step.kind == "pool":
                 area = step.params["kernel"][0] * step.params["kernel"][1]
                 self.out[i] = self.port[i] / area if step.params["mode"] == "avg" else self.port[i]
-        output_unit = self._port_unit(self.plan.output_terms, "output")
+        output_units = [self._port_unit(output.terms, "output") for output in self.plan.outputs]
         for i, step in enumerate(steps):
             params[i], record = getattr(self, "_" + step.kind)(i, step)
             if record is not None:
                 records.append(record)
-        return FixedPointPlan(params, output_unit, self.input_exponent, records)
+        return FixedPointPlan(params, output_units, self.input_exponents, records)
 
     # ------------------------------------------------------------ port scales
     def _level_bound(self, step) -> float:
@@ -177,7 +192,7 @@ class _Quantizer:
         return unit
 
     def _is_converter(self, index: int) -> bool:
-        return index != INPUT and self.plan.steps[index].kind in CONVERTERS
+        return not is_input(index) and self.plan.steps[index].kind in CONVERTERS
 
     def _max_exponent(self, index: int) -> float:
         """Largest E at which the step's multipliers fit its grid with output unit 2**-E."""

@@ -49,11 +49,13 @@ class GraphView:
     succs: dict
     order: tuple               # topological; Input first
     shapes: dict               # name -> NIR output shape
-    input: str
-    output: str
+    input: str                 # the first Input node (a plain network has one)
+    output: str                # the first Output node
     neurons: dict              # IF name -> NeuronParams
     pools: dict                # pool name -> PoolGeometry
     convs: dict                # Conv2d name -> ConvGeometry
+    inputs: tuple = ()         # every Input node, in the graph's order (a region of a deployment may have several)
+    outputs: tuple = ()        # every Output node
 
 
 class _Problem(Exception):
@@ -109,8 +111,8 @@ def analyse(path_or_graph) -> GraphView:
 
     inputs = [n for n, v in nodes.items() if isinstance(v, nir.Input)]
     outputs = [n for n, v in nodes.items() if isinstance(v, nir.Output)]
-    if len(inputs) != 1 or len(outputs) != 1:
-        bad(GRAPH, f"need exactly one Input and one Output node, found {len(inputs)} and {len(outputs)}")
+    if not inputs or not outputs:
+        bad(GRAPH, f"need at least one Input and one Output node, found {len(inputs)} and {len(outputs)}")
     order = topological_order(nodes, [(src, dst) for src, dsts in succs.items() for dst in dsts])
     for name in nodes:
         if name not in order:
@@ -123,7 +125,7 @@ def analyse(path_or_graph) -> GraphView:
         elif not preds[name]:
             bad(name, "has no incoming edge")
         if name not in reaching and not isinstance(nodes[name], nir.Output):
-            bad(name, "does not lead to the Output node")
+            bad(name, "does not lead to an Output node")
 
     shapes: dict[str, tuple[int, ...]] = {}
     neurons, pools, convs = {}, {}, {}
@@ -157,7 +159,7 @@ def analyse(path_or_graph) -> GraphView:
         raise UnsupportedModelError(source, TARGET, _unique(problems))
     return GraphView(source, nodes, {n: tuple(p) for n, p in preds.items()},
                      {n: tuple(s) for n, s in succs.items()}, tuple(order), shapes,
-                     inputs[0], outputs[0], neurons, pools, convs)
+                     inputs[0], outputs[0], neurons, pools, convs, tuple(inputs), tuple(outputs))
 
 
 _SUPPORTED = (nir.Input, nir.Output, nir.Conv1d, nir.Conv2d, nir.Affine, nir.Linear, nir.Flatten,

@@ -22,7 +22,7 @@ from lava.proc.conv import utils as conv_utils
 from pmsm.targets.lava.graph import GraphView
 from pmsm.targets.lava.kernels import pool_whc
 from pmsm.targets.lava.layout import conv_weight, lava_shape, layout_perm, single_to_lava, wh
-from pmsm.targets.lava.plan import CONVERTERS, INPUT, Plan, Step, Term, spike_bits
+from pmsm.targets.lava.plan import CONVERTERS, Plan, PlanInput, PlanOutput, Step, Term, input_key, is_input, spike_bits
 from pmsm.targets.nir.dialect import normalise
 
 ANALOG_BITS = 24    # message width assumed for the analog input and for currents
@@ -67,10 +67,17 @@ class _Lowering:
             if isinstance(node, nir.Output):
                 continue
             self.values[name] = handlers[type(node)](name, node)
-        out_terms, out_value = self._output(view.output)
-        in_shape = view.shapes[view.input]
-        return Plan(self.steps, in_shape, lava_shape(in_shape), layout_perm(in_shape), out_terms,
-                    out_value.nir_shape, out_value.lava_shape, out_value.perm)
+        outputs = [(name, *self._output(name)) for name in view.outputs]
+        # every output port delivers sample time t at the same step (the network's depth)
+        aligned = self._align([t for _, terms, _ in outputs for t in terms], view.outputs[0])
+        ports, start = [], 0
+        for name, terms, value in outputs:
+            ports.append(PlanOutput(name, aligned[start:start + len(terms)], value.nir_shape, value.lava_shape,
+                                    value.perm))
+            start += len(terms)
+        inputs = [PlanInput(name, view.shapes[name], lava_shape(view.shapes[name]), layout_perm(view.shapes[name]))
+                  for name in view.inputs]
+        return Plan(self.steps, inputs, ports)
 
     # ----------------------------------------------------------------- helpers
     def _add(self, step: Step) -> int:
@@ -113,7 +120,7 @@ class _Lowering:
 
     def _absorb_delay(self, term: Term, target: int) -> bool:
         """A Scale step feeding only this consumer can do the delay itself: one process less."""
-        if term.src == INPUT:
+        if is_input(term.src):
             return False
         step = self.steps[term.src]
         if (step.kind != "elementwise" or step.params["role"] != "scale" or step.params["delay"]
@@ -143,7 +150,7 @@ class _Lowering:
         identity elementwise step, so the receiving port can choose its own scale."""
         out = []
         for term in terms:
-            if term.src != INPUT and self.steps[term.src].kind in CONVERTERS:
+            if not is_input(term.src) and self.steps[term.src].kind in CONVERTERS:
                 out.append(term)
                 continue
             idx = self._add(Step("elementwise", name, [term], term.shape, term.shape, term.latency,
@@ -178,7 +185,8 @@ class _Lowering:
     def _input(self, name, node) -> _Value:
         shape = self.view.shapes[name]
         lshape = lava_shape(shape)
-        return _Value([Term(INPUT, 0, lshape)], shape, lshape, layout_perm(shape), None, ANALOG_BITS)
+        key = input_key(self.view.inputs.index(name))
+        return _Value([Term(key, 0, lshape)], shape, lshape, layout_perm(shape), None, ANALOG_BITS)
 
     def _flatten(self, name, node) -> _Value:
         value = self._gather(name)
@@ -256,7 +264,7 @@ class _Lowering:
         if len(preds) != 1 or len(value.terms) != 1 or len(self.view.succs[preds[0]]) != 1:
             return False
         term = value.terms[0]
-        if term.src == INPUT:
+        if is_input(term.src):
             return False
         step = self.steps[term.src]
         if step.node != preds[0] or step.kind not in ("dense", "conv") or term.shape != step.out_shape:
@@ -289,7 +297,7 @@ class _Lowering:
     def _output(self, name):
         value = self._materialize_bias(self._gather(name), name)
         terms = self._align(value.terms, name)
-        if any(t.src == INPUT for t in terms):
+        if any(is_input(t.src) for t in terms):
             # A hierarchical in-port cannot feed the out-port directly.
             value = self._elementwise(_Value(terms, value.nir_shape, value.lava_shape, value.perm,
                                              None, value.bits), name, 1.0, 0.0, "rescale")

@@ -16,12 +16,13 @@ from lava.proc.dense.process import Dense
 from lava.proc.sparse.models import PySparseModelBitAcc, PySparseModelFloat
 from lava.proc.sparse.process import Sparse
 
-from pmsm.targets.lava.processes import core, elementwise, neuron, pool, readout, source
+from pmsm.targets.lava.processes import core, elementwise, host, neuron, pool, readout, source
 
 FLOAT, FIXED = "floating_pt", "fixed_pt"
 MODELS = {
     core.CoreProcess: {FLOAT: core.PyCoreFloat, FIXED: core.PyCoreFixed},
     elementwise.Elementwise: {FLOAT: elementwise.PyElementwiseFloat, FIXED: elementwise.PyElementwiseFixed},
+    host.HostStage: {FLOAT: host.PyHostStageFloat, FIXED: host.PyHostStageFixed},
     neuron.PmsmNeuron: {FLOAT: neuron.PyPmsmNeuronFloat, FIXED: neuron.PyPmsmNeuronFixed},
     pool.Pool: {FLOAT: pool.PyPoolFloat, FIXED: pool.PyPoolFixed},
     readout.MeanReadout: {FLOAT: readout.PyMeanReadoutFloat, FIXED: readout.PyMeanReadoutFixed},

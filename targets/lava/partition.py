@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pmsm.targets.lava.plan import INPUT, Plan
+from pmsm.targets.lava.plan import Plan, input_index, is_input
 
 MAX_INPUTS = 8          # in-ports a core process declares (Lava needs them named in its model)
 
@@ -38,7 +38,7 @@ class Slot:
 
 @dataclass
 class CoreInput:
-    source: int             # core index, or INPUT
+    source: int             # core index, or an input port's key (plan.input_key)
     delay: int              # steps the message is held back
     size: int               # flat size of the message
 
@@ -48,10 +48,10 @@ class Core:
     name: str
     steps: list             # plan step indices, topological
     neurons: list           # its neuron steps
-    has_output: bool        # it computes what reaches the network's Output
+    has_output: bool        # it computes what reaches the network's Output nodes
     sends: list = field(default_factory=list)       # neuron steps other cores read, in message order
     inputs: list = field(default_factory=list)      # CoreInput per port
-    reads: dict = field(default_factory=dict)       # neuron step index or INPUT -> Slot
+    reads: dict = field(default_factory=dict)       # neuron step index or input key -> Slot
     latency: int = 0
 
     def message_size(self, plan: Plan) -> int:
@@ -83,11 +83,11 @@ def partition(plan: Plan, layers_per_core: int = 1) -> Partition:
         for n in group:
             members |= _tree(plan, plan.steps[n].inputs, neuron_core, c)
         if c == len(groups) - 1:
-            members |= _tree(plan, plan.output_terms, neuron_core, c)
+            members |= _tree(plan, plan.all_output_terms(), neuron_core, c)
         cores.append(Core(_core_name(plan, group), sorted(members), list(group), c == len(groups) - 1))
     for c, core in enumerate(cores):
         for source in _external_sources(plan, core, neuron_core, c):
-            if source != INPUT and source not in cores[neuron_core[source]].sends:
+            if not is_input(source) and source not in cores[neuron_core[source]].sends:
                 cores[neuron_core[source]].sends.append(source)
     for core in cores:
         core.sends.sort()
@@ -102,7 +102,7 @@ def _tree(plan: Plan, terms, neuron_core: dict, core: int) -> set:
     found, stack = set(), [t.src for t in terms]
     while stack:
         src = stack.pop()
-        if src == INPUT or src in found:
+        if is_input(src) or src in found:
             continue
         if plan.steps[src].kind == "neuron":
             continue
@@ -115,13 +115,13 @@ def _terms_read(plan: Plan, core: Core):
     for i in core.steps:
         yield from plan.steps[i].inputs
     if core.has_output:
-        yield from plan.output_terms
+        yield from plan.all_output_terms()
 
 
 def _external_sources(plan: Plan, core: Core, neuron_core: dict, index: int) -> list:
     sources = []
     for term in _terms_read(plan, core):
-        outside = term.src == INPUT or neuron_core.get(term.src, index) != index
+        outside = is_input(term.src) or neuron_core.get(term.src, index) != index
         if outside and term.src not in sources:
             sources.append(term.src)
     return sources
@@ -129,16 +129,17 @@ def _external_sources(plan: Plan, core: Core, neuron_core: dict, index: int) -> 
 
 def _wire(plan: Plan, core: Core, cores: list, neuron_core: dict, index: int) -> None:
     sources = _external_sources(plan, core, neuron_core, index)
-    origin = {s: (INPUT if s == INPUT else neuron_core[s]) for s in sources}
+    origin = {s: (s if is_input(s) else neuron_core[s]) for s in sources}
     feeding = sorted(set(origin.values()))
-    core.latency = max([0] + [cores[f].latency + 1 for f in feeding if f != INPUT])
+    core.latency = max([0] + [cores[f].latency + 1 for f in feeding if not is_input(f)])
     if len(feeding) > MAX_INPUTS:
         raise ValueError(f"core {core.name} reads {len(feeding)} other cores; a core has "
                          f"{MAX_INPUTS} input ports (use more layers per core)")
     for port, f in enumerate(feeding):
-        if f == INPUT:
-            core.inputs.append(CoreInput(INPUT, core.latency, _size(plan.input_lava_shape)))
-            core.reads[INPUT] = Slot(port, 0, _size(plan.input_lava_shape))
+        if is_input(f):
+            size = _size(plan.inputs[input_index(f)].lava_shape)
+            core.inputs.append(CoreInput(f, core.latency, size))
+            core.reads[f] = Slot(port, 0, size)
             continue
         sender = cores[f]
         core.inputs.append(CoreInput(f, core.latency - sender.latency - 1, sender.message_size(plan)))

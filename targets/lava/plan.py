@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-INPUT = -1          # Term.src of the network's input port
+INPUT = -1          # Term.src of the network's (first) input port; input k is ``input_key(k)``
 CONVERTERS = ("dense", "conv", "elementwise")   # steps whose output scale the fixed-point pass chooses
 
 
@@ -32,21 +32,82 @@ class Step:
     params: dict = field(default_factory=dict)
 
 
+def input_key(k: int) -> int:
+    """Term.src of the network's input port ``k`` (a region of a hybrid deployment may have
+    several): negative, so it never names a step."""
+    return INPUT - int(k)
+
+
+def is_input(src: int) -> bool:
+    return src < 0
+
+
+def input_index(src: int) -> int:
+    return INPUT - src
+
+
+@dataclass
+class PlanInput:
+    node: str                   # the NIR Input node
+    shape: tuple                # NIR
+    lava_shape: tuple
+    perm: object                # np.ndarray | None
+
+
+@dataclass
+class PlanOutput:
+    node: str                   # the NIR Output node
+    terms: list                 # summed into the network's out port
+    shape: tuple                # NIR
+    lava_shape: tuple
+    perm: object
+
+
 @dataclass
 class Plan:
+    """Steps, and the network's ports: one per NIR Input and Output node, in the graph's order
+    (a plain network has one of each)."""
+
     steps: list
-    input_shape: tuple          # NIR
-    input_lava_shape: tuple
-    input_perm: object          # np.ndarray | None
-    output_terms: list
-    output_shape: tuple
-    output_lava_shape: tuple
-    output_perm: object
+    inputs: list                # PlanInput per input port
+    outputs: list               # PlanOutput per output port
 
     @property
     def depth(self) -> int:
-        """Steps between presenting sample time t and its arrival at the output."""
-        return self.output_terms[0].latency
+        """Steps between presenting sample time t and its arrival at the outputs (all at once)."""
+        return max(t.latency for out in self.outputs for t in out.terms)
+
+    # the first port of each kind: what a plain network (one input, one output) has
+    @property
+    def input_shape(self) -> tuple:
+        return self.inputs[0].shape
+
+    @property
+    def input_lava_shape(self) -> tuple:
+        return self.inputs[0].lava_shape
+
+    @property
+    def input_perm(self):
+        return self.inputs[0].perm
+
+    @property
+    def output_terms(self) -> list:
+        return self.outputs[0].terms
+
+    @property
+    def output_shape(self) -> tuple:
+        return self.outputs[0].shape
+
+    @property
+    def output_lava_shape(self) -> tuple:
+        return self.outputs[0].lava_shape
+
+    @property
+    def output_perm(self):
+        return self.outputs[0].perm
+
+    def all_output_terms(self) -> list:
+        return [t for out in self.outputs for t in out.terms]
 
     def neurons(self) -> list[tuple[int, Step]]:
         return [(i, s) for i, s in enumerate(self.steps) if s.kind == "neuron"]

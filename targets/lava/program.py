@@ -43,24 +43,26 @@ class Operation:
 class CoreProgram:
     name: str
     operations: list
-    reads: dict                 # value key (neuron step or INPUT) -> (port, offset, size, shape)
+    reads: dict                 # value key (neuron step or input key) -> (port, offset, size, shape)
     input_sizes: list           # flat size per port
     delays: list                # steps each port's message is held back
     sends: list                 # neuron steps whose spikes leave in s_out, in order
-    output_terms: list          # (value key, shape) summed into a_out; empty unless the last core
+    outputs: list               # per output port: (value key, shape) terms summed into it; empty unless the last core
     interval: int               # timesteps per sample
     latency: int                # sample time j is computed at step j + latency
     record_paths: dict = field(default_factory=dict)   # neuron step -> .npy of its spikes
     stats_path: str = ""        # .npy [len(operations), STAT_COLUMNS]
     error_path: str = ""
+    rows: int = 1               # independent rows every message carries (a region of a deployment
+                                # applied to every token: each row has its own neurons' state)
 
     @property
     def message_size(self) -> int:
-        return sum(int(np.prod(op.out_shape)) for op in self.operations if op.step in self.sends)
+        return self.rows * sum(int(np.prod(op.out_shape)) for op in self.operations if op.step in self.sends)
 
     @property
-    def output_size(self) -> int:
-        return int(np.prod(self.output_terms[0][1])) if self.output_terms else 0
+    def output_sizes(self) -> list:
+        return [self.rows * int(np.prod(terms[0][1])) for terms in self.outputs]
 
 
 class _Runner:
@@ -72,7 +74,9 @@ class _Runner:
         self.neurons = {op.step: NeuronParams(lo=op.params["lo"], hi=op.params["hi"],
                                               v_init=op.params["v_init"], rounding=op.params["rounding"])
                         for op in program.operations if op.kind == "neuron"}
-        self.membranes: dict = {}
+        self.row = 0
+        self.row_membranes = [{} for _ in range(program.rows)]
+        self.membranes: dict = self.row_membranes[0]
         self.records = {i: np.load(path, mmap_mode="r+") for i, path in program.record_paths.items()}
         self.stats = np.load(program.stats_path, mmap_mode="r+") if program.stats_path else None
         self.convolutions = {op.step: Convolution(op.params["weight"], op.in_shape, op.params["stride"],
@@ -87,20 +91,28 @@ class _Runner:
         return np.asarray(params["weights"], dtype=np.float64)
 
     def step(self, k: int, messages: list):
-        """Step ``k`` (0-based): returns (spikes to send, output to send), flat."""
+        """Step ``k`` (0-based): returns (spikes to send, outputs to send, one per output port), flat."""
         self.step_index = k
         program = self.program
         values = {}
         arrived = [self._delayed(p, m) for p, m in enumerate(messages)]
-        for key, (port, offset, size, shape) in program.reads.items():
-            values[key] = arrived[port][offset:offset + size].reshape(shape)
         window_starts = (k - program.latency) % program.interval == 0
-        for row, op in enumerate(program.operations):
-            x = _sum_terms(values, op.terms)
-            values[op.step] = self._operation(row, op, x, window_starts)
-        spikes = np.concatenate([values[i].reshape(-1) for i in program.sends]) if program.sends else None
-        output = _sum_terms(values, program.output_terms).reshape(-1) if program.output_terms else None
-        return spikes, output
+        rows = program.rows
+        per_row = []
+        for r in range(rows):
+            self.row, self.membranes = r, self.row_membranes[r]
+            values = {}
+            for key, (port, offset, size, shape) in program.reads.items():
+                values[key] = arrived[port][offset * rows + r * size:offset * rows + (r + 1) * size].reshape(shape)
+            for row, op in enumerate(program.operations):
+                x = _sum_terms(values, op.terms)
+                values[op.step] = self._operation(row, op, x, window_starts)
+            per_row.append(values)
+        # a message holds each value's rows one after another, values in send order
+        spikes = np.concatenate([v[i].reshape(-1) for i in program.sends for v in per_row]) if program.sends else None
+        outputs = [np.concatenate([_sum_terms(v, terms).reshape(-1) for v in per_row]) for terms in program.outputs] \
+            if program.outputs else None
+        return spikes, outputs
 
     def _delayed(self, port: int, message: np.ndarray) -> np.ndarray:
         buffer = self.buffers[port]
@@ -114,7 +126,10 @@ class _Runner:
     def _record(self, op: Operation, s: np.ndarray) -> None:
         record = self.records.get(op.step)
         if record is not None:
-            record[self.step_index % record.shape[0]] = s
+            if self.program.rows > 1:
+                record[self.step_index % record.shape[0], self.row] = s
+            else:
+                record[self.step_index % record.shape[0]] = s
 
     def _operation(self, row, op, x, window_starts):
         raise NotImplementedError

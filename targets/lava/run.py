@@ -55,6 +55,10 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
     ``input_peak``: the largest ``|x|`` of the whole data set, when ``x`` is a part of it, so that
     the fixed-point input grid is the same for every part (default: ``x``'s own)."""
     view = analyse(graph_or_path)
+    if len(view.inputs) != 1 or len(view.outputs) != 1:
+        raise BadInputError(f"{view.source}: a network run on data has one Input and one Output node, found "
+                            f"{len(view.inputs)} and {len(view.outputs)} (a region of a hybrid deployment runs "
+                            "as part of its deployment: targets/lava/hybrid.py)")
     # Data, outputs and spikes are exchanged in ONNX's axis order (docs/nir.md §3a).
     x = np.asarray(x)
     x = _check_input(np.ascontiguousarray(layout.to_nir_layout(x, layout.layout(view.nodes[view.input])))
@@ -102,7 +106,8 @@ class _Stepper:
 
     def __init__(self, net, n, t_steps, progress, samples_per_chunk, error_folder, check_interrupt):
         self.net, self.n, self.t_steps = net, n, t_steps
-        self.progress, self.error_folder, self.check_interrupt = progress, error_folder, check_interrupt
+        self.progress, self.check_interrupt = progress, check_interrupt
+        self.error_folders = [error_folder] if isinstance(error_folder, str) else list(error_folder)
         self.fixed_chunk = samples_per_chunk * t_steps if samples_per_chunk else None
         self.idle = False
 
@@ -119,7 +124,8 @@ class _Stepper:
             self.idle = True
             elapsed = time.perf_counter() - started
             done += steps
-            raise_recorded_failure(self.error_folder)
+            for folder in self.error_folders:
+                raise_recorded_failure(folder)
             if self.progress is not None:
                 self.progress(min(self.n, max(0, (done - self.net.depth) // self.t_steps)), self.n)
             if not self.fixed_chunk:
@@ -162,14 +168,22 @@ def _spikes(net: Network, n: int, t_steps: int) -> dict:
 
 def _report(net: Network, x: np.ndarray) -> list:
     """Static quantization records plus what the run measured (input error, bits, overflows)."""
+    exponent = net.lowered.fixed.input_exponent
+    x_q = quantize_input(x, exponent, INPUT_BITS) * 2.0 ** -exponent
+    return _records(net, {0: float(np.max(np.abs(x_q - x)))})
+
+
+def _records(net: Network, input_errors: dict) -> list:
+    """The fixed-point records of ``net`` with what its run measured; ``input_errors``: per input
+    port fed by data, the largest error of the data on its grid."""
     fixed = net.lowered.fixed
     measured = _measured(net)
-    exponent = fixed.input_exponent
-    x_q = quantize_input(x, exponent, INPUT_BITS) * 2.0 ** -exponent
-    report = []
+    report, port = [], 0
     for record in fixed.records:
         if record.kind == "input":
-            record = dataclasses.replace(record, max_abs_error=float(np.max(np.abs(x_q - x))))
+            if port in input_errors:
+                record = dataclasses.replace(record, max_abs_error=input_errors[port])
+            port += 1
         elif isinstance(record, NeuronQuantization) and record.step in measured:
             m = measured[record.step]
             bits = int(m["state_peak"]).bit_length() + 1

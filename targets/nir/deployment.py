@@ -330,7 +330,7 @@ class DeploymentRunner:
         self.batch = m["data_input"].get("batch")
 
     def run(self, x: np.ndarray, timesteps: int, collect_spikes: bool = False, replay: dict | None = None,
-            modes: tuple = ("value",), steps: list | None = None) -> tuple[np.ndarray, dict, dict]:
+            modes: tuple = ("value",), steps: list | None = None, watch=None) -> tuple[np.ndarray, dict, dict]:
         """``(mean output [N, ...], spikes by neuron [T, N, ...], neuron inputs by mode and neuron)``.
 
         ``replay``: spikes (keyed like the result) the neurons emit instead of running; the inputs
@@ -338,7 +338,8 @@ class DeploymentRunner:
         ``value``, ``absolute`` (every region parameter, input and spike by its magnitude: the sum
         of the magnitudes of the terms each neuron input adds up) and ``indicator`` (1 for every
         non-zero parameter, input and spike: how many terms it adds up); host stages run on the
-        values, regions read the magnitude or indicator of what the host gives them."""
+        values, regions read the magnitude or indicator of what the host gives them. ``watch``:
+        called as ``watch(tensor, value)`` with every tensor a stage writes, at every step."""
         x = np.asarray(x, np.float32)
         if x.shape[1:] != self.input_shape:
             raise BadInputError(f"deployment: input of shape {x.shape} does not match [N, {self.input_shape}]")
@@ -351,20 +352,20 @@ class DeploymentRunner:
             if self.batch and stop - start < chunk:
                 xb = np.concatenate([xb, np.zeros((chunk - (stop - start),) + xb.shape[1:], np.float32)])
             r = None if replay is None else (replay, start, stop, chunk)
-            out, s, z, per_step = self._run_chunk(xb, int(timesteps), r, modes)
+            out, s, z, per_step = self._run_chunk(xb, int(timesteps), r, modes, watch)
             outs.append(out[: stop - start])
             if steps is not None:  # each step's first graph output, [T, n, ...]
                 steps.append(per_step[:, : stop - start])
             for store, values in [(spikes, s)] + [(inputs[mode], z[mode]) for mode in modes]:
-                for key, steps in values.items():
-                    a = np.stack(steps)
+                for key, per_step_values in values.items():
+                    a = np.stack(per_step_values)
                     store.setdefault(key, []).append(a[:, : stop - start] if a.ndim > 1 and a.shape[1] == chunk
                                                       else a[:, None])
         cat = {k: np.concatenate(v, axis=1) for k, v in spikes.items()}
         return (np.concatenate(outs), cat,
                 {mode: {k: np.concatenate(v, axis=1) for k, v in inputs[mode].items()} for mode in modes})
 
-    def _run_chunk(self, x: np.ndarray, timesteps: int, replay, modes: tuple):
+    def _run_chunk(self, x: np.ndarray, timesteps: int, replay, modes: tuple, watch=None):
         membranes: dict = {}
         state: dict = {}
         sums = {name: None for name in self.outputs}
@@ -381,6 +382,10 @@ class DeploymentRunner:
                                           inputs[mode], t, replay, mode)
                 else:
                     self._host_step(stage, values, state, t)
+                if watch is not None:
+                    written = stage.outputs if isinstance(stage, _Region) else [(None, n, None) for n in stage[0]["outputs"]]
+                    for _, tensor, _ in written:
+                        watch(tensor, values[tensor])
             for name in self.outputs:
                 v = values[name].astype(np.float32).astype(np.float64)
                 sums[name] = v if sums[name] is None else sums[name] + v

@@ -25,10 +25,13 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from pmsm.targets.lava.partition import MAX_INPUTS
+
+MAX_OUTPUTS = 8         # out-ports a core process declares: the last core sends every Output node's value
 from pmsm.targets.lava.processes.failure import FailureGuard
 from pmsm.targets.lava.program import CoreProgram, FixedPointRunner, FloatRunner
 
 IN_PORTS = tuple(f"in{k}" for k in range(MAX_INPUTS))
+OUT_PORTS = ("a_out",) + tuple(f"a_out{k}" for k in range(1, MAX_OUTPUTS))
 
 
 class CoreProcess(AbstractProcess):
@@ -37,8 +40,12 @@ class CoreProcess(AbstractProcess):
         for k, name_ in enumerate(IN_PORTS):
             size = program.input_sizes[k] if k < len(program.input_sizes) else 1
             setattr(self, name_, InPort(shape=(size,)))
+        if len(program.outputs) > MAX_OUTPUTS:
+            raise ValueError(f"core {name} computes {len(program.outputs)} outputs; a core has {MAX_OUTPUTS} out-ports")
         self.s_out = OutPort(shape=(max(1, program.message_size),))
-        self.a_out = OutPort(shape=(max(1, program.output_size),))
+        sizes = program.output_sizes
+        for k, name_ in enumerate(OUT_PORTS):
+            setattr(self, name_, OutPort(shape=(sizes[k] if k < len(sizes) else 1,)))
 
 
 class _CoreModel(PyLoihiProcessModel):
@@ -52,21 +59,23 @@ class _CoreModel(PyLoihiProcessModel):
         self.guard = FailureGuard(program.error_path, program.name)
         self.ports = None           # Lava sets the port objects after __init__
         self.pending_spikes = np.zeros(max(1, program.message_size))
-        self.pending_output = np.zeros(max(1, program.output_size))
+        self.pending_outputs = [np.zeros(size) for size in program.output_sizes]
 
     def run_spk(self) -> None:
         # send first: what was computed in the previous step (one step per hop, as Dense/Conv)
         self.s_out.send(self.pending_spikes)
-        self.a_out.send(self.pending_output)
         if self.ports is None:
             self.ports = [getattr(self, name) for name in IN_PORTS[: len(self.program.input_sizes)]]
+            self.out_ports = [getattr(self, name) for name in OUT_PORTS[: len(self.pending_outputs)]]
+        for port, pending in zip(self.out_ports, self.pending_outputs):
+            port.send(pending)
         messages = [port.recv() for port in self.ports]
         if self.guard.failed:
             return
         with self.guard:
-            spikes, output = self.runner.step(self.time_step - 1, messages)
+            spikes, outputs = self.runner.step(self.time_step - 1, messages)
             self.pending_spikes = spikes if spikes is not None else self.pending_spikes
-            self.pending_output = output if output is not None else self.pending_output
+            self.pending_outputs = outputs if outputs is not None else self.pending_outputs
 
 
 def _declare_ports(model, dtype, **precision):
@@ -74,7 +83,8 @@ def _declare_ports(model, dtype, **precision):
     for name in IN_PORTS:
         setattr(model, name, LavaPyType(PyInPort.VEC_DENSE, dtype, **precision))
     model.s_out = LavaPyType(PyOutPort.VEC_DENSE, dtype, **precision)
-    model.a_out = LavaPyType(PyOutPort.VEC_DENSE, dtype, **precision)
+    for name in OUT_PORTS:
+        setattr(model, name, LavaPyType(PyOutPort.VEC_DENSE, dtype, **precision))
     return model
 
 

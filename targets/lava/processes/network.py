@@ -4,6 +4,10 @@
 ``depth`` steps after the input that caused it; a readout averages it over each sample's
 ``timesteps`` steps. The graph is checked and planned before any child process exists.
 
+A region of a hybrid deployment may have several Input and Output nodes: port ``k`` of each kind
+is ``inp``/``out`` for ``k = 0``, then ``inp1``, ``out1``, ... in the graph's order (``inputs``
+and ``outputs`` list them); every output delivers sample time ``t`` at the same step.
+
 Lowerings (what one Lava process holds; each becomes one OS process in Lava's runtime):
 
 - ``"layer"`` (default): a neuron layer with its dendritic tree (synapses, pooling, scaling,
@@ -50,13 +54,18 @@ class Network(AbstractProcess):
     ``lowering``: see the module docstring. ``conv_synapse`` (``synapse`` lowering only):
     convolutions as Lava ``Conv`` processes, or as ``"sparse"`` matrices (Lava ``Sparse``).
     ``work_dir``: where cores write their statistics and errors (default: a private
-    temporary folder).
+    temporary folder). ``input_exponent`` and ``input_bits`` (of the integers arriving) may be one
+    per input port. ``offset``: the step at
+    which sample time 0 reaches the input ports (a region placed in a deployment's schedule);
+    ``input_delays``: per input port, steps to hold its messages back so that ports fed earlier
+    meet the latest one; ``rows``: independent rows every port carries (ports of shape
+    ``(rows, *Lava shape)``: a region applied to every token of a sequence). Fused lowerings only.
     """
 
     def __init__(self, graph, *, timesteps: int, fixed_point: bool = False,
-                 input_exponent: int = 0, record_dir: str | None = None, record_steps: int = 0,
+                 input_exponent=0, input_bits=8, record_dir: str | None = None, record_steps: int = 0,
                  lowering: str = "layer", conv_synapse: str = "conv", work_dir: str | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, offset: int = 0, input_delays: tuple = (), rows: int = 1) -> None:
         if int(timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         if lowering not in LOWERINGS:
@@ -66,28 +75,46 @@ class Network(AbstractProcess):
         view = analyse(graph)
         fused = lowering != "synapse"
         plan = lower(view, fixed_point, synapse_latency=0 if fused else 1)
-        fixed = quantize(plan, input_exponent, source=view.source, input_node=view.input,
+        fixed = quantize(plan, input_exponent, input_bits, source=view.source, input_node=view.input,
                          conv_synapse=conv_synapse if not fused else "conv") if fixed_point else None
-        self.inp = InPort(shape=plan.input_lava_shape)
-        self.out = OutPort(shape=plan.output_lava_shape)
+        if not fused and (offset or any(input_delays) or rows != 1):
+            raise ValueError("the synapse lowering runs a network fed by the data only (no offset, input delays or rows)")
+        lead = (int(rows),) if rows != 1 else ()
+        for k, port in enumerate(plan.inputs):
+            setattr(self, port_name("inp", k), InPort(shape=lead + tuple(port.lava_shape)))
+        for k, port in enumerate(plan.outputs):
+            setattr(self, port_name("out", k), OutPort(shape=lead + tuple(port.lava_shape)))
+        self.rows = int(rows)
+        self.port_counts = (len(plan.inputs), len(plan.outputs))
+        self.offset = int(offset)
         self.timesteps = int(timesteps)
         self.fixed_point = bool(fixed_point)
         self.lowering = lowering
-        self.record_paths = _record_files(plan, record_dir, int(record_steps))
+        self.record_paths = _record_files(plan, record_dir, int(record_steps), lead)
         if fused:
             if work_dir is None:
                 self._work = scratch_folder()
                 work_dir = self._work.name
             self.work_dir = work_dir
             cores = partition(plan, LAYERS_PER_CORE[lowering])
-            self.lowered = build_cores(view, plan, fixed, cores, int(timesteps), work_dir, self.record_paths)
+            self.lowered = build_cores(view, plan, fixed, cores, int(timesteps), work_dir, self.record_paths,
+                                       int(offset), tuple(input_delays), int(rows))
         else:
             self.work_dir = None
             self.lowered = build(view, plan, fixed, int(timesteps), self.record_paths, conv_synapse)
 
     @property
     def depth(self) -> int:
+        """Steps from sample time t at the input ports to its arrival at the output ports."""
         return self.lowered.depth
+
+    @property
+    def inputs(self) -> list:
+        return [getattr(self, port_name("inp", k)) for k in range(self.port_counts[0])]
+
+    @property
+    def outputs(self) -> list:
+        return [getattr(self, port_name("out", k)) for k in range(self.port_counts[1])]
 
     @property
     def process_count(self) -> int:
@@ -108,13 +135,17 @@ class Network(AbstractProcess):
         return {i: np.array(np.load(path, mmap_mode="r")) for i, path in self.record_paths.items()}
 
 
-def _record_files(plan, record_dir: str | None, rows: int) -> dict:
-    if not record_dir or rows < 1:
+def port_name(kind: str, k: int) -> str:
+    return kind if k == 0 else f"{kind}{k}"
+
+
+def _record_files(plan, record_dir: str | None, steps: int, lead: tuple = ()) -> dict:
+    if not record_dir or steps < 1:
         return {}
     paths = {}
     for i, step in plan.neurons():
         paths[i] = os.path.join(record_dir, f"spikes_{i:04d}.npy")
-        np.lib.format.open_memmap(paths[i], mode="w+", dtype=np.float32, shape=(rows,) + tuple(step.out_shape))
+        np.lib.format.open_memmap(paths[i], mode="w+", dtype=np.float32, shape=(steps,) + lead + tuple(step.out_shape))
     return paths
 
 
