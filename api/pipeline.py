@@ -38,14 +38,25 @@ TARGETS = TARGET_NAMES
 
 
 def is_nir_file(path: str) -> bool:
-    """NIR files are HDF5, ONNX files protobuf: the file's signature tells them apart."""
+    """What the nir target writes: NIR files are HDF5, hybrid deployments zip archives, ONNX files
+    protobuf (never starting with either signature): the file's signature tells them apart."""
     if not os.path.isfile(path):
         return False
     try:
         with open(path, "rb") as handle:
-            return handle.read(8) == b"\x89HDF\r\n\x1a\n"
+            head = handle.read(8)
     except OSError:
         return False
+    return head == b"\x89HDF\r\n\x1a\n" or head[:4] == b"PK\x03\x04"
+
+
+def _nir_size(graph) -> str:
+    """The size of a NIR graph, or of a hybrid deployment, in words."""
+    regions = getattr(graph, "regions", None)
+    if regions is not None:
+        hosts = len(getattr(graph, "hosts", {}))
+        return f"{sum(len(g.nodes) for g in regions.values())} NIR nodes in {len(regions)} region(s), {hosts} host stage(s)"
+    return f"{len(graph.nodes)} NIR nodes"
 
 
 def default_output(model_path: str, target: str) -> str:
@@ -276,12 +287,12 @@ def run(request: Request, out=None) -> Outcome:
         chosen = target_named(export.target)
         if request.check:
             size = (f"{len(export.spiking.graph.node)} nodes" if export.spiking is not None
-                    else f"{len(export.nir_graph.nodes)} NIR nodes")
+                    else _nir_size(export.nir_graph))
             say(f"{request.model}: ok for target '{export.target}': {len(export.neurons)} neuron layer(s), {size}")
             return Outcome(EXIT_OK, export)
         if nir_source and not request.verify:
             say(f"{request.model}: ok for target 'lava': {len(export.neurons)} neuron layer(s), "
-                f"{len(export.nir_graph.nodes)} NIR nodes; {chosen.lowering_summary(export, timesteps[0])}")
+                f"{_nir_size(export.nir_graph)}; {chosen.lowering_summary(export, timesteps[0])}")
             return Outcome(EXIT_OK, export)
         dataset = open_verification_data(export, request.data) if request.verify else None
         spike_values = None
