@@ -212,7 +212,9 @@ def _spike_values(export: Export, dataset) -> Optional[int]:
         import nir
         import numpy as np
 
-        return sum(int(np.size(node.r)) for node in export.nir_graph.nodes.values() if isinstance(node, nir.IF))
+        regions = getattr(export.nir_graph, "regions", None)  # a hybrid deployment: IF units of every region
+        graphs = regions.values() if regions is not None else [export.nir_graph]
+        return sum(int(np.size(node.r)) for g in graphs for node in g.nodes.values() if isinstance(node, nir.IF))
     result = SpikingModel(export.spiking).run(dataset.first(), 1, collect_spikes=True)
     return int(sum(s.size for s in result.spikes.values()))
 

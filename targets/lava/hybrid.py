@@ -101,9 +101,8 @@ def run_deployment(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_
         host_seconds = sum(float(np.load(p)[0]) for p in built.timing_paths)
     output = np.stack([built.output_layout.from_message(row.reshape(-1)) for row in means])
     output = output.reshape((n,) + output.shape[2:]) if output.shape[1] == 1 else output
-    result = LavaResult(output.astype(np.float32), spikes, report, built.process_count, seconds_to_start)
-    result.host_seconds = host_seconds
-    return result
+    return LavaResult(output.astype(np.float32), spikes, report, built.process_count, seconds_to_start,
+                      host_seconds)
 
 
 def _observe(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_point: bool) -> dict:

@@ -43,6 +43,7 @@ class LavaResult:
     fixed_point_report: list | None     # per-layer quantization records (fixed point only)
     processes: int = 0                  # Lava processes of the run (input and readout included)
     seconds_to_start: float = 0.0       # lowering, compiling and starting the Lava processes
+    host_seconds: float = 0.0           # a hybrid deployment: the host stages' time in ONNX Runtime
 
 
 def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = False,
