@@ -1,17 +1,20 @@
 """Lava simulation speed against the spiking ONNX reference, side by side in one run (figures, not a test).
 
 For CIFAR-size networks people deploy (ResNet-18 and MobileNetV2 in torchvision's architecture,
-random weights, onnxruntime QDQ u8; tests/cifar_models.py), on the same random images: the
-spiking ONNX reference, then Lava in floating and fixed point for each lowering, with the number
-of Lava processes (= OS processes), the seconds spent compiling and starting them, the whole
-run's wall time and its ratio to the reference's. The per-synapse lowering (Lava's own Dense and
+random weights, onnxruntime QDQ u8; tests/cifar_models.py) and for hybrid deployments (``vit``:
+the QDQ torchvision ViT of the tests, ``convnext``: a ConvNeXt-style block; tests/
+test_nir_deployment.py; regions on cores, host stages as CPU processes), on the same random
+images: the spiking ONNX reference, then Lava in floating and fixed point for each lowering, with
+the number of Lava processes (= OS processes; of them host stages), the seconds spent compiling
+and starting them, the whole run's wall time, its ratio to the reference's and, for a deployment,
+the share of the run the host stages spent in ONNX Runtime (their CPU seconds over the wall time). The per-synapse lowering (Lava's own Dense and
 Conv processes) is timed over ``--synapse-steps`` simulated steps and extrapolated to the run:
 a full run of it takes tens of minutes.
 
 ``--cost-model`` measures instead what a simulated step costs in Lava's multiprocessing runtime
 against the number of processes, the size of their messages and the number of connections.
 
-    .venv/bin/python benchmarks/lava_speed.py [--models resnet18,mobilenet_v2] [--images 64] [--timesteps 1,2]
+    .venv/bin/python benchmarks/lava_speed.py [--models resnet18,mobilenet_v2,vit,convnext] [--images 64] [--timesteps 1,2]
         [--lowerings layer,network] [--synapse-steps 0] [--fixed-point-report]
     .venv/bin/python benchmarks/lava_speed.py --cost-model
 """
@@ -46,10 +49,10 @@ def main(argv=None) -> int:
         return cost_model()
     with tempfile.TemporaryDirectory(prefix="pmsm-bench-") as scratch:
         folder = args.models_dir or scratch
-        print(f"{args.images} random images 3x32x32, CPU threads: {os.cpu_count()}; "
+        print(f"{args.images} random images (3x32x32 CIFAR-size, 3x16x16 hybrid), CPU threads: {os.cpu_count()}; "
               f"'vs ref' = wall time / the spiking ONNX reference's on the same images and T")
-        print(f"{'model':<13}{'T':>2}  {'backend':<22}{'processes':>9}{'start s':>9}{'total s':>9}{'vs ref':>8}"
-              f"{'agree':>7}")
+        print(f"{'model':<13}{'T':>2}  {'backend':<22}{'processes':>9}{'hosts':>6}{'start s':>9}{'total s':>9}"
+              f"{'vs ref':>8}{'agree':>7}{'host %':>8}")
         for index, arch in enumerate(args.models.split(",")):
             export, x = _model(arch, folder, args.images)
             for timesteps in [int(t) for t in args.timesteps.split(",")]:
@@ -59,10 +62,21 @@ def main(argv=None) -> int:
     return 0
 
 
-def _model(arch: str, folder: str, images: int):
-    import cifar_models
+HYBRID = ("vit", "convnext")
 
+
+def _model(arch: str, folder: str, images: int):
     from pmsm.pipeline import convert
+
+    if arch in HYBRID:
+        import pathlib
+
+        from test_nir_deployment import _model as hybrid_model
+
+        export = convert(hybrid_model(arch, "default", pathlib.Path(folder)), "lava")
+        x = np.random.default_rng(0).normal(size=(images, 3, 16, 16)).astype(np.float32)
+        return export, x
+    import cifar_models
 
     export = convert(str(cifar_models.quantized(arch, folder)), "lava")
     x = np.random.default_rng(0).uniform(0.0, 1.0, (images, *cifar_models.INPUT_SHAPE)).astype(np.float32)
@@ -72,30 +86,37 @@ def _model(arch: str, folder: str, images: int):
 def _compare(arch, export, x, timesteps, lowerings, synapse_steps) -> None:
     from pmsm.runtime.execute import SpikingModel
     from pmsm.targets.lava import run_lava
+    from pmsm.targets.lava.hybrid import run_deployment
+    from pmsm.targets.nir.deployment import Deployment
 
+    hybrid = isinstance(export.nir_graph, Deployment)
     reference = SpikingModel(export.spiking)
     start = time.perf_counter()
     expected = reference.run(x, timesteps).output.argmax(1)
     ref_s = time.perf_counter() - start
     _row(arch, timesteps, "onnx (reference)", "-", "-", ref_s, ref_s, 1.0)
+    hosts = sum(1 for s in export.nir_graph.manifest["stages"] if s["kind"] == "host") if hybrid else 0
     for lowering in lowerings:
         for fixed in (False, True):
             start = time.perf_counter()
-            result = run_lava(export.nir_graph, x, timesteps, fixed_point=fixed, lowering=lowering)
+            run = run_deployment if hybrid else run_lava
+            result = run(export.nir_graph, x, timesteps, fixed_point=fixed, lowering=lowering)
             seconds = time.perf_counter() - start
             name = f"lava {lowering}" + (" fixed" if fixed else "")
             _row(arch, timesteps, name, result.processes, result.seconds_to_start, seconds, ref_s,
-                 float(np.mean(result.output.argmax(1) == expected)))
-    if synapse_steps:
+                 float(np.mean(result.output.argmax(1) == expected)), hosts,
+                 result.host_seconds / seconds if hybrid else None)
+    if synapse_steps and not hybrid:
         processes, start_s, total_s = _synapse_estimate(export.nir_graph, x, timesteps, synapse_steps)
         _row(arch, timesteps, f"lava synapse ~{synapse_steps} st", processes, start_s, total_s, ref_s, None)
 
 
-def _row(arch, timesteps, name, processes, start_s, total_s, ref_s, agree) -> None:
+def _row(arch, timesteps, name, processes, start_s, total_s, ref_s, agree, hosts="-", host_share=None) -> None:
     start = f"{start_s:.1f}" if isinstance(start_s, float) else start_s
     agree_text = "-" if agree is None else f"{100 * agree:.0f}%"
-    print(f"{arch:<13}{timesteps:>2}  {name:<22}{processes:>9}{start:>9}{total_s:>9.1f}{total_s / ref_s:>8.1f}"
-          f"{agree_text:>7}", flush=True)
+    share = "-" if host_share is None else f"{100 * host_share:.0f}%"
+    print(f"{arch:<13}{timesteps:>2}  {name:<22}{processes:>9}{hosts:>6}{start:>9}{total_s:>9.1f}"
+          f"{total_s / ref_s:>8.1f}{agree_text:>7}{share:>8}", flush=True)
 
 
 def _synapse_estimate(graph, x, timesteps, steps) -> tuple:

@@ -10,6 +10,7 @@ and quantized by onnxruntime's ``quantize_static`` (tests/test_nir_deployment.py
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -91,8 +92,6 @@ def test_a_deployment_archive_is_a_source_the_lava_target_verifies(digits_vit, t
 
 
 def test_check_of_a_deployment_for_lava_names_its_regions_and_host_stages(digits_vit, capsys):
-    import sys
-
     outcome = run(Request(model=digits_vit, target="lava", check=True, progress=False), out=sys.stdout)
     assert outcome.code == 0
     assert "10 region(s), 10 host stage(s)" in capsys.readouterr().out
@@ -126,12 +125,13 @@ def test_the_lava_target_writes_a_deployment_and_agrees_with_the_spiking_onnx(tm
 
 @pytest.mark.slow
 @pytest.mark.producers
-@pytest.mark.parametrize("kind", ["vit", "convnext", "efficientnet"])
-def test_held_out_hybrid_networks_verify_under_the_lava_target_at_t_1_and_2(kind, tmp_path):
+@pytest.mark.parametrize("kind,op_types", [("vit", "default"), ("vit", "all"), ("convnext", "default"),
+                                           ("efficientnet", "default")])
+def test_held_out_hybrid_networks_verify_under_the_lava_target_at_t_1_and_2(kind, op_types, tmp_path):
     pytest.importorskip("torchvision")
     from test_nir_deployment import _model
 
-    path = _model(kind, "default", tmp_path)
+    path = _model(kind, op_types, tmp_path)
     data = tmp_path / "d.npz"
     shape = (3, 16, 16)
     np.savez(data, x=np.random.default_rng(5).normal(size=(16, *shape)).astype(np.float32))
@@ -146,3 +146,49 @@ def test_held_out_hybrid_networks_verify_under_the_lava_target_at_t_1_and_2(kind
     nir_runner, lava_float = backends["nir"], backends["lava"]
     for t in ("1", "2"):   # Lava float computes what the NIR interpreter computes, spike for spike
         assert lava_float[t]["spike_mismatch"] == nir_runner[t]["spike_mismatch"]
+
+
+# -- stopping a hybrid run -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["sigterm"])
+def test_a_signal_at_a_random_moment_of_a_hybrid_run_leaves_nothing_behind(digits_vit, tmp_path, how):
+    """The digits ViT deployment: 21 Lava processes (10 regions, 10 host stages running ONNX
+    Runtime, the readout); the signal falls while converting, compiling, forking or running."""
+    from test_lava_shutdown import assert_stopped_cleanly, stop_during_start_up
+
+    source = np.load(os.path.join(SAMPLES, "digits_test.npz"))
+    np.savez(tmp_path / "d.npz", x=source["x"][:8], y=source["y"][:8])
+    command = [os.path.join(os.path.dirname(sys.executable), "pmsm-export"), digits_vit,
+               "--target", "lava", "--verify", "--data", str(tmp_path / "d.npz"), "--timesteps", "1"]
+    rng = np.random.default_rng(21)
+    moments = 0
+    for _ in range(8):              # a moment drawn after the run's end is drawn again
+        outcome = stop_during_start_up(command, tmp_path, rng, 21, how)
+        if outcome is not None:
+            assert_stopped_cleanly(outcome, how)
+            moments += 1
+            if moments == 3:
+                break
+    assert moments == 3
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_of_30_random_moments_of_a_hybrid_vit_run_leaves_nothing_behind(digits_vit, tmp_path):
+    from test_lava_shutdown import assert_stopped_cleanly, stop_during_start_up
+
+    source = np.load(os.path.join(SAMPLES, "digits_test.npz"))
+    np.savez(tmp_path / "d.npz", x=source["x"][:64], y=source["y"][:64])
+    command = [os.path.join(os.path.dirname(sys.executable), "pmsm-export"), digits_vit,
+               "--target", "lava", "--verify", "--data", str(tmp_path / "d.npz"), "--timesteps", "1,2"]
+    rng = np.random.default_rng(2121)
+    outcomes = []
+    for n in range(45):
+        how = ("sigterm", "ctrl-c")[n % 2]
+        outcome = stop_during_start_up(command, tmp_path, rng, 21, how)
+        if outcome is not None:
+            assert_stopped_cleanly(outcome, how)
+            outcomes.append(outcome)
+        if len(outcomes) == 30:
+            break
+    assert len(outcomes) == 30

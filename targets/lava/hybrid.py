@@ -24,13 +24,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import helper
 
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
 from pmsm.targets.lava.fixed_point import input_exponent_for, quantize_input
 from pmsm.targets.lava.graph import analyse, unsupported_nir_nodes
 from pmsm.targets.lava.layout import to_lava, to_nir
 from pmsm.targets.lava.processes.host import HostInput, HostOutput, HostProgram, HostStage, Layout
-from pmsm.targets.lava.processes.network import Network
+from pmsm.targets.lava.processes.network import Network, NetworkModel
 from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
 from pmsm.targets.lava.run import INPUT_BITS, LavaResult, _check_input, _records, _Stepper
@@ -308,7 +309,6 @@ class _Assembly:
         # Lava executes every file of the processes folder to discover models: the run configuration
         # (which imports them all) is imported when a run is configured, not on discovery
         from pmsm.targets.lava.models import run_config
-        from pmsm.targets.lava.processes.network import NetworkModel
 
         return run_config(self.fixed, self.processes, {net: NetworkModel for _, net, _, _ in self.networks})
 
@@ -367,8 +367,6 @@ def _input_error(data: np.ndarray, exponent: int) -> float:
 
 
 def _dtype(value_info) -> str:
-    from onnx import helper
-
     elem = value_info.type.tensor_type.elem_type
     return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem))) if elem else "float32"
 
