@@ -47,7 +47,18 @@ def is_nir_file(path: str) -> bool:
             head = handle.read(8)
     except OSError:
         return False
-    return head == b"\x89HDF\r\n\x1a\n" or head[:4] == b"PK\x03\x04"
+    return head == b"\x89HDF\r\n\x1a\n" or (head[:4] == b"PK\x03\x04" and _is_deployment_archive(path))
+
+
+def _is_deployment_archive(path: str) -> bool:
+    """A zip archive with a deployment's manifest (a PyTorch checkpoint is a zip archive too)."""
+    import zipfile  # only for files that start as a zip archive does
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "manifest.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def _nir_size(graph) -> str:
