@@ -15,7 +15,7 @@ pytestmark = pytest.mark.lava
 
 from lava.proc.conv import utils as conv_utils  # noqa: E402
 
-from pmsm.runtime.base.errors import UnsupportedModelError  # noqa: E402
+from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError  # noqa: E402
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step  # noqa: E402
 from pmsm.targets.lava import Network, NeuronQuantization, SynapseQuantization, check_graph, run_lava  # noqa: E402
 from pmsm.targets.lava.kernels import Convolution  # noqa: E402
@@ -468,3 +468,58 @@ def test_a_depthwise_convolution_beyond_lavas_group_limit_still_runs_in_lavas_co
     x = (RNG.integers(-8, 9, size=(2, channels, 2, 2)) / 4).astype(np.float32)
     _check_equal_runs(run_lava(graph, x, timesteps=1, collect_spikes=True, lowering="synapse"),
                       run_lava(graph, x, timesteps=1, collect_spikes=True))
+
+
+# ----------------------------------------------------------------- regions of hybrid deployments
+def two_port_graph():
+    """Two inputs summed into one neuron layer; its spikes leave by one output, a linear layer of
+    them by another (a region of a deployment reads a residual branch and a host tensor)."""
+    return _graph({
+        "a": nir.Input(input_type={"input": np.array([6])}),
+        "b": nir.Input(input_type={"input": np.array([6])}),
+        "fa": nir.Affine(weight=_dyadic((5, 6)), bias=_dyadic(5, 4, 4)),
+        "fb": nir.Affine(weight=_dyadic((5, 6)), bias=np.zeros(5, np.float32)),
+        "q": _if(5, lo=-2, hi=2),
+        "fc": nir.Affine(weight=_dyadic((3, 5)), bias=_dyadic(3)),
+        "spikes": nir.Output(output_type={"output": np.array([5])}),
+        "current": nir.Output(output_type={"output": np.array([3])}),
+    }, [("a", "fa"), ("b", "fb"), ("fa", "q"), ("fb", "q"), ("q", "spikes"), ("q", "fc"), ("fc", "current")])
+
+
+def test_a_graph_with_two_inputs_and_two_outputs_gets_a_port_for_each_and_one_core_reads_both():
+    from pmsm.targets.lava.graph import analyse
+    from pmsm.targets.lava.plan import input_key
+
+    view = analyse(two_port_graph())
+    assert view.inputs == ("a", "b") and view.outputs == ("spikes", "current")
+    plan = lower(view, synapse_latency=0)
+    assert [p.node for p in plan.inputs] == ["a", "b"] and [p.node for p in plan.outputs] == ["spikes", "current"]
+    cores = partition(plan, 1)
+    assert set(cores.cores[0].reads) == {input_key(0), input_key(1)}
+    assert [i.source for i in cores.cores[0].inputs] == [input_key(1), input_key(0)]
+    with pytest.raises(BadInputError, match="one Input and one Output"):
+        run_lava(two_port_graph(), RNG.normal(size=(2, 6)), 1)
+
+
+def test_a_core_with_rows_computes_every_row_as_a_sample_of_its_own(tmp_path):
+    """A region applied to every token of a sequence: one core, each message carrying the rows one
+    after another, each row with its own membranes: the same as one core per row."""
+    from pmsm.targets.lava.build import build_cores
+    from pmsm.targets.lava.graph import analyse
+    from pmsm.targets.lava.program import FloatRunner
+
+    view = analyse(mlp_graph())
+    plan = lower(view, synapse_latency=0)
+    programs = {}
+    for rows in (1, 3):
+        folder = tmp_path / str(rows)
+        folder.mkdir()
+        lowered = build_cores(view, plan, None, partition(plan, 1 << 30), 2, str(folder), rows=rows)
+        programs[rows] = lowered.processes[0].proc_params["program"]
+    together = FloatRunner(programs[3])
+    apart = [FloatRunner(programs[1]) for _ in range(3)]
+    x = RNG.normal(size=(6, 3, 6))
+    for k in range(6):
+        spikes, outputs = together.step(k, [x[k].reshape(-1)])
+        alone = [runner.step(k, [x[k, r]]) for r, runner in enumerate(apart)]
+        assert np.array_equal(outputs[0], np.concatenate([o[0] for _, o in alone]))

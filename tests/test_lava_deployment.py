@@ -120,6 +120,27 @@ def test_the_lava_target_writes_a_deployment_and_agrees_with_the_spiking_onnx(tm
     assert outcome.report["deployment"]["host_stages"] == 10
 
 
+@pytest.mark.producers
+def test_regions_with_two_inputs_or_two_outputs_run_spike_for_spike_in_lava(tmp_path):
+    """The EfficientNet-style block: a region sends its spikes to a later region and its currents to
+    the host (two outputs); the last region sums those spikes and the host's gated branch (two
+    inputs)."""
+    pytest.importorskip("torchvision")
+    from test_nir_deployment import _model
+
+    out = tmp_path / "effnet.nir"
+    assert run(Request(model=_model("efficientnet", "default", tmp_path), target="nir", output=str(out),
+                       progress=False)).code == 0
+    deployment = read_deployment(str(out))
+    regions = [s for s in deployment.manifest["stages"] if s["kind"] == "region"]
+    assert any(len(s["inputs"]) == 2 for s in regions) and any(len(s["outputs"]) == 2 for s in regions)
+    x = np.random.default_rng(2).normal(size=(6, 3, 16, 16)).astype(np.float32)
+    reference, spikes, _ = DeploymentRunner(deployment).run(x, 2)
+    result = run_deployment(deployment, x, 2, collect_spikes=True)
+    assert np.array_equal(result.output, reference)
+    assert all(np.array_equal(result.spikes[k], spikes[k]) for k in spikes)
+
+
 # -- the held-out networks of the nir target, through the command ---------------------------------
 
 
