@@ -7,7 +7,9 @@ test_nir_deployment.py; regions on cores, host stages as CPU processes), on the 
 images: the spiking ONNX reference, then Lava in floating and fixed point for each lowering, with
 the number of Lava processes (= OS processes; of them host stages), the seconds spent compiling
 and starting them, the whole run's wall time, its ratio to the reference's and, for a deployment,
-the share of the run the host stages spent in ONNX Runtime (their CPU seconds over the wall time). The per-synapse lowering (Lava's own Dense and
+the share of the run the cores spent computing their steps and the host stages in ONNX Runtime
+(their seconds over the run's wall time; the rest is Lava's start, message passing and
+synchronisation). The per-synapse lowering (Lava's own Dense and
 Conv processes) is timed over ``--synapse-steps`` simulated steps and extrapolated to the run:
 a full run of it takes tens of minutes.
 
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
         print(f"{args.images} random images (3x32x32 CIFAR-size, 3x16x16 hybrid), CPU threads: {os.cpu_count()}; "
               f"'vs ref' = wall time / the spiking ONNX reference's on the same images and T")
         print(f"{'model':<13}{'T':>2}  {'backend':<22}{'processes':>9}{'hosts':>6}{'start s':>9}{'total s':>9}"
-              f"{'vs ref':>8}{'agree':>7}{'host %':>8}")
+              f"{'vs ref':>8}{'agree':>7}{'cores %':>8}{'host %':>8}")
         for index, arch in enumerate(args.models.split(",")):
             export, x = _model(arch, folder, args.images)
             for timesteps in [int(t) for t in args.timesteps.split(",")]:
@@ -105,18 +107,20 @@ def _compare(arch, export, x, timesteps, lowerings, synapse_steps) -> None:
             name = f"lava {lowering}" + (" fixed" if fixed else "")
             _row(arch, timesteps, name, result.processes, result.seconds_to_start, seconds, ref_s,
                  float(np.mean(result.output.argmax(1) == expected)), hosts,
-                 result.host_seconds / seconds if hybrid else None)
+                 result.host_seconds / seconds if hybrid else None, result.core_seconds / seconds)
     if synapse_steps and not hybrid:
         processes, start_s, total_s = _synapse_estimate(export.nir_graph, x, timesteps, synapse_steps)
         _row(arch, timesteps, f"lava synapse ~{synapse_steps} st", processes, start_s, total_s, ref_s, None)
 
 
-def _row(arch, timesteps, name, processes, start_s, total_s, ref_s, agree, hosts="-", host_share=None) -> None:
+def _row(arch, timesteps, name, processes, start_s, total_s, ref_s, agree, hosts="-", host_share=None,
+         core_share=None) -> None:
     start = f"{start_s:.1f}" if isinstance(start_s, float) else start_s
     agree_text = "-" if agree is None else f"{100 * agree:.0f}%"
     share = "-" if host_share is None else f"{100 * host_share:.0f}%"
+    cores = "-" if core_share is None else f"{100 * core_share:.0f}%"
     print(f"{arch:<13}{timesteps:>2}  {name:<22}{processes:>9}{hosts:>6}{start:>9}{total_s:>9.1f}"
-          f"{total_s / ref_s:>8.1f}{agree_text:>7}{share:>8}", flush=True)
+          f"{total_s / ref_s:>8.1f}{agree_text:>7}{cores:>8}{share:>8}", flush=True)
 
 
 def _synapse_estimate(graph, x, timesteps, steps) -> tuple:

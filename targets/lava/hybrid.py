@@ -34,7 +34,7 @@ from pmsm.targets.lava.processes.host import HostInput, HostOutput, HostProgram,
 from pmsm.targets.lava.processes.network import Network, NetworkModel
 from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
-from pmsm.targets.lava.run import INPUT_BITS, LavaResult, _check_input, _records, _Stepper
+from pmsm.targets.lava.run import INPUT_BITS, LavaResult, _check_input, _records, _Stepper, core_seconds
 from pmsm.targets.lava.shutdown import WorkerGuard, scratch_folder
 from pmsm.targets.nir import dialect
 from pmsm.targets.nir.deployment import STEP_INPUT, Deployment, DeploymentRunner
@@ -100,10 +100,11 @@ def run_deployment(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_
         means = np.array(np.load(built.means_path, mmap_mode="r"))
         spikes = built.spikes(n, t_steps) if collect_spikes else {}
         host_seconds = sum(float(np.load(p)[0]) for p in built.timing_paths)
+        computing = sum(core_seconds(net) for _, net, _, _ in built.networks)
     output = np.stack([built.output_layout.from_message(row.reshape(-1)) for row in means])
     output = output.reshape((n,) + output.shape[2:]) if output.shape[1] == 1 else output
     return LavaResult(output.astype(np.float32), spikes, report, built.process_count, seconds_to_start,
-                      host_seconds)
+                      host_seconds, computing)
 
 
 def _observe(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_point: bool) -> dict:

@@ -13,6 +13,7 @@ beyond the 24 bits of a Loihi message or state (see fixed_point.py): the overflo
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +24,10 @@ from pmsm.targets.lava.kernels import Convolution, pool_whc
 
 WORD_BITS = 24
 WORD_MAX = 2 ** (WORD_BITS - 1) - 1
-# columns of a core's statistics file, one row per operation
-PEAK, OVERFLOWS, STATE_PEAK, STATE_OVERFLOWS, INPUT_PEAK, SPIKE_PEAK = range(6)
-STAT_COLUMNS = 6
+# columns of a core's statistics file, one row per operation; COMPUTE_SECONDS (first row only): the
+# core's time computing its steps, all operations together
+PEAK, OVERFLOWS, STATE_PEAK, STATE_OVERFLOWS, INPUT_PEAK, SPIKE_PEAK, COMPUTE_SECONDS = range(7)
+STAT_COLUMNS = 7
 
 
 @dataclass
@@ -92,6 +94,14 @@ class _Runner:
 
     def step(self, k: int, messages: list):
         """Step ``k`` (0-based): returns (spikes to send, outputs to send, one per output port), flat."""
+        started = time.perf_counter()
+        try:
+            return self._step(k, messages)
+        finally:
+            if self.stats is not None:
+                self.stats[0, COMPUTE_SECONDS] += time.perf_counter() - started
+
+    def _step(self, k: int, messages: list):
         self.step_index = k
         program = self.program
         values = {}

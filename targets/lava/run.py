@@ -28,7 +28,8 @@ from pmsm.targets.lava.processes.network import Network
 from pmsm.targets.lava.processes.neuron import PEAK_INPUT, PEAK_STATE
 from pmsm.targets.lava.processes.readout import MeanReadout
 from pmsm.targets.lava.processes.source import InputSource
-from pmsm.targets.lava.program import INPUT_PEAK, OVERFLOWS, PEAK, STATE_OVERFLOWS, STATE_PEAK, WORD_BITS
+from pmsm.targets.lava.program import (COMPUTE_SECONDS, INPUT_PEAK, OVERFLOWS, PEAK, STATE_OVERFLOWS, STATE_PEAK,
+                                       WORD_BITS)
 from pmsm.targets.lava.shutdown import WorkerGuard, scratch_folder
 from pmsm.targets.nir import dialect as layout
 
@@ -44,6 +45,7 @@ class LavaResult:
     processes: int = 0                  # Lava processes of the run (input and readout included)
     seconds_to_start: float = 0.0       # lowering, compiling and starting the Lava processes
     host_seconds: float = 0.0           # a hybrid deployment: the host stages' time in ONNX Runtime
+    core_seconds: float = 0.0           # the cores' time computing their steps (fused lowerings)
 
 
 def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = False,
@@ -94,9 +96,16 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
             guard.end_runtime(net, between_runs=stepper.idle)
         means = np.array(np.load(means_path, mmap_mode="r"))
         spikes = _spikes(net, n, t_steps) if collect_spikes else {}
+        computing = core_seconds(net)
     output = to_nir(means, plan.output_shape, plan.output_perm).astype(np.float32)
     output = np.ascontiguousarray(layout.to_onnx_layout(output, layout.layout(view.nodes[view.output])))
-    return LavaResult(output, spikes, report, net.process_count + 2, seconds_to_start)
+    return LavaResult(output, spikes, report, net.process_count + 2, seconds_to_start,
+                      core_seconds=computing)
+
+
+def core_seconds(net: Network) -> float:
+    """The time the network's cores spent computing their steps (0 for the synapse lowering)."""
+    return float(sum(np.load(path, mmap_mode="r")[0, COMPUTE_SECONDS] for path in net.lowered.stats_paths or []))
 
 
 class _Stepper:

@@ -29,7 +29,7 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from pmsm.runtime.base.sessions import inference_session
+from pmsm.runtime.base.sessions import inference_session, set_threads
 from pmsm.targets.lava.layout import lava_shape, to_lava, to_nir
 from pmsm.targets.lava.processes.failure import FailureGuard
 from pmsm.targets.nir.dialect import to_nir_layout, to_onnx_layout
@@ -153,6 +153,10 @@ class _HostModel(PyLoihiProcessModel):
         self.seconds = 0.0
 
     def _open(self):
+        # one thread: a host stage runs small ops once per step, and the pool threads ONNX Runtime
+        # would otherwise start (one per core, spinning between runs) in every host process compete
+        # with all the other processes of the network for the cores
+        set_threads(1)
         self.session = inference_session(self.program.model)
         self.ports = ([getattr(self, p) for p in IN_PORTS[: len(self.program.inputs)]],
                       [getattr(self, p) for p in OUT_PORTS[: len(self.program.outputs)]])
