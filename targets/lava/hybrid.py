@@ -46,7 +46,7 @@ REGION_LINK_BITS = 24       # region -> region: what an output port carries
 LOWERINGS = ("layer", "network")
 
 
-def unsupported_regions(deployment: Deployment, label: str = "<deployment>") -> list:
+def unsupported_regions(deployment: Deployment) -> list:
     """Every region node Lava cannot take, as ``(region/node, type, reason)``."""
     problems = []
     for name, graph in deployment.regions.items():
@@ -181,8 +181,8 @@ class _Assembly:
         exponents = [self._region_exponent(p["tensor"]) for p in inputs] if self.fixed else 0
         bits = [self._region_bits(p["tensor"]) for p in inputs]
         folder = self._folder(name)
-        net = Network(view, timesteps=self.timesteps, fixed_point=self.fixed, input_exponent=exponents, input_bits=bits,
-                      record_dir=folder if self.collect else None, record_steps=self.record_steps,
+        net = Network(view, timesteps=self.timesteps, fixed_point=self.fixed, input_exponent=exponents,
+                      input_bits=bits, record_dir=folder if self.collect else None, record_steps=self.record_steps,
                       lowering=self.lowering, work_dir=folder, name=name, offset=offset,
                       input_delays=tuple(offset - a for a in arrivals), rows=rows)
         plan = net.lowered.plan
@@ -260,7 +260,8 @@ class _Assembly:
             if self.fixed:
                 unit = 2.0 ** -self._forward_exponent(tensor) if isinstance(src.port, _PendingHost) else src.unit
             inputs.append(HostInput(tensor, src.layout, latency - src.arrival, unit, _dtype(declared[tensor])))
-        data = {t: self.x for t in stage["inputs"] if t == self.data_input}
+        # the host's own copy of the data, in the type its model declares (token ids are integers)
+        data = {t: self.x.astype(_dtype(declared[t]), copy=False) for t in stage["inputs"] if t == self.data_input}
         program = HostProgram(name, model.SerializeToString(), inputs, [], data,
                               [(s["input"], s["output"]) for s in stage["state"]],
                               STEP_INPUT if STEP_INPUT in declared else None, self.timesteps, latency,
