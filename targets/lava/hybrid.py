@@ -110,8 +110,11 @@ def run_deployment(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_
 def _observe(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_point: bool) -> dict:
     """Each tensor's shape at one sample (the rows of a region: a sequence-first tensor leads with its
     tokens) and, for fixed point, its largest magnitude on ``x`` (the grid of host messages)."""
-    runner = DeploymentRunner(deployment)
-    shapes, peaks = {}, {}
+    # the runner (one ONNX Runtime session per host stage) and the shapes, once per deployment
+    if "lava_runner" not in deployment.derived:
+        deployment.derived["lava_runner"] = DeploymentRunner(deployment)
+    runner = deployment.derived["lava_runner"]
+    shapes, peaks = deployment.derived.setdefault("lava_shapes", {}), {}
 
     def watch(name, value):
         value = np.asarray(value)
@@ -119,7 +122,8 @@ def _observe(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_point:
         peak = float(np.max(np.abs(value), initial=0.0)) if value.dtype.kind == "f" else 0.0
         peaks[name] = max(peaks.get(name, 0.0), peak)
 
-    runner.run(x[:1], 1, watch=watch)
+    if not shapes:
+        runner.run(x[:1], 1, watch=watch)
     if fixed_point:
         runner.run(x, timesteps, watch=watch)
     return {"shapes": shapes, "peaks": peaks}

@@ -55,6 +55,7 @@ class Deployment:
     regions: dict[str, nir.NIRGraph]
     hosts: dict[str, onnx.ModelProto]
     files: dict[str, bytes] = field(default_factory=dict)  # archive member -> bytes (as written)
+    derived: dict = field(default_factory=dict, repr=False, compare=False)  # what runners derive once per deployment
 
     @property
     def neuron_layers(self) -> int:
