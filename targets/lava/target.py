@@ -13,7 +13,7 @@ from pmsm.targets.interface import ConvertOptions, Export
 from pmsm.targets.lava.backend import LavaBackend
 from pmsm.targets.lava.graph import unsupported_nir_nodes
 from pmsm.targets.lava.processes.network import Network
-from pmsm.targets.nir import NirInterpreter, read_nir
+from pmsm.targets.nir import NirInterpreter
 from pmsm.targets.nir import deployment as hybrid
 from pmsm.targets.nir.target import NirTarget
 

@@ -25,11 +25,10 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from pmsm.targets.lava.partition import MAX_INPUTS
-
-MAX_OUTPUTS = 8         # out-ports a core process declares: the last core sends every Output node's value
 from pmsm.targets.lava.processes.failure import FailureGuard
 from pmsm.targets.lava.program import CoreProgram, FixedPointRunner, FloatRunner
 
+MAX_OUTPUTS = 8         # out-ports a core process declares: the last core sends every Output node's value
 IN_PORTS = tuple(f"in{k}" for k in range(MAX_INPUTS))
 OUT_PORTS = ("a_out",) + tuple(f"a_out{k}" for k in range(1, MAX_OUTPUTS))
 
