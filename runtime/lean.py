@@ -1,0 +1,381 @@
+"""The lean form of a spiking ONNX file: what ONNX Runtime runs without the neuron's generality.
+
+A spiking file (docs/spiking-onnx.md) writes every neuron as ``ai.pmsm::MultiSpikeNeuron`` with one
+standard-op function body for all of them, generic over the attributes (``If`` on the rounding, a
+run-time zero, ...), inside a ``Loop`` that carries every membrane and compensation sum even at
+``T = 1``. :func:`lean_model` rewrites such a file into standard ONNX ops that compute the same
+numbers, bit for bit, with each neuron written as the few ops its own attributes need:
+
+- **each neuron step** in the loop: ``v = Add(u, z)``; for round-half-even with a range of 256
+  levels (``hi - lo == 255``: every 8-bit QDQ activation) ``q = QuantizeLinear(v, 1, zp)``, ``s =
+  DequantizeLinear(q, 1, zp)`` with ``zp = -lo`` as uint8 (one pass each: ONNX Runtime rounds half
+  to even and saturates, so the clip is the cast's); otherwise ``Floor``/``Round``, ``Clip(lo, hi)``
+  and ``+ 0.0`` (a run-time zero computed once per step); then ``u_next = Sub(v, s)``;
+- **``T = 1`` without state**: ``If(timesteps == 1)`` runs the first step alone: no membranes, no
+  compensation (its first-step branches inlined), nothing the readout does not read. A QDQ
+  neuron whose input is ``Div(x, c)`` by a constant scalar ``c`` and whose spikes are
+  de-quantized by ``Mul(s, c)`` becomes ``QuantizeLinear(x, c, zp)`` and ``DequantizeLinear(q, c,
+  zp)``: the source's own quantizer, two passes where the neuron made six;
+- ``T > 1`` runs the loop as written, with the lean neuron steps.
+
+Why it is bit-equal to the reference kernel (:func:`pmsm.runtime.neuron.step`):
+
+- ``QuantizeLinear(v, 1, zp)`` is ``saturate(rint(v) + zp)`` and ``DequantizeLinear`` of it
+  ``(q - zp) * 1``: ``clip(rint(v), lo, hi)`` exactly, for every value but NaN; a zero is ``+0.0``
+  (an integer has no sign), which is the neuron's own rule since ai.pmsm version 3.
+- ``Add(v_init, z)`` with ``v_init = 0`` changes ``z`` only where ``z = -0.0`` (to ``+0.0``), which
+  rounds to the same zero spike, so the first step of such a neuron reads ``z`` itself.
+- ONNX Runtime's ``QuantizeLinear`` divides by its scale (``x / c``, as ``Div`` does; measured on
+  ONNX Runtime 1.23 with tie values and their neighbouring floats, ``tests/test_lean.py``), and
+  ``DequantizeLinear`` multiplies the level by it as ``Mul(s, c)`` does; ``ReduceMean`` over one step
+  is what the loop's readout computes at ``T = 1``, so it stays.
+
+What is not equal: a NaN membrane (from a NaN or an infinite activation; inputs are checked
+finite before a run) gives the neuron a NaN spike and ``QuantizeLinear`` a bound.
+
+The lean form is for ONNX Runtime: the reference is the file itself with the kernel registered,
+and the file keeps its portable body for other runtimes. ``SpikingModel(portable=True)`` (the
+``onnx`` backend) runs the lean form; ``benchmarks/lean.py`` measures it.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from pmsm.runtime.schema import NEURON_DOMAIN, TIME_LOOP, TIMESTEPS_INPUT, is_neuron
+
+__all__ = ["LEAN_PREFIX", "lean_model", "lean_neuron_form"]
+
+LEAN_PREFIX = "pmsm_lean/"
+_QDQ_LEVELS = 255  # hi - lo of a neuron that QuantizeLinear/DequantizeLinear to uint8 computes
+_QDQ_OPSET = 10  # QuantizeLinear/DequantizeLinear in the default domain
+_UNSQUEEZE_AXES_INPUT_OPSET = 13
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def lean_neuron_form(node: onnx.NodeProto, opset: int) -> str:
+    """``"qdq"`` where the neuron is ``QuantizeLinear``/``DequantizeLinear`` to uint8 with scale 1,
+    ``"floor"`` or ``"round"`` (``R``, ``Clip`` and ``+ 0.0``) otherwise."""
+    attrs = _attributes(node)
+    rounding = attrs["rounding"].decode() if isinstance(attrs["rounding"], bytes) else attrs["rounding"]
+    if rounding == "half_even" and int(attrs["hi"]) - int(attrs["lo"]) == _QDQ_LEVELS and opset >= _QDQ_OPSET:
+        return "qdq"
+    return "floor" if rounding == "floor" else "round"
+
+
+class _Names:
+    def __init__(self, taken: set[str]):
+        self.taken, self.counter = taken, itertools.count()
+
+    def __call__(self, stem: str) -> str:
+        name = f"{LEAN_PREFIX}{stem}"
+        while name in self.taken:
+            name = f"{LEAN_PREFIX}{stem}_{next(self.counter)}"
+        self.taken.add(name)
+        return name
+
+
+def _all_names(graph: onnx.GraphProto, found: set[str]) -> set[str]:
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        found.add(vi.name)
+    found.update(t.name for t in graph.initializer)
+    for node in graph.node:
+        found.add(node.name)
+        found.update(node.output)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _all_names(sub, found)
+    return found
+
+
+class _Builder:
+    """Nodes of one graph, with constants made as ``Constant`` nodes (ONNX Runtime makes them
+    initializers: they cost nothing per run)."""
+
+    def __init__(self, names: _Names):
+        self.names, self.nodes = names, []
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, stem: str = "t", **attrs) -> str:
+        output = output or self.names(stem)
+        self.nodes.append(helper.make_node(op, inputs, [output], name=self.names(f"node/{stem}"), **attrs))
+        return output
+
+    def constant(self, value: np.ndarray, stem: str) -> str:
+        name = self.names(stem)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name,
+                                           value=numpy_helper.from_array(np.asarray(value), name)))
+        return name
+
+
+def _step(b: _Builder, node: onnx.NodeProto, form: str, z: str, u: str | None, zero: str | None,
+          spikes: str) -> str:
+    """One lean step of ``node`` writing its spikes as ``spikes``; returns ``v``. ``u`` None: the
+    first step of a neuron whose ``v_init`` is a zero, where ``v`` is ``z`` itself (module docstring)."""
+    attrs = _attributes(node)
+    label = node.name or node.output[0]
+    v = z if u is None else b.node("Add", [u, z], stem=f"v/{label}")
+    if form == "qdq":
+        one = b.constant(np.array(1.0, np.float32), f"one/{label}")
+        zp = b.constant(np.array(-int(attrs["lo"]), np.uint8), f"zero_point/{label}")
+        q = b.node("QuantizeLinear", [v, one, zp], stem=f"levels/{label}")
+        b.node("DequantizeLinear", [q, one, zp], spikes, stem=f"spikes/{label}")
+        return v
+    rounded = b.node("Floor" if form == "floor" else "Round", [v], stem=f"rounded/{label}")
+    lo = b.constant(np.array(float(attrs["lo"]), np.float32), f"lo/{label}")
+    hi = b.constant(np.array(float(attrs["hi"]), np.float32), f"hi/{label}")
+    clipped = b.node("Clip", [rounded, lo, hi], stem=f"clipped/{label}")
+    b.node("Add", [clipped, zero], spikes, stem=f"spikes/{label}")
+    return v
+
+
+def _runtime_zero(b: _Builder, like: str) -> str:
+    """``+0.0`` that no optimizer can fold (so that ``Add(x, zero)`` is never dropped): ``Size(like) * 0``."""
+    size = b.node("Cast", [b.node("Size", [like], stem="zero/size")], stem="zero/size_float", to=TensorProto.FLOAT)
+    return b.node("Mul", [size, b.constant(np.array(0.0, np.float32), "zero/factor")], stem="zero/value")
+
+
+def _lean_body(body: onnx.GraphProto, opset: int, names: _Names) -> onnx.GraphProto:
+    """The loop body with each neuron step written as its lean form."""
+    b = _Builder(names)
+    zero = _runtime_zero(b, body.input[0].name)
+    for node in body.node:
+        if not is_neuron(node):
+            b.nodes.append(node)
+            continue
+        z, u = node.input[0], node.input[1]
+        s_out, u_out = node.output[0], node.output[1]
+        v = _step(b, node, lean_neuron_form(node, opset), z, u, zero, s_out)
+        b.nodes.append(helper.make_node("Sub", [v, s_out], [u_out], name=names(f"node/membrane/{u_out}")))
+    lean = onnx.GraphProto()
+    lean.CopyFrom(body)
+    del lean.node[:]
+    lean.node.extend(b.nodes)
+    return lean
+
+
+def _constants(*graphs: onnx.GraphProto) -> dict[str, np.ndarray]:
+    found = {}
+    for graph in graphs:
+        for tensor in graph.initializer:
+            found[tensor.name] = numpy_helper.to_array(tensor)
+        for node in graph.node:
+            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+                found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return found
+
+
+def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], opset: int, names: _Names,
+                constants: dict[str, np.ndarray]) -> onnx.GraphProto:
+    """The loop's first iteration as a graph without state, whose outputs are the loop's outputs
+    ``wanted`` (indices into ``loop.output``) as a run of one step gives them."""
+    b = _Builder(names)
+    renamed: dict[str, str] = {}
+    iteration, condition = body.input[0].name, body.input[1].name
+    renamed[iteration] = b.constant(np.array(0, np.int64), "iteration")
+    renamed[condition] = b.constant(np.array(True), "condition")
+    out: list[onnx.NodeProto] = b.nodes
+    b.nodes = []
+    states = [vi.name for vi in body.input[2:]]
+    for state, initial in zip(states, loop.input[2:]):
+        renamed[state] = initial
+    first_step = set()  # bools known to be true at the first step: Equal(iteration, 0)
+    zero = None
+    nodes = list(body.node)
+    producers = {}
+    for node in nodes:
+        for name in node.output:
+            producers[name] = node
+
+    def emit(node: onnx.NodeProto) -> None:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [renamed.get(n, n) for n in copy.input]
+        out.append(copy)
+
+    # a QDQ neuron of Div(x, c) de-quantized by Mul(s, c): fused into the source's own quantizer
+    fused_muls: dict[str, tuple[str, str, str]] = {}  # Mul's output -> (q, c, zp)
+    skipped: set[int] = set()
+    for node in nodes:
+        if node.op_type == "Equal" and iteration in node.input:
+            other = [n for n in node.input if n != iteration]
+            if other and other[0] in constants and np.array_equal(constants[other[0]], 0):
+                first_step.add(node.output[0])
+        if node.op_type == "If" and node.input[0] in first_step:
+            _inline(node, node.attribute, renamed, out, names)
+            continue
+        if not is_neuron(node):
+            if id(node) in skipped:
+                continue
+            emit(node)
+            continue
+        attrs = _attributes(node)
+        form = lean_neuron_form(node, opset)
+        z = renamed.get(node.input[0], node.input[0])
+        s_out = node.output[0]
+        v_init_is_zero = float(attrs["v_init"]) == 0.0
+        divisor = _scalar_divisor(producers.get(node.input[0]), constants)
+        if form == "qdq" and v_init_is_zero and divisor is not None:
+            x, c = renamed.get(divisor[0], divisor[0]), divisor[1]
+            zp = b.constant(np.array(-int(attrs["lo"]), np.uint8), f"zero_point/{node.name or s_out}")
+            q = b.node("QuantizeLinear", [x, c, zp], stem=f"levels/{node.name or s_out}")
+            one = b.constant(np.array(1.0, np.float32), f"one/{node.name or s_out}")
+            out.extend(b.nodes)
+            b.nodes = []
+            out.append(helper.make_node("DequantizeLinear", [q, one, zp], [s_out], name=names(f"node/spikes/{s_out}")))
+            for consumer in nodes:
+                if consumer.op_type == "Mul" and s_out in consumer.input and len(consumer.input) == 2:
+                    other = consumer.input[1] if consumer.input[0] == s_out else consumer.input[0]
+                    if other in constants and _same_scalar(constants[other], constants[c]):
+                        fused_muls[consumer.output[0]] = (q, c, zp)
+                        skipped.add(id(consumer))
+            for mul_out, (fq, fc, fzp) in list(fused_muls.items()):
+                if fq == q:
+                    out.append(helper.make_node("DequantizeLinear", [fq, fc, fzp], [mul_out],
+                                                name=names(f"node/dequantized/{mul_out}")))
+            # the membrane after the step, should anything read it (the readout does not)
+            v = b.node("Add", [renamed.get(node.input[1], node.input[1]), z], stem=f"v/{node.name or s_out}")
+            b.nodes.append(helper.make_node("Sub", [v, s_out], [node.output[1]], name=names(f"node/membrane/{s_out}")))
+            out.extend(b.nodes)
+            b.nodes = []
+            continue
+        if zero is None and form != "qdq":
+            zero = _runtime_zero(b, renamed[iteration])
+        u = None if v_init_is_zero else renamed.get(node.input[1], node.input[1])
+        v = _step(b, node, form, z, u, zero, s_out)
+        if u is None:  # v is z: the membrane needs v_init + z
+            v = b.node("Add", [renamed.get(node.input[1], node.input[1]), z], stem=f"v/{node.name or s_out}")
+        b.nodes.append(helper.make_node("Sub", [v, s_out], [node.output[1]], name=names(f"node/membrane/{s_out}")))
+        out.extend(b.nodes)
+        b.nodes = []
+
+    body_outputs = list(body.output)[1:]  # without the condition
+    n_states = len(states)
+    graph_outputs, tail = [], []
+    for index in wanted:
+        vi = body_outputs[index]
+        elem = vi.type.tensor_type.elem_type
+        source = renamed.get(vi.name, vi.name)
+        name = names(f"first_step/{loop.output[index]}")
+        if index < n_states:
+            tail.append(helper.make_node("Identity", [source], [name], name=name))
+        elif opset >= _UNSQUEEZE_AXES_INPUT_OPSET:
+            axes = names(f"axes/{name}")
+            tail.append(helper.make_node("Constant", [], [axes], name=axes,
+                                         value=numpy_helper.from_array(np.array([0], np.int64), axes)))
+            tail.append(helper.make_node("Unsqueeze", [source, axes], [name], name=name))
+        else:
+            tail.append(helper.make_node("Unsqueeze", [source], [name], name=name, axes=[0]))
+        graph_outputs.append(helper.make_tensor_value_info(name, elem, None))
+    nodes_needed = _needed(out + tail, [o.name for o in graph_outputs])
+    return helper.make_graph(nodes_needed, names("first_step"), [], graph_outputs)
+
+
+def _scalar_divisor(node: onnx.NodeProto | None, constants: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """``(x, c)`` when ``node`` is ``Div(x, c)`` by a positive finite float32 scalar constant (one
+    element of rank 0 or 1, so that the quotient has the shape of ``x``)."""
+    if node is None or node.op_type != "Div" or len(node.input) != 2 or node.input[1] not in constants:
+        return None
+    c = constants[node.input[1]]
+    if c.dtype != np.float32 or c.size != 1 or c.ndim > 1 or not np.isfinite(c).all() or not (c > 0).all():
+        return None
+    return node.input[0], node.input[1]
+
+
+def _same_scalar(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype == np.float32 and a.size == b.size == 1 and a.ndim <= 1 and b.ndim <= 1 \
+        and a.reshape(-1).view(np.uint32)[0] == b.reshape(-1).view(np.uint32)[0]
+
+
+def _inline(node: onnx.NodeProto, attributes, renamed: dict[str, str], out: list, names: _Names) -> None:
+    """``If`` whose condition is true at the first step: its ``then_branch`` in place of it."""
+    branch = next(a.g for a in attributes if a.name == "then_branch")
+    made = {n for inner in branch.node for n in inner.output}
+    local = {}
+    for produced, wanted in zip(branch.output, node.output):
+        if produced.name in made and produced.name not in local:
+            local[produced.name] = wanted
+        else:
+            out.append(helper.make_node("Identity", [renamed.get(produced.name, produced.name)], [wanted],
+                                        name=names(f"node/branch_out/{wanted}")))
+    for inner in branch.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(inner)
+        copy.input[:] = [local.get(n, renamed.get(n, n)) for n in copy.input]
+        copy.output[:] = [local.get(n, n) for n in copy.output]
+        out.append(copy)
+
+
+def _needed(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes the ``outputs`` depend on, in their order (subgraphs' outer reads included)."""
+    wanted = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(o in wanted for o in node.output if o):
+            keep.append(node)
+            wanted.update(n for n in node.input if n)
+            wanted.update(_reads(node))
+    return list(reversed(keep))
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    found: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                found.update(n for n in list(inner.input) + sorted(_reads(inner)) if n and n not in defined)
+                defined.update(inner.output)
+    return found
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The lean form of a spiking model (module docstring): standard ops only, the same outputs."""
+    opset = _default_opset(model)
+    names = _Names(_all_names(model.graph, set()))
+    lean = onnx.ModelProto()
+    lean.CopyFrom(model)
+    graph = lean.graph
+    index = next(i for i, node in enumerate(graph.node) if node.op_type == "Loop" and node.name == TIME_LOOP)
+    loop = graph.node[index]
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    read_later = {n for node in list(graph.node)[index + 1:] for n in list(node.input) + sorted(_reads(node))}
+    read_later |= {o.name for o in graph.output}
+    wanted = [i for i, name in enumerate(loop.output) if name and name in read_later]
+    constants = _constants(graph, body)
+
+    lean_loop = onnx.NodeProto()
+    lean_loop.CopyFrom(loop)
+    lean_body = _lean_body(body, opset, names)
+    for attr in lean_loop.attribute:
+        if attr.name == "body":
+            attr.g.CopyFrom(lean_body)
+    first = _first_step(body, loop, wanted, opset, names, constants)
+    types = [body.output[1 + i].type.tensor_type.elem_type for i in wanted]
+    looped_outputs = [loop.output[i] for i in wanted]
+    later = helper.make_graph([lean_loop], names("loop"), [],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in zip(looped_outputs, types)])
+    one = names("one_step")
+    is_one = names("is_one_step")
+    branch = helper.make_node("If", [is_one], looped_outputs, name=names("t_is_1"),
+                              then_branch=first, else_branch=later)
+    new_nodes = list(graph.node)[:index] + [
+        helper.make_node("Constant", [], [one], name=one, value=numpy_helper.from_array(np.array(1, np.int64), one)),
+        helper.make_node("Equal", [TIMESTEPS_INPUT, one], [is_one], name=is_one),
+        branch,
+    ] + list(graph.node)[index + 1:]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    kept = [f for f in lean.functions if f.domain != NEURON_DOMAIN]
+    del lean.functions[:]
+    lean.functions.extend(kept)
+    return lean
