@@ -47,9 +47,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pmsm.runtime.schema import NEURON_DOMAIN, TIME_LOOP, TIMESTEPS_INPUT, is_neuron
 
-__all__ = ["LEAN_PREFIX", "lean_model", "lean_neuron_form"]
+__all__ = ["LEAN_PREFIX", "MIN_OPSET", "lean_model", "lean_neuron_form"]
 
 LEAN_PREFIX = "pmsm_lean/"
+MIN_OPSET = 11  # Clip with its bounds as inputs
 _QDQ_LEVELS = 255  # hi - lo of a neuron that QuantizeLinear/DequantizeLinear to uint8 computes
 _QDQ_OPSET = 10  # QuantizeLinear/DequantizeLinear in the default domain
 _UNSQUEEZE_AXES_INPUT_OPSET = 13
@@ -338,6 +339,11 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _with_trips(loop: onnx.NodeProto, trips: str) -> onnx.NodeProto:
+    loop.input[0] = trips
+    return loop
+
+
 def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """The lean form of a spiking model (module docstring): standard ops only, the same outputs."""
     opset = _default_opset(model)
@@ -360,17 +366,27 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
         if attr.name == "body":
             attr.g.CopyFrom(lean_body)
     first = _first_step(body, loop, wanted, opset, names, constants)
+    # The loop stays in the main graph, where the file has it (ONNX Runtime picks kernels by where a
+    # node sits: a Gemm of a batch-1 MLP gave other float bits inside an If's Loop), and runs no
+    # iteration at T = 1, where the first step alone computes the outputs.
     types = [body.output[1 + i].type.tensor_type.elem_type for i in wanted]
-    looped_outputs = [loop.output[i] for i in wanted]
-    later = helper.make_graph([lean_loop], names("loop"), [],
-                              [helper.make_tensor_value_info(n, t, None) for n, t in zip(looped_outputs, types)])
-    one = names("one_step")
-    is_one = names("is_one_step")
-    branch = helper.make_node("If", [is_one], looped_outputs, name=names("t_is_1"),
+    looped = [names(f"looped/{name}") if name else "" for name in loop.output]
+    del lean_loop.output[:]
+    lean_loop.output.extend(looped)
+    one, no_trips, is_one, trips = names("one"), names("no_trips"), names("is_one_step"), names("trips")
+    passed = [names(f"passed/{loop.output[i]}") for i in wanted]
+    later = helper.make_graph(
+        [helper.make_node("Identity", [looped[i]], [out], name=out) for i, out in zip(wanted, passed)],
+        names("later_steps"), [], [helper.make_tensor_value_info(n, t, None) for n, t in zip(passed, types)])
+    branch = helper.make_node("If", [is_one], [loop.output[i] for i in wanted], name=names("t_is_1"),
                               then_branch=first, else_branch=later)
     new_nodes = list(graph.node)[:index] + [
         helper.make_node("Constant", [], [one], name=one, value=numpy_helper.from_array(np.array(1, np.int64), one)),
+        helper.make_node("Constant", [], [no_trips], name=no_trips,
+                         value=numpy_helper.from_array(np.array(0, np.int64), no_trips)),
         helper.make_node("Equal", [TIMESTEPS_INPUT, one], [is_one], name=is_one),
+        helper.make_node("Where", [is_one, no_trips, TIMESTEPS_INPUT], [trips], name=trips),
+        _with_trips(lean_loop, trips),
         branch,
     ] + list(graph.node)[index + 1:]
     del graph.node[:]

@@ -33,9 +33,9 @@ Runtime removes ``Add(x, 0)`` at its default level).
 Cost (docs/spiking-onnx.md, "Speed"): with graph optimizations off, as the reference runs, ONNX
 Runtime executes every node of the inlined body at every step; ``Constant`` nodes become
 initializers and cost nothing, each other node a few tenths of a microsecond at least, an ``If``
-one or two more. The body is laid out for that: a step runs 11 nodes (floor, no bound at 0) to 17
-(half-even with a bound at 0) from opset 19 on, 4 more per string comparison below, against 28
-(38) for every neuron in the previous version of this body.
+one or two more. The body is laid out for that: a step runs 12 nodes (floor) or 14 (half-even) from
+opset 19 on, 4 more per string comparison below. ONNX Runtime runs the lean form of
+:mod:`pmsm.runtime.lean` instead, where each neuron is written as its own attributes need.
 """
 from __future__ import annotations
 
