@@ -172,7 +172,7 @@ def _constants(*graphs: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 
 def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], opset: int, names: _Names,
-                constants: dict[str, np.ndarray]) -> onnx.GraphProto:
+                constants: dict[str, np.ndarray], outer: dict[str, onnx.NodeProto]) -> onnx.GraphProto:
     """The loop's first iteration as a graph without state, whose outputs are the loop's outputs
     ``wanted`` (indices into ``loop.output``) as a run of one step gives them."""
     b = _Builder(names)
@@ -188,7 +188,7 @@ def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], 
     first_step = set()  # bools known to be true at the first step: Equal(iteration, 0)
     zero = None
     nodes = list(body.node)
-    producers = {}
+    producers = dict(outer)  # a Div before the loop (of the analog input) fuses as well
     for node in nodes:
         for name in node.output:
             producers[name] = node
@@ -365,7 +365,8 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     for attr in lean_loop.attribute:
         if attr.name == "body":
             attr.g.CopyFrom(lean_body)
-    first = _first_step(body, loop, wanted, opset, names, constants)
+    outer = {name: node for node in list(graph.node)[:index] for name in node.output}
+    first = _first_step(body, loop, wanted, opset, names, constants, outer)
     # The loop stays in the main graph, where the file has it (ONNX Runtime picks kernels by where a
     # node sits: a Gemm of a batch-1 MLP gave other float bits inside an If's Loop), and runs no
     # iteration at T = 1, where the first step alone computes the outputs.
@@ -395,3 +396,33 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     del lean.functions[:]
     lean.functions.extend(kept)
     return lean
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pmsm.runtime.lean MODEL.spiking.onnx OUT.onnx``: write the lean form of a spiking
+    file for plain ONNX Runtime (exit 2 with one line for a file that is not one)."""
+    import argparse
+    import sys
+
+    from pmsm.runtime.base.errors import BadInputError
+    from pmsm.runtime.base.files import atomic_write_bytes
+    from pmsm.runtime.execute import SpikingModel
+
+    parser = argparse.ArgumentParser(prog="python -m pmsm.runtime.lean", description=main.__doc__)
+    parser.add_argument("model", help="a spiking ONNX file written by pmsm-export")
+    parser.add_argument("output", help="where to write its lean form")
+    args = parser.parse_args(argv)
+    try:
+        spiking = SpikingModel(args.model)  # the format, the loop and every neuron's attributes checked
+        if _default_opset(spiking.model) < MIN_OPSET:
+            raise BadInputError(f"{args.model}: default-domain opset {_default_opset(spiking.model)} is below "
+                                f"{MIN_OPSET}; run the file as it is")
+        atomic_write_bytes(args.output, lean_model(spiking.model).SerializeToString())
+    except BadInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
