@@ -39,13 +39,18 @@ and the file keeps its portable body for other runtimes. ``SpikingModel(portable
 """
 from __future__ import annotations
 
+import argparse
 import itertools
+import sys
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pmsm.runtime.schema import NEURON_DOMAIN, TIME_LOOP, TIMESTEPS_INPUT, is_neuron
+from pmsm.runtime.base.errors import BadInputError
+from pmsm.runtime.base.files import atomic_write_bytes
+from pmsm.runtime.neuron import NeuronParams
+from pmsm.runtime.schema import NEURON_DOMAIN, SPIKING_ONNX_FORMAT, TIME_LOOP, TIMESTEPS_INPUT, is_neuron
 
 __all__ = ["LEAN_PREFIX", "MIN_OPSET", "lean_model", "lean_neuron_form"]
 
@@ -398,26 +403,42 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return lean
 
 
+def _spiking_file(path: str, error) -> onnx.ModelProto:
+    """The spiking model at ``path``, its format, loop and neurons checked; ``error`` (one line) otherwise."""
+    try:
+        model = onnx.load(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise many kinds
+        raise error(f"{path}: cannot read as an ONNX model: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    found = {p.key: p.value for p in model.metadata_props}.get("pmsm.format")
+    loops = [n for n in model.graph.node if n.op_type == "Loop" and n.name == TIME_LOOP]
+    if found != SPIKING_ONNX_FORMAT or len(loops) != 1:
+        raise error(f"{path}: not a {SPIKING_ONNX_FORMAT} model (format {found or 'not given'}); convert the source "
+                    "again with this version of pmsm-export")
+    if _default_opset(model) < MIN_OPSET:
+        raise error(f"{path}: default-domain opset {_default_opset(model)} is below {MIN_OPSET}; run the file as it is")
+    for node in loops[0].attribute[0].g.node:
+        if is_neuron(node):
+            try:
+                attrs = _attributes(node)
+                rounding = attrs["rounding"].decode() if isinstance(attrs["rounding"], bytes) else attrs["rounding"]
+                NeuronParams(lo=attrs["lo"], hi=attrs["hi"], v_init=attrs["v_init"], rounding=rounding)
+            except (KeyError, ValueError) as exc:
+                raise error(f"{path}: neuron '{node.name}': {exc}") from None
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pmsm.runtime.lean MODEL.spiking.onnx OUT.onnx``: write the lean form of a spiking
     file for plain ONNX Runtime (exit 2 with one line for a file that is not one)."""
-    import argparse
-    import sys
-
-    from pmsm.runtime.base.errors import BadInputError
-    from pmsm.runtime.base.files import atomic_write_bytes
-    from pmsm.runtime.execute import SpikingModel
-
     parser = argparse.ArgumentParser(prog="python -m pmsm.runtime.lean", description=main.__doc__)
     parser.add_argument("model", help="a spiking ONNX file written by pmsm-export")
     parser.add_argument("output", help="where to write its lean form")
     args = parser.parse_args(argv)
     try:
-        spiking = SpikingModel(args.model)  # the format, the loop and every neuron's attributes checked
-        if _default_opset(spiking.model) < MIN_OPSET:
-            raise BadInputError(f"{args.model}: default-domain opset {_default_opset(spiking.model)} is below "
-                                f"{MIN_OPSET}; run the file as it is")
-        atomic_write_bytes(args.output, lean_model(spiking.model).SerializeToString())
+        model = _spiking_file(args.model, BadInputError)
+        atomic_write_bytes(args.output, lean_model(model).SerializeToString())
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
