@@ -397,10 +397,22 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     ] + list(graph.node)[index + 1:]
     del graph.node[:]
     graph.node.extend(new_nodes)
-    kept = [f for f in lean.functions if f.domain != NEURON_DOMAIN]
-    del lean.functions[:]
-    lean.functions.extend(kept)
+    if not _has_neuron(graph):  # a neuron inside a subgraph of the body (none the exporter writes) keeps its body
+        kept = [f for f in lean.functions if f.domain != NEURON_DOMAIN]
+        del lean.functions[:]
+        lean.functions.extend(kept)
     return lean
+
+
+def _has_neuron(graph: onnx.GraphProto) -> bool:
+    for node in graph.node:
+        if is_neuron(node):
+            return True
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                if _has_neuron(sub):
+                    return True
+    return False
 
 
 def _spiking_file(path: str, error) -> onnx.ModelProto:
