@@ -9,7 +9,8 @@ numbers, bit for bit, with each neuron written as the few ops its own attributes
 - **each neuron step** in the loop: ``v = Add(u, z)``; for round-half-even with a range of 256
   levels (``hi - lo == 255``: every 8-bit QDQ activation) ``q = QuantizeLinear(v, 1, zp)``, ``s =
   DequantizeLinear(q, 1, zp)`` with ``zp = -lo`` as uint8 (one pass each: ONNX Runtime rounds half
-  to even and saturates, so the clip is the cast's); otherwise ``Floor``/``Round``, ``Clip(lo, hi)``
+  to even and saturates, so the clip is the cast's; 65,536 levels as uint16, through ONNX Runtime's
+  ``com.microsoft`` Q/DQ below opset 21); otherwise ``Floor``/``Round``, ``Clip(lo, hi)``
   and ``+ 0.0`` (a run-time zero computed once per step); then ``u_next = Sub(v, s)``;
 - **``T = 1`` without state**: ``If(timesteps == 1)`` runs the first step alone: no membranes, no
   compensation (its first-step branches inlined), nothing the readout does not read. A QDQ
@@ -57,7 +58,10 @@ __all__ = ["LEAN_PREFIX", "MIN_OPSET", "lean_model", "lean_neuron_form"]
 LEAN_PREFIX = "pmsm_lean/"
 MIN_OPSET = 11  # Clip with its bounds as inputs
 _QDQ_LEVELS = 255  # hi - lo of a neuron that QuantizeLinear/DequantizeLinear to uint8 computes
+_QDQ16_LEVELS = 65535  # ... to uint16
 _QDQ_OPSET = 10  # QuantizeLinear/DequantizeLinear in the default domain
+_QDQ16_OPSET = 21  # uint16 in the default domain's QuantizeLinear/DequantizeLinear
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's Q/DQ, uint16 at any opset
 _UNSQUEEZE_AXES_INPUT_OPSET = 13
 
 
@@ -67,11 +71,15 @@ def _attributes(node: onnx.NodeProto) -> dict:
 
 def lean_neuron_form(node: onnx.NodeProto, opset: int) -> str:
     """``"qdq"`` where the neuron is ``QuantizeLinear``/``DequantizeLinear`` to uint8 with scale 1,
-    ``"floor"`` or ``"round"`` (``R``, ``Clip`` and ``+ 0.0``) otherwise."""
+    ``"qdq16"`` to uint16 (ONNX Runtime's ``com.microsoft`` ops below opset 21), ``"floor"`` or
+    ``"round"`` (``R``, ``Clip`` and ``+ 0.0``) otherwise."""
     attrs = _attributes(node)
     rounding = attrs["rounding"].decode() if isinstance(attrs["rounding"], bytes) else attrs["rounding"]
-    if rounding == "half_even" and int(attrs["hi"]) - int(attrs["lo"]) == _QDQ_LEVELS and opset >= _QDQ_OPSET:
+    levels = int(attrs["hi"]) - int(attrs["lo"])
+    if rounding == "half_even" and levels == _QDQ_LEVELS and opset >= _QDQ_OPSET:
         return "qdq"
+    if rounding == "half_even" and levels == _QDQ16_LEVELS and opset >= _QDQ_OPSET:
+        return "qdq16"
     return "floor" if rounding == "floor" else "round"
 
 
@@ -104,12 +112,14 @@ class _Builder:
     """Nodes of one graph, with constants made as ``Constant`` nodes (ONNX Runtime makes them
     initializers: they cost nothing per run)."""
 
-    def __init__(self, names: _Names):
-        self.names, self.nodes = names, []
+    def __init__(self, names: _Names, opset: int = 0):
+        self.names, self.nodes, self.opset = names, [], opset
 
-    def node(self, op: str, inputs: list[str], output: str | None = None, stem: str = "t", **attrs) -> str:
+    def node(self, op: str, inputs: list[str], output: str | None = None, stem: str = "t", domain: str = "",
+             **attrs) -> str:
         output = output or self.names(stem)
-        self.nodes.append(helper.make_node(op, inputs, [output], name=self.names(f"node/{stem}"), **attrs))
+        self.nodes.append(helper.make_node(op, inputs, [output], name=self.names(f"node/{stem}"),
+                                           domain=domain or None, **attrs))
         return output
 
     def constant(self, value: np.ndarray, stem: str) -> str:
@@ -119,6 +129,16 @@ class _Builder:
         return name
 
 
+_QDQ_FORMS = ("qdq", "qdq16")
+
+
+def _qdq_type(form: str, opset: int) -> tuple[type, str]:
+    """(zero point's numpy type, domain of the Q/DQ pair) of a ``qdq`` form."""
+    if form == "qdq":
+        return np.uint8, ""
+    return np.uint16, "" if opset >= _QDQ16_OPSET else CONTRIB_DOMAIN
+
+
 def _step(b: _Builder, node: onnx.NodeProto, form: str, z: str, u: str | None, zero: str | None,
           spikes: str) -> str:
     """One lean step of ``node`` writing its spikes as ``spikes``; returns ``v``. ``u`` None: the
@@ -126,11 +146,12 @@ def _step(b: _Builder, node: onnx.NodeProto, form: str, z: str, u: str | None, z
     attrs = _attributes(node)
     label = node.name or node.output[0]
     v = z if u is None else b.node("Add", [u, z], stem=f"v/{label}")
-    if form == "qdq":
+    if form in _QDQ_FORMS:
         one = b.constant(np.array(1.0, np.float32), f"one/{label}")
-        zp = b.constant(np.array(-int(attrs["lo"]), np.uint8), f"zero_point/{label}")
-        q = b.node("QuantizeLinear", [v, one, zp], stem=f"levels/{label}")
-        b.node("DequantizeLinear", [q, one, zp], spikes, stem=f"spikes/{label}")
+        dtype, domain = _qdq_type(form, b.opset)
+        zp = b.constant(np.array(-int(attrs["lo"]), dtype), f"zero_point/{label}")
+        q = b.node("QuantizeLinear", [v, one, zp], stem=f"levels/{label}", domain=domain)
+        b.node("DequantizeLinear", [q, one, zp], spikes, stem=f"spikes/{label}", domain=domain)
         return v
     rounded = b.node("Floor" if form == "floor" else "Round", [v], stem=f"rounded/{label}")
     lo = b.constant(np.array(float(attrs["lo"]), np.float32), f"lo/{label}")
@@ -148,7 +169,7 @@ def _runtime_zero(b: _Builder, like: str) -> str:
 
 def _lean_body(body: onnx.GraphProto, opset: int, names: _Names) -> onnx.GraphProto:
     """The loop body with each neuron step written as its lean form."""
-    b = _Builder(names)
+    b = _Builder(names, opset)
     zero = _runtime_zero(b, body.input[0].name)
     for node in body.node:
         if not is_neuron(node):
@@ -180,7 +201,7 @@ def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], 
                 constants: dict[str, np.ndarray], outer: dict[str, onnx.NodeProto]) -> onnx.GraphProto:
     """The loop's first iteration as a graph without state, whose outputs are the loop's outputs
     ``wanted`` (indices into ``loop.output``) as a run of one step gives them."""
-    b = _Builder(names)
+    b = _Builder(names, opset)
     renamed: dict[str, str] = {}
     iteration, condition = body.input[0].name, body.input[1].name
     renamed[iteration] = b.constant(np.array(0, np.int64), "iteration")
@@ -226,31 +247,33 @@ def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], 
         s_out = node.output[0]
         v_init_is_zero = float(attrs["v_init"]) == 0.0
         divisor = _scalar_divisor(producers.get(node.input[0]), constants)
-        if form == "qdq" and v_init_is_zero and divisor is not None:
+        if form in _QDQ_FORMS and v_init_is_zero and divisor is not None:
             x, c = renamed.get(divisor[0], divisor[0]), divisor[1]
-            zp = b.constant(np.array(-int(attrs["lo"]), np.uint8), f"zero_point/{node.name or s_out}")
-            q = b.node("QuantizeLinear", [x, c, zp], stem=f"levels/{node.name or s_out}")
+            dtype, domain = _qdq_type(form, opset)
+            zp = b.constant(np.array(-int(attrs["lo"]), dtype), f"zero_point/{node.name or s_out}")
+            q = b.node("QuantizeLinear", [x, c, zp], stem=f"levels/{node.name or s_out}", domain=domain)
             one = b.constant(np.array(1.0, np.float32), f"one/{node.name or s_out}")
             out.extend(b.nodes)
             b.nodes = []
-            out.append(helper.make_node("DequantizeLinear", [q, one, zp], [s_out], name=names(f"node/spikes/{s_out}")))
+            out.append(helper.make_node("DequantizeLinear", [q, one, zp], [s_out], name=names(f"node/spikes/{s_out}"),
+                                        domain=domain or None))
             for consumer in nodes:
                 if consumer.op_type == "Mul" and s_out in consumer.input and len(consumer.input) == 2:
                     other = consumer.input[1] if consumer.input[0] == s_out else consumer.input[0]
                     if other in constants and _same_scalar(constants[other], constants[c]):
-                        fused_muls[consumer.output[0]] = (q, c, zp)
+                        fused_muls[consumer.output[0]] = (q, c, zp, domain)
                         skipped.add(id(consumer))
-            for mul_out, (fq, fc, fzp) in list(fused_muls.items()):
+            for mul_out, (fq, fc, fzp, fdomain) in list(fused_muls.items()):
                 if fq == q:
                     out.append(helper.make_node("DequantizeLinear", [fq, fc, fzp], [mul_out],
-                                                name=names(f"node/dequantized/{mul_out}")))
+                                                name=names(f"node/dequantized/{mul_out}"), domain=fdomain or None))
             # the membrane after the step, should anything read it (the readout does not)
             v = b.node("Add", [renamed.get(node.input[1], node.input[1]), z], stem=f"v/{node.name or s_out}")
             b.nodes.append(helper.make_node("Sub", [v, s_out], [node.output[1]], name=names(f"node/membrane/{s_out}")))
             out.extend(b.nodes)
             b.nodes = []
             continue
-        if zero is None and form != "qdq":
+        if zero is None and form not in _QDQ_FORMS:
             zero = _runtime_zero(b, renamed[iteration])
         u = None if v_init_is_zero else renamed.get(node.input[1], node.input[1])
         v = _step(b, node, form, z, u, zero, s_out)
@@ -397,11 +420,24 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     ] + list(graph.node)[index + 1:]
     del graph.node[:]
     graph.node.extend(new_nodes)
+    if CONTRIB_DOMAIN not in {o.domain for o in lean.opset_import} and _uses_domain(graph, CONTRIB_DOMAIN):
+        lean.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
     if not _has_neuron(graph):  # a neuron inside a subgraph of the body (none the exporter writes) keeps its body
         kept = [f for f in lean.functions if f.domain != NEURON_DOMAIN]
         del lean.functions[:]
         lean.functions.extend(kept)
     return lean
+
+
+def _uses_domain(graph: onnx.GraphProto, domain: str) -> bool:
+    for node in graph.node:
+        if node.domain == domain:
+            return True
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                if _uses_domain(sub, domain):
+                    return True
+    return False
 
 
 def _has_neuron(graph: onnx.GraphProto) -> bool:

@@ -25,6 +25,8 @@ PARAMS = {
     "qdq_uint8": NeuronParams(lo=0, hi=255, v_init=0.0, rounding="half_even"),
     "qdq_int8": NeuronParams(lo=-128, hi=127, v_init=0.0, rounding="half_even"),
     "qdq_zero_point_3": NeuronParams(lo=-3, hi=252, v_init=0.0, rounding="half_even"),
+    "qdq_int16": NeuronParams(lo=-32768, hi=32767, v_init=0.0, rounding="half_even"),
+    "qdq_uint16_zero_point_5": NeuronParams(lo=-5, hi=65530, v_init=0.0, rounding="half_even"),
     "round_4_bit": NeuronParams(lo=-8, hi=7, v_init=0.0, rounding="half_even"),
     "round_v_init": NeuronParams(lo=-128, hi=127, v_init=0.25, rounding="half_even"),
     "floor_pmsm": NeuronParams(lo=-2, hi=2, v_init=0.5, rounding="floor"),
@@ -59,6 +61,7 @@ def _hard_inputs(rows: int = 40) -> np.ndarray:
     """Ties of every level (k + 0.5) * scale and the floats next to them, signed zeros, values
     beyond both caps, and noise."""
     levels = RNG.integers(-140, 270, (rows, 12)).astype(np.float32)
+    levels[-4:] = RNG.integers(-33000, 66000, (4, 12))  # the 16-bit ranges and beyond
     x = ((levels + np.float32(0.5)) * SCALE).astype(np.float32)
     nudge = RNG.integers(-1, 2, x.shape)
     x = np.where(nudge > 0, np.nextafter(x, np.float32(np.inf)), np.where(nudge < 0, np.nextafter(x, np.float32(-np.inf)), x))
@@ -85,7 +88,8 @@ def test_the_lean_form_equals_the_kernel_bit_for_bit_at_t1_t2_t4_spikes_included
 
 def test_each_neuron_is_written_as_its_attributes_need():
     forms = {key: lean_neuron_form(_neuron_node(params), 17) for key, params in PARAMS.items()}
-    assert forms == {"qdq_uint8": "qdq", "qdq_int8": "qdq", "qdq_zero_point_3": "qdq", "round_4_bit": "round",
+    assert forms == {"qdq_uint8": "qdq", "qdq_int8": "qdq", "qdq_zero_point_3": "qdq", "qdq_int16": "qdq16",
+                     "qdq_uint16_zero_point_5": "qdq16", "round_4_bit": "round",
                      "round_v_init": "qdq", "floor_pmsm": "floor", "floor_relu": "floor"}
     assert lean_neuron_form(_neuron_node(PARAMS["qdq_uint8"]), 9) == "round"  # no QuantizeLinear before opset 10
 
@@ -112,27 +116,35 @@ def test_at_t1_a_qdq_neuron_is_the_source_quantizer_and_nothing_carries_state():
     assert "QuantizeLinear" in _ops(loop.attribute[0].g) and "Round" not in _ops(loop.attribute[0].g)
 
 
-def test_quantize_linear_divides_by_its_scale_as_div_does_at_every_rounding_boundary():
+@pytest.mark.parametrize("domain, dtype, zero_point", [("", np.uint8, 100), ("com.microsoft", np.uint16, 30000)])
+def test_quantize_linear_divides_by_its_scale_as_div_does_at_every_rounding_boundary(domain, dtype, zero_point):
     """The premise of the fused first step: ONNX Runtime's QuantizeLinear(x, c) is rint(x / c) with
-    x / c the float32 quotient Div computes, so ties and their neighbours round alike."""
+    x / c the float32 quotient Div computes, so ties and their neighbours round alike (uint8, and
+    uint16 through ONNX Runtime's own Q/DQ, which the lean form uses below opset 21)."""
+    top = int(np.iinfo(dtype).max)
     scales = np.array([0.0373, 0.1, 1 / 3, 0.007843138, 2.5, 1e-3, 17.0], np.float32)
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "c", "zp"], ["q"]), helper.make_node("Div", ["x", "c"], ["z"])],
+        [helper.make_node("QuantizeLinear", ["x", "c", "zp"], ["q"], domain=domain or None),
+         helper.make_node("Div", ["x", "c"], ["z"])],
         "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None]),
               helper.make_tensor_value_info("c", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("q", TensorProto.UINT8, [None]), helper.make_tensor_value_info("z", TensorProto.FLOAT, [None])],
-        initializer=[numpy_helper.from_array(np.array(100, np.uint8), "zp")])
+        [helper.make_tensor_value_info("q", onnx_type, [None]), helper.make_tensor_value_info("z", TensorProto.FLOAT, [None])],
+        initializer=[numpy_helper.from_array(np.array(zero_point, dtype), "zp")])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                                     ir_version=10).SerializeToString(), options)
-    levels = np.arange(-101, 157, dtype=np.float32) + np.float32(0.5)
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString(),
+                                   options)
+    levels = np.concatenate([np.arange(-zero_point - 1, zero_point + 1, dtype=np.float32),
+                             np.arange(top - zero_point - 300, top - zero_point + 2, dtype=np.float32)]) + np.float32(0.5)
     for c in scales:
         ties = (levels * c).astype(np.float32)
         x = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf)),
                             (RNG.normal(size=4000) * 80 * c).astype(np.float32)]).astype(np.float32)
         q, z = session.run(None, {"x": x, "c": np.array(c)})
-        assert np.array_equal(q.astype(np.int64) - 100, np.clip(np.rint(z), -100, 155).astype(np.int64)), c
+        want = np.clip(np.rint(z), -zero_point, top - zero_point).astype(np.int64)
+        assert np.array_equal(q.astype(np.int64) - zero_point, want), c
 
 
 def test_python_m_lean_writes_a_file_plain_onnx_runtime_runs_as_the_kernel(tmp_path):
