@@ -306,18 +306,18 @@ def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], 
 
 
 def _scalar_divisor(node: onnx.NodeProto | None, constants: dict[str, np.ndarray]) -> tuple[str, str] | None:
-    """``(x, c)`` when ``node`` is ``Div(x, c)`` by a positive finite float32 scalar constant (one
-    element of rank 0 or 1, so that the quotient has the shape of ``x``)."""
+    """``(x, c)`` when ``node`` is ``Div(x, c)`` by a positive finite float32 scalar constant of rank
+    0 (so that the quotient has the shape of ``x``)."""
     if node is None or node.op_type != "Div" or len(node.input) != 2 or node.input[1] not in constants:
         return None
     c = constants[node.input[1]]
-    if c.dtype != np.float32 or c.size != 1 or c.ndim > 1 or not np.isfinite(c).all() or not (c > 0).all():
+    if c.dtype != np.float32 or c.ndim != 0 or not np.isfinite(c).all() or not (c > 0).all():
         return None
     return node.input[0], node.input[1]
 
 
 def _same_scalar(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype == np.float32 and a.size == b.size == 1 and a.ndim <= 1 and b.ndim <= 1 \
+    return a.dtype == b.dtype == np.float32 and a.ndim == b.ndim == 0 \
         and a.reshape(-1).view(np.uint32)[0] == b.reshape(-1).view(np.uint32)[0]
 
 
