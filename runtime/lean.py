@@ -274,7 +274,7 @@ def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], 
             b.nodes = []
             continue
         if zero is None and form not in _QDQ_FORMS:
-            zero = _runtime_zero(b, renamed[iteration])
+            zero = _runtime_zero(b, z)  # of a run-time tensor: an optimizer cannot fold it and drop the Add
         u = None if v_init_is_zero else renamed.get(node.input[1], node.input[1])
         v = _step(b, node, form, z, u, zero, s_out)
         if u is None:  # v is z: the membrane needs v_init + z
