@@ -193,7 +193,7 @@ class SpikingModel:
     ``portable=True``: no custom op library; ONNX Runtime runs the model's lean form
     (:func:`pmsm.runtime.lean.lean_model`: standard ops, each neuron written as its attributes
     need, ``T = 1`` without state) or, with ``lean=False`` (or a default-domain opset below
-    ``lean.MIN_OPSET``), inlines the model's standard-ONNX function body of the neuron
+    ``lean.MIN_OPSET``, or a file whose lean form ONNX Runtime cannot load), inlines the model's standard-ONNX function body of the neuron
     (:mod:`pmsm.runtime.portable`); a model without that function gets it attached (in its
     default-domain opset) on a copy. Same numbers, bit for bit.
     ``optimized=True`` runs at ONNX Runtime's default optimization level (information only: fusions
@@ -242,7 +242,15 @@ class SpikingModel:
         if collect_spikes not in self._sessions:
             model = _with_spike_outputs(self.model, list(self.neurons.values())) if collect_spikes else self.model
             if self.lean:
-                model = lean_form.lean_model(model)
+                try:
+                    self._sessions[collect_spikes] = _session(lean_form.lean_model(model), self.label,
+                                                              optimized=self.optimized, custom_ops=False)
+                    return self._sessions[collect_spikes]
+                except Exception:  # noqa: BLE001 - a file the lean form cannot take runs its function body
+                    self.lean = False
+                    self.model = _with_neuron_function(self.model, self.label)
+                    self._sessions.clear()
+                    return self._session_for(collect_spikes)
             self._sessions[collect_spikes] = _session(
                 model, self.label, optimized=self.optimized, custom_ops=not self.portable
             )
