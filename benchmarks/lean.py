@@ -7,8 +7,11 @@ then, in one process, round robin, each run once per round (``--rounds``, fastes
 
 - ``ANN``: the source on ONNX Runtime with graph optimizations off (the semantics the file is exact
   against); every other figure is a ratio to it, measured side by side;
-- ``body T=1`` / ``body T=4``: the spiking file as the README runs it in plain ONNX Runtime (no custom
-  op library, optimizations off);
+- ``body T=1`` / ``body T=4``: the spiking file in plain ONNX Runtime (no custom op library,
+  optimizations off): this checkout's file in its lean form (``pmsm.runtime.lean``, as
+  ``SpikingModel(portable=True)`` and the README run it), the ``before`` file as it is (its
+  function body);
+- ``fn body T=1``: this checkout's file as it is, its generic function body inlined;
 - ``custom op T=1``: the same file with the reference kernel registered;
 - ``int8 ANN``: the source at ONNX Runtime's default level (QDQ fused into integer kernels).
 
@@ -16,7 +19,7 @@ then, in one process, round robin, each run once per round (``--rounds``, fastes
 which other load on a shared machine barely moves.
 
 ``exact`` says whether both bodies equal the ANN bit for bit at T = 1, ``equal`` whether the body
-and the custom op agree bit for bit at T = 1 and 4 (this checkout's file).
+and the custom op agree bit for bit at T = 1, 2 and 4 (this checkout's file).
 
 ``startup``: wall time, CPU time and peak resident memory (``/usr/bin/time``) of ``pmsm-export SMALL
 --check`` and of converting SMALL and LARGE, for each ``--pythons`` environment (fastest of
@@ -90,7 +93,7 @@ def speed(args) -> None:
     print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, onnxruntime {ort.__version__}; "
           f"batch 16, {clock}, fastest of {args.rounds} rounds; ratios to the ANN with optimizations off")
     header = f"{'model':<14}{'file':<8}{'convert s':>10}{'ANN ms':>9}{'body T=1':>10}{'custom T=1':>12}" \
-             f"{'body T=4':>10}{'int8 ANN':>10}{'exact':>7}{'equal':>7}"
+             f"{'body T=4':>10}{'fn body T=1':>13}{'int8 ANN':>10}{'exact':>7}{'equal':>7}"
     print(header)
     for name in args.models.split(","):
         source = str(lean_models.quantized(name, folder))
@@ -102,17 +105,28 @@ def speed(args) -> None:
         x = np.random.default_rng(0).uniform(0, 1, (16, 3, 32, 32)).astype(np.float32)
         runs = {"ann": (_session(source), None), "int8": (_session(source, optimized=True), None)}
         for label, (path, _) in files.items():
-            runs[f"{label} body 1"] = (_session(path), 1)
-            runs[f"{label} body 4"] = (_session(path), 4)
+            body = path
+            if label == "after":
+                import onnx
+
+                from pmsm.runtime.lean import lean_model
+
+                body = path.replace(".spiking.onnx", ".lean.onnx")
+                onnx.save(lean_model(onnx.load(path)), body)
+                runs[f"{label} fn body 1"] = (_session(path), 1)
+            runs[f"{label} body 1"] = (_session(body), 1)
+            runs[f"{label} body 4"] = (_session(body), 4)
             runs[f"{label} custom 1"] = (_session(path, custom=True), 1)
         if "after" in files:
-            runs["after custom 4"] = (_session(files["after"][0], custom=True), 4)
+            runs["after body 2"] = (runs["after body 1"][0], 2)
+            for t in (2, 4):
+                runs[f"after custom {t}"] = (_session(files["after"][0], custom=True), t)
         best = dict.fromkeys(runs, float("inf"))
         outputs = {}
         for r in range(args.rounds):
             order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
             for key in order:
-                if key == "after custom 4" and r:
+                if key in ("after custom 2", "after custom 4", "after body 2") and r:
                     continue  # run once, for the equality check only (the reference kernel is slow)
                 session, t = runs[key]
                 feed = {"x": x} if t is None else {"x": x, "timesteps": np.array(t, np.int64)}
@@ -123,11 +137,12 @@ def speed(args) -> None:
         for label in files:
             exact = _same_bits(outputs[f"{label} body 1"], outputs["ann"]) and \
                 _same_bits(outputs[f"{label} custom 1"], outputs["ann"])
-            equal = label != "after" or (_same_bits(outputs["after body 1"], outputs["after custom 1"])
-                                         and _same_bits(outputs["after body 4"], outputs["after custom 4"]))
+            equal = label != "after" or all(_same_bits(outputs[f"after body {t}"], outputs[f"after custom {t}"])
+                                            for t in (1, 2, 4))
+            function_body = f"{best['after fn body 1'] / ann:>12.2f}x" if label == "after" else f"{'':>13}"
             print(f"{name:<14}{label:<8}{convert_s[label]:>10.2f}{ann * 1e3:>9.1f}"
                   f"{best[f'{label} body 1'] / ann:>9.2f}x{best[f'{label} custom 1'] / ann:>11.2f}x"
-                  f"{best[f'{label} body 4'] / ann:>9.2f}x{best['int8'] / ann:>9.2f}x"
+                  f"{best[f'{label} body 4'] / ann:>9.2f}x{function_body}{best['int8'] / ann:>9.2f}x"
                   f"{'yes' if exact else 'NO':>7}{'yes' if equal else 'NO':>7}", flush=True)
 
 

@@ -8,7 +8,8 @@ source ANN on ONNX Runtime with graph optimizations off (the reference semantics
 ONNX at each T through
 
 - ``custom op``: the ``ai.pmsm::MultiSpikeNeuron`` kernel (``SpikingModel(model)``, the reference);
-- ``standard-op body``: the model-local function of standard ONNX ops (``portable=True``);
+- ``standard-op body``: standard ONNX ops only (``portable=True``: the file's lean form since issue 23,
+  ``pmsm.runtime.lean``; the model-local function alone with ``lean=False``);
 
 and, with ``--before REV`` (default 5524697, the revision before this benchmark; ``none`` skips it):
 

@@ -1,4 +1,4 @@
-"""Time as an ONNX ``Loop`` over timesteps (docs/spiking-onnx.md, format ``spiking-onnx/2``).
+"""Time as an ONNX ``Loop`` over timesteps (docs/spiking-onnx.md, format ``spiking-onnx/3``).
 
 The untimed network (the source graph with each activation quantizer's rounding core replaced by a
 ``MultiSpikeNeuron`` node) becomes:

@@ -2,8 +2,10 @@
 
 - :class:`SpikingModel` runs a spiking ONNX file (docs/spiking-onnx.md) through the
   ``ai.pmsm::MultiSpikeNeuron`` kernel, with graph optimizations disabled (the reference); with
-  ``portable=True``, through the standard-ONNX function body the file carries instead (no custom op
-  library registered: what a plain ``onnxruntime.InferenceSession`` runs), bit-exact with the kernel.
+  ``portable=True``, in standard ONNX ops only (no custom op library registered): the file's lean
+  form (:mod:`pmsm.runtime.lean`, each neuron as the few ops its attributes need, ``T = 1``
+  without state) or, with ``lean=False``, the standard-ONNX function body the file carries, as a
+  plain ``onnxruntime.InferenceSession`` of the file runs it; both bit-exact with the kernel.
 - :class:`AnnRunner` runs the quantized ANN on stock ONNX Runtime: with optimizations disabled
   (backend ``ann``, the ONNX specification's semantics, the reference) or at ONNX Runtime's default
   level (backend ``ann_ort_opt``, which fuses QDQ pairs into integer kernels; information only).
@@ -26,6 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from pmsm.runtime import lean as lean_form
 from pmsm.runtime import ortop, portable
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.sessions import inference_session
@@ -187,18 +190,22 @@ class SpikingModel:
 
     ``portable=False`` (the reference): the ``ai.pmsm::MultiSpikeNeuron`` kernel of
     :mod:`pmsm.runtime.ortop` (the numpy neuron) computes every neuron.
-    ``portable=True``: the custom op library is not registered, so ONNX Runtime inlines the model's
-    standard-ONNX function body of the neuron (:mod:`pmsm.runtime.portable`); a model without that
-    function gets it attached (in its default-domain opset) on a copy. Same numbers, bit for bit.
+    ``portable=True``: no custom op library; ONNX Runtime runs the model's lean form
+    (:func:`pmsm.runtime.lean.lean_model`: standard ops, each neuron written as its attributes
+    need, ``T = 1`` without state) or, with ``lean=False`` (or a default-domain opset below
+    ``lean.MIN_OPSET``, or a file whose lean form ONNX Runtime cannot load), inlines the model's standard-ONNX function body of the neuron
+    (:mod:`pmsm.runtime.portable`); a model without that function gets it attached (in its
+    default-domain opset) on a copy. Same numbers, bit for bit.
     ``optimized=True`` runs at ONNX Runtime's default optimization level (information only: fusions
     of the model's other ops may change the last bit of the float arithmetic the source defines).
     """
 
     backend = "onnx"
 
-    def __init__(self, model: ModelLike, portable: bool = False, optimized: bool = False):
+    def __init__(self, model: ModelLike, portable: bool = False, optimized: bool = False, lean: bool = True):
         self.model, self.label = load_model(model)
         self.portable = bool(portable)
+        self.lean = self.portable and bool(lean) and (_default_opset(self.model) or 0) >= lean_form.MIN_OPSET
         self.optimized = bool(optimized)
         graph = self.model.graph
         data = _data_inputs(self.model)
@@ -219,7 +226,7 @@ class SpikingModel:
                 if key in self.neurons:
                     key = f"{key}:{node.output[0]}"
                 self.neurons[key] = node
-        if self.portable:
+        if self.portable and not self.lean:
             self.model = _with_neuron_function(self.model, self.label)
         self._sessions: dict[bool, ort.InferenceSession] = {}
 
@@ -234,6 +241,16 @@ class SpikingModel:
     def _session_for(self, collect_spikes: bool) -> ort.InferenceSession:
         if collect_spikes not in self._sessions:
             model = _with_spike_outputs(self.model, list(self.neurons.values())) if collect_spikes else self.model
+            if self.lean:
+                try:
+                    self._sessions[collect_spikes] = _session(lean_form.lean_model(model), self.label,
+                                                              optimized=self.optimized, custom_ops=False)
+                    return self._sessions[collect_spikes]
+                except Exception:  # noqa: BLE001 - a file the lean form cannot take runs its function body
+                    self.lean = False
+                    self.model = _with_neuron_function(self.model, self.label)
+                    self._sessions.clear()
+                    return self._session_for(collect_spikes)
             self._sessions[collect_spikes] = _session(
                 model, self.label, optimized=self.optimized, custom_ops=not self.portable
             )
@@ -397,3 +414,7 @@ class AnnRunner:
             for i, (name, out) in enumerate(zip(self.output_names, result)):
                 outs[i].append(_take_batch(out, rows, stop - start, name, self.label, several))
         return [_concat(parts) for parts in outs]
+
+
+def _default_opset(model: onnx.ModelProto) -> int | None:
+    return portable.default_opset(model)

@@ -5,7 +5,7 @@ Semantics (docs/spiking-onnx.md, `ai.pmsm::MultiSpikeNeuron`), in level units, p
     u <- v_init
     for t in 0..T-1:
         u <- u + z(t)
-        s(t) <- clip(R(u), lo, hi)      # signed integer spike count
+        s(t) <- clip(R(u), lo, hi)      # signed integer spike count; a zero count is +0.0
         u <- u - s(t)                    # reset by subtraction
 
 ``R`` is ``floor`` or round-half-to-even. The membrane is kept in float32 so that
@@ -127,12 +127,11 @@ def step(u, z, params: NeuronParams):
     lib = _library(u)
     u = lib.as_float32(u, like=u) + lib.as_float32(z, like=u)
     rounded = round_levels(u, params.rounding)
-    s = lib.clip(rounded, params.lo, params.hi)
-    if params.lo == 0 or params.hi == 0:
-        # A -0.0 at a bound of 0 leaves numpy 1's clip as +0.0 and numpy 2's as -0.0; adding +0.0
-        # makes it +0.0 on both, as the portable body computes it (its zero_sign), and changes
-        # nothing else.
-        s = s + 0.0
+    # + 0.0: a zero spike is +0.0 (ai.pmsm version 3), whatever the sign of the rounded membrane
+    # (rint(-0.3) is -0.0) and numpy's clip at a bound of 0 (numpy 1 gives +0.0 there, numpy 2
+    # -0.0); it changes no other value. It is what DequantizeLinear computes for the level of the
+    # zero point, so a neuron written as QuantizeLinear/DequantizeLinear equals this one bit for bit.
+    s = lib.clip(rounded, params.lo, params.hi) + 0.0
     return u - s, s
 
 

@@ -10,7 +10,7 @@ The op is one timestep of the neuron (docs/spiking-onnx.md), and the body comput
 float32 operations of :func:`pmsm.runtime.neuron.step`, in the same order, so the two agree bit
 for bit::
 
-    v = u + z;  s = Clip(R(v), lo, hi) [+ 0.0 when a bound is 0];  u_next = v - s
+    v = u + z;  s = Clip(R(v), lo, hi) + 0.0;  u_next = v - s
 
 ``R`` is ``Floor`` or ``Round`` (ONNX ``Round`` is round-half-to-even, like ``numpy.rint``), chosen
 by an ``If`` on the string attribute ``rounding``; its ``else`` branch checks for ``"half_even"``
@@ -21,20 +21,21 @@ compares strings with ``Unique``: ``[rounding, "floor"]`` has one distinct eleme
 two are equal. Attributes reach the body through ``Constant`` nodes whose ``value_int``/
 ``value_string`` reference the node's attribute (``ref_attr_name``, which needs opset >= 12).
 
-The ``+ 0.0``: ``numpy.clip`` returns the bound ``+0.0`` for a ``-0.0`` input at a bound of 0, while
-``Clip`` kernels may return either zero (ONNX Runtime's does either, depending on the code path);
-adding ``+0.0`` turns ``-0.0`` into ``+0.0`` and changes no other value (NaN included). Another
-``If``, on ``lo * hi == 0``, adds it only where a bound is 0, so the other neurons pay no pass over
-their tensor for it. The zero is ``Size(z) * 0.0``, a run-time value, so that no optimizer can fold
-it into a constant and then drop the ``Add`` as a no-op (ONNX Runtime removes ``Add(x, 0)`` at its
-default level).
+The ``+ 0.0``: a zero spike is ``+0.0`` (ai.pmsm version 3), whatever the sign of the rounded
+membrane (``Round(-0.3)`` is ``-0.0``) and whatever a ``Clip`` kernel makes of a ``-0.0`` at a bound
+of 0 (ONNX Runtime's returns either, depending on the code path); adding ``+0.0`` turns ``-0.0``
+into ``+0.0`` and changes no other value (NaN included). It is what ``DequantizeLinear`` gives for
+the zero point's level, so a neuron written as ``QuantizeLinear``/``DequantizeLinear``
+(:mod:`pmsm.runtime.lean`) equals this body bit for bit. The zero is ``Size(z) * 0.0``, a run-time
+value, so that no optimizer can fold it into a constant and then drop the ``Add`` as a no-op (ONNX
+Runtime removes ``Add(x, 0)`` at its default level).
 
 Cost (docs/spiking-onnx.md, "Speed"): with graph optimizations off, as the reference runs, ONNX
 Runtime executes every node of the inlined body at every step; ``Constant`` nodes become
 initializers and cost nothing, each other node a few tenths of a microsecond at least, an ``If``
-one or two more. The body is laid out for that: a step runs 11 nodes (floor, no bound at 0) to 17
-(half-even with a bound at 0) from opset 19 on, 4 more per string comparison below, against 28
-(38) for every neuron in the previous version of this body.
+one or two more. The body is laid out for that: a step runs 12 nodes (floor) or 14 (half-even) from
+opset 19 on, 4 more per string comparison below. ONNX Runtime runs the lean form of
+:mod:`pmsm.runtime.lean` instead, where each neuron is written as its own attributes need.
 """
 from __future__ import annotations
 
@@ -148,19 +149,11 @@ def neuron_function(opset: int) -> onnx.FunctionProto:
     b.nodes.extend(_rounded(v, rounding, opset))
     rounded = b.nodes[-1].output[0]
 
-    # lo * hi is 0 exactly when a bound is 0: the bounds are integers, so the product cannot underflow
-    a_bound_is_0 = b("Equal", [b("Mul", [lo, hi], "bounds_product"),
-                               b.const("float_zero", [0.0], TensorProto.FLOAT, dims=[])], "a_bound_is_0")
-    plus_zero = _Builder("pmsm_neuron/plus_zero/")
-    clipped = plus_zero("Clip", [rounded, lo, hi], "clipped")
-    size = plus_zero("Cast", [plus_zero("Size", ["z"], "z_size")], "z_size_float", to=TensorProto.FLOAT)
-    zero = plus_zero("Mul", [size, plus_zero.const("float_zero", [0.0], TensorProto.FLOAT, dims=[])], "zero")
-    plus_zero("Add", [clipped, zero], "spikes")
-    as_is = _Builder("pmsm_neuron/clip/")
-    as_is("Clip", [rounded, lo, hi], "spikes")
-    b.nodes.append(helper.make_node("If", [a_bound_is_0], ["s"], name="pmsm_neuron/s",
-                                    then_branch=_branch(plus_zero, "pmsm_neuron/plus_zero"),
-                                    else_branch=_branch(as_is, "pmsm_neuron/clip")))
+    # + 0.0: a zero spike is +0.0 (ai.pmsm version 3), whatever Clip does with a -0.0
+    clipped = b("Clip", [rounded, lo, hi], "clipped")
+    size = b("Cast", [b("Size", ["z"], "z_size")], "z_size_float", to=TensorProto.FLOAT)
+    zero = b("Mul", [size, b.const("float_zero", [0.0], TensorProto.FLOAT, dims=[])], "zero")
+    b.nodes.append(helper.make_node("Add", [clipped, zero], ["s"], name="pmsm_neuron/s"))
     b.nodes.append(helper.make_node("Sub", [v, "s"], ["u_next"], name="pmsm_neuron/u_next"))
     return helper.make_function(
         DOMAIN, OP, ["z", "u"], ["s", "u_next"], b.nodes, [helper.make_opsetid("", opset)],

@@ -12,6 +12,7 @@ import pytest
 
 from pmsm.cli import main
 from pmsm.runtime.execute import SpikingModel
+from pmsm.runtime.schema import SPIKING_ONNX_FORMAT
 
 PMSM_EXPORT = os.path.join(os.path.dirname(sys.executable), "pmsm-export")
 
@@ -32,7 +33,7 @@ def test_onnx_target_writes_spiking_model_next_to_the_input(qdq_mlp_path):
     assert main([qdq_mlp_path]) == 0
     spiking = onnx.load(qdq_mlp_path.replace(".onnx", ".spiking.onnx"))
     assert len(SpikingModel(spiking).neurons) == 2
-    assert {p.key: p.value for p in spiking.metadata_props}["pmsm.format"] == "spiking-onnx/2"
+    assert {p.key: p.value for p in spiking.metadata_props}["pmsm.format"] == SPIKING_ONNX_FORMAT
 
 
 def test_verify_is_exact_at_t1_and_writes_the_report(qdq_mlp_path, digits_npz, tmp_path):

@@ -104,6 +104,7 @@ def test_standard_op_body_equals_the_custom_op_bit_for_bit_at_t1_t2_t4_with_comp
         assert all(same_bits(want.spikes[k], got.spikes[k]) for k in want.spikes), f"T={t}: spikes differ"
         if t == 1:
             assert np.array_equal(want.outputs[0], ann) and np.abs(ann).max() > 0
+    assert body.lean  # the lean form ran (not the function body it falls back to)
 
 
 def _softmax_network():

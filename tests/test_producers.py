@@ -37,6 +37,7 @@ from pmsm.runtime import portable
 from pmsm.exporter.convert import convert, network_for_targets, to_spiking_onnx
 from pmsm.runtime import ortop, qonnx
 from pmsm.runtime.execute import AnnRunner, SpikingModel
+from pmsm.runtime.lean import lean_model
 from pmsm.runtime.schema import TIME_LOOP
 
 pytestmark = pytest.mark.torch  # every producer trains its network in torch
@@ -89,6 +90,9 @@ class Verified:
     snn_batch_t1: dict[int, np.ndarray]  # threads -> its spiking model at T = 1, BATCH samples at a time
     body_t1: np.ndarray  # the spiking model's standard-op body (no kernel registered) at T = 1, batch 1
     body_batch_t1: np.ndarray  # the same at batch BATCH
+    lean_t1: np.ndarray  # the spiking model's lean form (pmsm.runtime.lean, standard ops) at T = 1, batch 1
+    lean_batch_t1: np.ndarray  # the same at batch BATCH
+    lean_t2_equal: bool  # the lean form equals the kernel bit for bit at T = 2, batch 1
     ann_ort_opt: np.ndarray  # the source at ONNX Runtime's default optimization level
     size_ratio: float  # spiking file / source file
     snn: dict[int, np.ndarray] = field(default_factory=dict)  # T -> mean readout
@@ -97,7 +101,7 @@ class Verified:
 
 
 def ort_run(model: onnx.ModelProto, x: np.ndarray, threads: int, timesteps: int | None = None,
-            kernel: bool = True) -> np.ndarray:
+            kernel: bool = True, lean: bool = False) -> np.ndarray:
     """``model``'s first output on ``x``, from a session built here: optimizations off, ``threads``
     intra-op threads, as many samples per run as the model's fixed batch (QONNX and neuron kernels
     of this package registered where the model needs them; ``kernel=False``: a spiking model runs
@@ -110,6 +114,8 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray, threads: int, timesteps: int 
     if (spiking and kernel) or qonnx.uses_qonnx(model):
         options.register_custom_ops_library(ortop.get_library_path())
     runnable = model if spiking else qonnx.with_qonnx_defaults(model)
+    if lean:
+        runnable = lean_model(model)
     session = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
     batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or len(x)
     assert len(x) % batch == 0
@@ -167,6 +173,10 @@ def verify(zoo: ProducerZoo, producer: str, arch: str) -> Verified:
         snn_batch_t1={t: ort_run(batched_spiking, x, t, timesteps=1) for t in THREADS},
         body_t1=ort_run(spiking, x, 1, timesteps=1, kernel=False),
         body_batch_t1=ort_run(batched_spiking, x, 1, timesteps=1, kernel=False),
+        lean_t1=ort_run(spiking, x, 1, timesteps=1, kernel=False, lean=True),
+        lean_batch_t1=ort_run(batched_spiking, x, 1, timesteps=1, kernel=False, lean=True),
+        lean_t2_equal=bool(np.array_equal(ort_run(spiking, x[:64], 1, timesteps=2, kernel=False, lean=True).view(np.uint32),
+                                          ort_run(spiking, x[:64], 1, timesteps=2).view(np.uint32))),
         ann_ort_opt=AnnRunner(source, optimized=True).run(x)[0],
         size_ratio=len(spiking.SerializeToString()) / built.path.stat().st_size,
     )
@@ -232,6 +242,14 @@ def test_t1_standard_op_body_is_bit_exact_with_the_source_at_batch_one_and_batch
     v = verified(producer, arch)
     assert _max_diff(v.body_t1, v.ann[1]) == 0.0, "batch 1"
     assert _max_diff(v.body_batch_t1, v.ann_batch[1]) == 0.0, f"batch {BATCH}"
+
+
+@pytest.mark.parametrize("producer, arch", CASES)
+def test_t1_lean_form_is_bit_exact_with_the_source_and_equals_the_kernel_at_t2(verified, producer, arch):
+    v = verified(producer, arch)
+    assert np.array_equal(v.lean_t1.view(np.uint32), v.ann[1].view(np.uint32)), "batch 1"
+    assert np.array_equal(v.lean_batch_t1.view(np.uint32), v.ann_batch[1].view(np.uint32)), f"batch {BATCH}"
+    assert v.lean_t2_equal
 
 
 @pytest.mark.parametrize("producer, arch", CASES)
