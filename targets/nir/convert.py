@@ -19,6 +19,31 @@ def _label(model: onnx.ModelProto, source_name: str) -> str:
 TOKEN_LAYOUT = (2, 1)  # a [N, T, F] input held as (F, T): token-wise linear layers become Conv1d
 
 
+def features_first(rank: int) -> tuple:
+    """The layout holding the last ONNX axis first and the others in order: ``(2, 1)`` for
+    ``[N, T, F]`` (Conv1d of kernel 1 over ``(F, T)``), ``(3, 1, 2)`` for ``[N, H, W, C]`` (Conv2d
+    1x1 over ``(C, H, W)``), as a linear layer on the last axis needs it (docs/nir.md §3a)."""
+    return (rank,) + tuple(range(1, rank))
+
+
+def reads_last_axis_linearly(model: onnx.ModelProto) -> bool:
+    """Whether some MatMul or Gemm could act on the last axis of an activation of rank 3 or more
+    (the only reason to try the features-first layout of a three-axis input)."""
+    return any(n.op_type in ("MatMul", "Gemm") for n in model.graph.node)
+
+
+def layouts_to_try(model: onnx.ModelProto, input_shape) -> list[tuple]:
+    """The input layouts besides ONNX's own worth a translation: features first for a two-axis
+    input always (a 1-D convolution wants ONNX's order, a token-wise layer the other), and for a
+    three-axis input where a MatMul or Gemm may read the channels last (ConvNeXt's pointwise layers
+    on a channels-last input)."""
+    if input_shape is None or len(input_shape) not in (2, 3):
+        return []
+    if len(input_shape) == 3 and not reads_last_axis_linearly(model):
+        return []
+    return [features_first(len(input_shape))]
+
+
 def translate_network(model: onnx.ModelProto, label: str) -> tuple[Translation, list[Problem]]:
     """Translate and fold; returns the working graph and every problem found on the way (the NIR
     target's pre-flight and its conversion in one pass).
@@ -27,18 +52,19 @@ def translate_network(model: onnx.ModelProto, label: str) -> tuple[Translation, 
     in ONNX (``(A, B)``: channels first, as a 1-D convolution reads it) or swapped (``(B, A)``:
     features first, as a token-wise ``MatMul`` over the last axis needs it for ``Conv1d``). Both are
     tried; the one with fewer problems wins, then the one whose first problem comes later in the
-    graph (more of it converts before it), then ONNX's order. ``Transpose`` nodes inside the network
-    then only change the recorded layout.
+    graph (more of it converts before it), then ONNX's order. A three-axis input ``[N, H, W, C]``
+    read by a MatMul is tried as ``(C, H, W)`` too (:func:`layouts_to_try`). ``Transpose`` nodes
+    inside the network then only change the recorded layout.
     """
     view = network_view(model, label)
     best = _translate(model, label, (), view)
-    if best[1] and view.input_shape is not None and len(view.input_shape) == 2:
-        swapped = _translate(model, label, TOKEN_LAYOUT, network_view(model, label))
-        position = {node_label(n): i for i, n in enumerate(view.nodes)}
+    position = {node_label(n): i for i, n in enumerate(view.nodes)}
 
-        def rank(translated):
-            problems = translated[1]
-            return len(problems), -min((position.get(p[0], len(position)) for p in problems), default=0)
+    def rank(translated):
+        problems = translated[1]
+        return len(problems), -min((position.get(p[0], len(position)) for p in problems), default=0)
+    for layout in layouts_to_try(model, view.input_shape) if best[1] else []:
+        swapped = _translate(model, label, layout, network_view(model, label))
         if rank(swapped) < rank(best):
             best = swapped
     return best

@@ -195,17 +195,19 @@ def fold_biases(work: WorkGraph) -> list[Problem]:
 
 
 def _insert_bias_conv1d(work: WorkGraph, node: Node, bias: np.ndarray) -> bool:
-    """An offset per channel on a ``[C, L]`` value (e.g. a token-wise bias added after a QDQ
-    quantizer of a MatMul's output) with no layer to absorb it: a ``Conv1d`` of kernel 1 with identity
-    weights carries it. Its input is what reached ``node`` (the same sum), its output that plus the
-    offset: the identity weights are exact, and so is the sum in float64 (docs/nir.md §4a)."""
+    """An offset per channel on a ``[C, L]`` or ``[C, H, W]`` value (e.g. a bias added after a QDQ
+    quantizer of a token-wise or pointwise MatMul's output) with no layer to absorb it: a ``Conv1d``
+    of kernel 1 (a ``Conv2d`` 1x1 for ``[C, H, W]``) with identity weights carries it. Its input is
+    what reached ``node`` (the same sum), its output that plus the offset: the identity weights are
+    exact, and so is the sum in float64 (docs/nir.md §4a)."""
     v = per_channel(bias)
-    if len(node.in_shape) != 2 or v is None:
+    if len(node.in_shape) not in (2, 3) or v is None:
         return False
     channels = node.in_shape[0]
+    unit = tuple(1 for _ in node.in_shape[1:])
     carrier = work.add("conv", f"{node.name}_bias", node.in_shape, node.in_shape, onnx_node=node.onnx_node,
-                       weight=np.eye(channels)[:, :, None], bias=v.copy(), stride=(1,), padding=(0,), dilation=(1,),
-                       groups=1)
+                       weight=np.eye(channels).reshape((channels, channels) + unit), bias=v.copy(), stride=unit,
+                       padding=tuple(0 for _ in unit), dilation=unit, groups=1)
     for edge in work.into(node):
         edge.dst = carrier.name
     work.edges.append(Edge(carrier.name, node.name, np.ones(node.in_shape)))
