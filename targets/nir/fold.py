@@ -125,7 +125,28 @@ def _insert_scale(work: WorkGraph, edge: Edge) -> None:
     edge.src, edge.coef = scale.name, np.ones_like(edge.coef)
 
 
+def _float32_pools(work: WorkGraph) -> None:
+    """A window sum marked as ONNX's float32 average pool (:mod:`.float32_pool`) computes the
+    de-quantization, the division and the pre-scaling itself: the factor on its one edge, to the
+    one neuron it feeds, is what its weights hold. Where the value goes elsewhere too, or the factor
+    is not one per channel, the mark is dropped and the exact form stays."""
+    for node in list(work.nodes.values()):
+        if node.kind != "sumpool" or "float32" not in node.params:
+            continue
+        out = work.out_of(node)
+        v = per_channel(out[0].coef) if len(out) == 1 else None
+        pool = node.params["float32"]
+        dst = work.nodes[out[0].dst] if len(out) == 1 else None
+        if v is None or dst.kind != "if" or len(work.into(dst)) != 1 or dst.in_bias is not None or \
+                not np.allclose(v, pool.factor(), rtol=1e-12, atol=0):
+            del node.params["float32"]
+            continue
+        node.params["factor"] = pool.factor()
+        out[0].coef = np.ones_like(out[0].coef)
+
+
 def fold_coefficients(work: WorkGraph) -> None:
+    _float32_pools(work)
     for edge in list(work.edges):
         if edge.is_plain:
             continue
