@@ -69,6 +69,17 @@ class Convolution:
         return out.reshape(self.out_shape)
 
 
+def float32_pool_whc(x: np.ndarray, kernel, stride, padding, pool) -> np.ndarray:
+    """ONNX's float32 average pool over one axis (docs/nir.md §5a) of a Conv1d's (L, 1, C) tensor, as
+    Lava lays a 1-D value out; ``kernel``, ``stride``, ``padding`` are (W, H) pairs, the pool's axis
+    being W."""
+    from pmsm.targets.nir.float32_pool import apply
+
+    ncl = np.asarray(x, dtype=np.float64)[:, 0, :].T[None]       # (L, 1, C) -> [1, C, L]
+    out = apply(ncl, pool, int(kernel[0]), int(stride[0]), int(padding[0]))[0]
+    return out.T[:, None, :].astype(np.float64)
+
+
 def pool_whc(x: np.ndarray, kernel, stride, padding, mode: str) -> np.ndarray:
     """Pool a (W, H, C) array in float64, as Lava lays tensors out; ``kernel``, ``stride``, ``padding``
     are (W, H) pairs, ``mode`` one of ``sum``, ``avg``, ``max`` (the arguments in the order of
