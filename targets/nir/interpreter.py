@@ -6,8 +6,8 @@ is the sum of its incoming edges. The input is presented unchanged at every step
 nodes compute in float64, which the writer's weight grid makes exact (see :mod:`.arithmetic`), so the
 summation order of BLAS does not matter; a value is rounded to float32 only where it enters an IF
 node (which runs the PMSM neuron of :mod:`pmsm.runtime.neuron`) or the Output. The result is the mean
-over the timesteps of the Output's float32 values, summed in float64 in time order. Batched over
-samples.
+over the timesteps of the Output's float32 values, summed in float32 in time order and divided by T
+in float32, as the spiking ONNX's ReduceMean does (docs/nir.md §4a). Batched over samples.
 """
 from __future__ import annotations
 
