@@ -6,6 +6,7 @@ import numpy as np
 
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams
+from pmsm.targets.nir import float32_pool as onnx_float32_pool
 
 KEY = "pmsm"
 VERSION = 1
@@ -141,18 +142,16 @@ def readout_mean(total, timesteps: int):
 
 def float32_pool(node: nir.NIRNode, name: str = "?", label: str = "<nir graph>"):
     """The ONNX float32 average pool a ``Conv1d`` is marked as (docs/nir.md §5a), or None."""
-    from pmsm.targets.nir import float32_pool as pool
-
     if not isinstance(node, nir.Conv1d):
         return None
     meta = normalise(node.metadata or {}).get(KEY, {})
     op = meta.get("op", "conv1d") if isinstance(meta, dict) else None
-    if op not in ("conv1d", "sum_pool1d", pool.OP):
+    if op not in ("conv1d", "sum_pool1d", onnx_float32_pool.OP):
         raise BadInputError(f"{label}: Conv1d node '{name}' has unknown metadata['{KEY}']['op'] {op!r}")
     try:
-        return pool.of_node(meta)
+        return onnx_float32_pool.of_node(meta)
     except (KeyError, TypeError, ValueError) as exc:
-        raise BadInputError(f"{label}: Conv1d node '{name}': metadata['{KEY}'] of {pool.OP}: {exc}") from None
+        raise BadInputError(f"{label}: Conv1d node '{name}': metadata['{KEY}'] of {onnx_float32_pool.OP}: {exc}") from None
 
 
 def is_max_pool(node: nir.NIRNode) -> bool:

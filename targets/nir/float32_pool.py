@@ -31,6 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from pmsm.runtime.schema import is_neuron
+from pmsm.targets.nir.ir import per_channel
+from pmsm.targets.nir.onnx_view import node_label
+from pmsm.targets.nir.translator import Unsupported, full
+
 OP = "avg_pool1d_float32"
 VERSION = 1
 
@@ -74,7 +79,7 @@ def apply(x, pool: Float32Pool, kernel: int, stride: int, padding: int):
             x32 = np.pad(x32, ((0, 0), (0, 0), (padding, padding)))
         divisor = np.float32(pool.divisor)
     else:
-        import torch
+        import torch  # the torch extra: only the torch runtime passes tensors
 
         x32 = x.to(torch.float32)
         dequant = torch.as_tensor(pool.dequant, device=x.device)[None, :, None]
@@ -99,9 +104,6 @@ def _producers(view) -> dict:
 
 def _per_channel(t, name: str, act: str, channels: int) -> np.ndarray | None:
     """A constant operand as one float32 value per channel of ``act`` ([N, C, L]), or None."""
-    from pmsm.targets.nir.ir import per_channel
-    from pmsm.targets.nir.translator import Unsupported, full
-
     c = np.asarray(t.view.constants[name])
     if c.dtype != np.float32:
         return None
@@ -117,8 +119,6 @@ def mark(t, node: onnx.NodeProto, e) -> None:
     graph computes ``Mul(counts, theta) -> AveragePool -> Div/Mul(constant) -> node``, the pool's
     divisor is the same for every window, and the value reaches the neuron alone. Anything else
     keeps the exact form."""
-    from pmsm.runtime.schema import is_neuron
-
     if len(e.terms) != 1 or e.bias is not None:
         return
     (src, _), = e.terms.items()
@@ -136,7 +136,7 @@ def mark(t, node: onnx.NodeProto, e) -> None:
     if consts != [1]:  # activation first, constant second (a Mul by a constant first is rare: kept exact)
         return
     average = producers.get(scale.input[0])
-    if average is None or average.op_type != "AveragePool" or pool.onnx_node != _label(average):
+    if average is None or average.op_type != "AveragePool" or pool.onnx_node != node_label(average):
         return
     dequant = producers.get(average.input[0])
     if dequant is None or dequant.op_type != "Mul" or not t.is_const(dequant.input[1]):
@@ -155,8 +155,3 @@ def mark(t, node: onnx.NodeProto, e) -> None:
         return
     pool.params["float32"] = Float32Pool(theta, float(kernel), pre, "div" if scale.op_type == "Div" else "mul")
 
-
-def _label(node: onnx.NodeProto) -> str:
-    from pmsm.targets.nir.onnx_view import node_label
-
-    return node_label(node)

@@ -25,16 +25,13 @@ import onnx
 from pmsm.exporter.linearity import FLOAT_TYPES, commutes_with_time_mean
 from pmsm.exporter.timeloop import VALUE_FREE_OPS, element_types, implicit_inputs
 from pmsm.runtime.schema import is_neuron
-from pmsm.targets.nir.convert import layouts_to_try
+from pmsm.targets.nir.convert import layouts_to_try, linear_layout
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
-from pmsm.targets.nir.from_onnx import _LAYOUT_AWARE, _op, _outputs, translate_node
+from pmsm.targets.nir.from_onnx import _op, _outputs, translate_node
 from pmsm.targets.nir.ir import Edge, Expr, WorkGraph
 from pmsm.targets.nir.onnx_view import NetworkView, network_view, node_label
 from pmsm.targets.nir.translator import Translator, Unknown, Unsupported
 
-# Ops that keep both the rank and the element layout of their activation (a Transpose permutes it).
-_KEEP_RANK = {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Relu", "BatchNormalization", "Transpose",
-              "ReduceMean"}
 LINK_PREFIX = "pmsm_link/"  # manifest tensors joining two regions (no ONNX tensor has the name)
 _MAX_ROUNDS = 64
 
@@ -167,40 +164,9 @@ class _Cut:
             self.stand_ins[name] = stand_in.name
 
     def _layout_for_linear(self, tensor: str, rank: int) -> tuple:
-        """The layout to hold host ``tensor`` in: features first (``(F, T)``, ``(C, H, W)``) when a
-        MatMul/Gemm reads its last axis, as a kernel-1 ``Conv1d`` or 1x1 ``Conv2d`` needs it
-        (docs/nir.md §3a), else ONNX's order. The walk follows the ops that keep the layout, and
-        through each ``Transpose`` which axis of ``tensor`` the MatMul will see last: after
-        ``[N, C, H, W] -> Transpose -> [N, H, W, C]`` that is ``C``, which ONNX's order already holds
-        first."""
-        consumers: dict[str, list] = {}
-        for node in self.view.nodes:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
-        # held[name][i]: the axis of ``tensor`` that ONNX axis i + 1 of ``name`` is
-        held = {tensor: tuple(range(1, rank + 1))}
-        frontier = [tensor]
-        while frontier:
-            name = frontier.pop()
-            for node in consumers.get(name, []):
-                if node.op_type in ("MatMul", "Gemm") and node.input[0] == name:
-                    last = held[name][-1]
-                    return () if last == 1 else (last,) + tuple(a for a in range(1, rank + 1) if a != last)
-                if node_label(node) in self.host or not (is_neuron(node) or node.op_type in _KEEP_RANK):
-                    continue
-                axes = held[name]
-                if node.op_type == "ReduceMean" and any(a.name == "keepdims" and a.i == 0 for a in node.attribute):
-                    continue
-                if node.op_type == "Transpose":
-                    perm = [a.ints for a in node.attribute if a.name == "perm"]
-                    if not perm or len(perm[0]) != rank + 1 or perm[0][0] != 0:
-                        continue
-                    axes = tuple(axes[int(p) - 1] for p in perm[0][1:])
-                for o in node.output:
-                    if o and o not in held:
-                        held[o] = axes
-                        frontier.append(o)
-        return ()
+        """The layout to hold host ``tensor`` in: features first when a MatMul/Gemm reads its last
+        axis (:func:`.convert.linear_layout`), else ONNX's order."""
+        return linear_layout(self.view.nodes, [tensor], rank, set(self.host))
 
     def _materialise(self) -> None:
         """An Output for each region tensor a host op reads, and for each graph output."""
@@ -285,7 +251,7 @@ def partition(model: onnx.ModelProto, label: str, compensation: bool = True) -> 
         forced[k] = (op, forced[k][1])
     view = network_view(model, label)
     cut = _cut_fixpoint(model, label, forced, ())
-    for layout in layouts_to_try(model, view.input_shape):
+    for layout in layouts_to_try(view):
         swapped = _cut_fixpoint(model, label, forced, layout)
         if len(swapped.host) < len(cut.host):
             cut = swapped
