@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import zipfile
 
+import nir
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 from test_nir_sequence import _c, _neuron, _same_spikes_as_the_spiking_onnx, _untimed
 
-import nir
 from pmsm.targets.nir import NirInterpreter, network_to_nir, unsupported_nodes
 
 
@@ -149,33 +150,35 @@ def test_every_lava_lowering_gives_the_interpreters_spikes_on_pointwise_graphs(w
         np.testing.assert_allclose(run.output, ref.output, rtol=0, atol=1e-6)
 
 
-torch = pytest.importorskip("torch")
-
-
-class ChannelsLastMlp(torch.nn.Module):
+def _channels_last_mlp_module(channels=8):
     """ConvNeXt's pointwise MLP without its layer norm and GELU: a strided stem, then ``nn.Linear``
     on channels-last features (``permute(0, 2, 3, 1)``), ReLU, ``nn.Linear``, back to channels first,
     a residual sum, the spatial mean and a classifier."""
+    torch = pytest.importorskip("torch")
 
-    def __init__(self, channels=8):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(3, channels, 2, stride=2)
-        self.up, self.down = torch.nn.Linear(channels, 4 * channels), torch.nn.Linear(4 * channels, channels)
-        self.head = torch.nn.Linear(channels, 10)
+    class ChannelsLastMlp(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, channels, 2, stride=2)
+            self.up, self.down = torch.nn.Linear(channels, 4 * channels), torch.nn.Linear(4 * channels, channels)
+            self.head = torch.nn.Linear(channels, 10)
 
-    def forward(self, x):
-        x = self.stem(x)
-        y = self.down(torch.relu(self.up(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
-        return self.head((x + y).mean(dim=(2, 3)))
+        def forward(self, x):
+            x = self.stem(x)
+            y = self.down(torch.relu(self.up(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+            return self.head((x + y).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    return ChannelsLastMlp()
 
 
 def _qdq(model, tmp_path, name):
-    import test_architectures as arch
+    """``model`` exported by torch and quantized by onnxruntime's quantize_static (QDQ), as
+    tests/test_architectures.py does, with the calibration data of a fresh seed."""
+    import test_architectures as arch  # needs torch: imported where a test runs
 
     arch.RNG = np.random.default_rng(0)
     path = tmp_path / f"{name}.onnx"
-    import onnx
-
     onnx.save(arch.export_quantized(model.eval(), (3, 16, 16), 1, "default", tmp_path), str(path))
     return str(path)
 
@@ -191,7 +194,7 @@ def _verified(path, out, tmp_path):
 def test_a_qdq_network_with_linear_layers_on_channels_last_features_is_one_plain_nir_file_that_verifies(tmp_path):
     pytest.importorskip("onnxruntime.quantization")
     out = tmp_path / "mlp.nir"
-    outcome = _verified(_qdq(ChannelsLastMlp(), tmp_path, "mlp"), out, tmp_path)
+    outcome = _verified(_qdq(_channels_last_mlp_module(), tmp_path, "mlp"), out, tmp_path)
     assert outcome.code == 0, outcome.report["verification"]["failures"]
     assert out.read_bytes()[:4] == b"\x89HDF"  # one plain NIR file, not a deployment archive
     graph = nir.read(str(out))

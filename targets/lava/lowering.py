@@ -201,8 +201,10 @@ class _Lowering:
 
     def _conv(self, name, node) -> _Value:
         pool = dialect.float32_pool(node, name)
-        if pool is not None:
+        if pool is not None and not self.fixed:
             return self._float32_pool(name, node, pool)
+        # fixed point: integers cannot round to float32, so the pool runs as its weights, the
+        # real-number factor on the diagonal (a tie may round the other way, as before §5a)
         value = self._gather(name)
         geo = self.view.convs[name]
         terms = self._align(value.terms, name)
