@@ -5,7 +5,8 @@ Per sample, a 1-D activation is ``[C, L]`` (channels, positions) and NIR's ``Con
 that order. A token activation ``[T, F]`` (tokens, features: ``MatMul`` by a constant on the last
 axis of ``[N, T, F]``) is held in NIR as ``(F, T)``: then the token-wise linear layer is a ``Conv1d``
 of kernel 1 (the same ``W`` applied at every position), which ``nir.read`` type-checks and nirtorch
-runs. NIR has no transpose node, so which axis comes first is fixed where the data enter (the Input
+runs. One rank up, a pointwise linear layer on channels-last features ``[N, H, W, C]`` is a
+``Conv2d`` 1x1 over ``(C, H, W)`` by the same rule. NIR has no transpose node, so which axis comes first is fixed where the data enter (the Input
 node's ``metadata["pmsm"]["layout"]``) and ``Transpose`` nodes only change the recorded layout
 (:attr:`.ir.Expr.axes`): a permutation of the axes moves no value and rounds nothing.
 """
