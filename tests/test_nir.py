@@ -378,13 +378,24 @@ def test_preflight_reports_padding_that_nir_cannot_hold():
     assert unsupported_nodes(cnn_model()) == []
 
 
-@pytest.mark.parametrize("where", ["/qc/Mul", "/qb/Mul"])
+@pytest.mark.parametrize("where", ["/qc/Mul"])
 def test_preflight_reports_offsets_no_linear_layer_can_absorb(where):
     # /qc/Mul -> Add: offset after a neuron, then MaxPool and a zero-padded Conv (not one value per channel).
-    # /qb/Mul -> Add: offset on a residual branch from a neuron straight into the sum.
     problems = unsupported_nodes(_edit(cnn_model(), where, op_type="Add"))
     assert [p[:2] for p in problems] == [(where, "Add")]
     assert "constant offset" in problems[0][2]
+
+
+@pytest.mark.parametrize("timesteps", [1, 3])
+def test_a_per_channel_offset_with_no_layer_to_absorb_it_rides_on_a_1x1_identity_conv2d(timesteps):
+    """/qb/Mul -> Add: an offset on a residual branch from a neuron straight into the sum (as
+    onnxruntime's QDQ adds a pointwise layer's bias after its quantizer). Once refused; now a Conv2d
+    1x1 with identity weights carries it, exactly (the offset is one value per channel)."""
+    model = _edit(cnn_model(), "/qb/Mul", op_type="Add")
+    x = RNG.normal(size=(3, 1, 8, 8)).astype(np.float32)
+    graph = _compare(model, x, timesteps)
+    carriers = [n for n in graph.nodes.values() if isinstance(n, nir.Conv2d) and n.weight.shape[2:] == (1, 1)]
+    assert len(carriers) == 1 and np.array_equal(carriers[0].weight[:, :, 0, 0], np.eye(4, dtype=np.float32))
 
 
 def test_interpreter_kernels_match_onnx_runtime():

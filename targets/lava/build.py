@@ -139,7 +139,7 @@ def _make(step: Step, p: dict, timesteps: int, record_path: str, conv_synapse: s
                     num_message_bits=_message_bits(p), name=name)
     if step.kind == "pool":
         return Pool(in_shape=step.in_shape, out_shape=step.out_shape, mode=p["mode"],
-                    kernel=p["kernel"], stride=p["stride"], padding=p["padding"], name=name)
+                    kernel=p["kernel"], stride=p["stride"], padding=p["padding"], pool=p.get("pool"), name=name)
     if step.kind == "elementwise":
         return Elementwise(shape=step.out_shape, scale=p["scale"], bias=p["bias"], delay=p["delay"],
                            shift=p.get("shift", 0), name=name)

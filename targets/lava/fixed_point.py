@@ -264,6 +264,8 @@ class _Quantizer:
                 "delay": step.params["delay"], "shift": shift}, record
 
     def _pool(self, i, step):
+        if step.params["mode"] == "float32_avg":  # the lowering plans it as a convolution in fixed point
+            raise AssertionError(f"{step.node}: a float32 average pool in a fixed-point plan")
         area = step.params["kernel"][0] * step.params["kernel"][1]
         mode = "sum" if step.params["mode"] == "avg" else step.params["mode"]
         self.bound[i] = self._in_bound(step) * (area if mode == "sum" else 1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pmsm.targets.nir import float32_pool
+
 
 class Convolution:
     """One convolution's geometry and kernel, prepared once; pairs are (W, H) as in Lava."""
@@ -67,6 +69,15 @@ class Convolution:
         else:
             out = np.einsum("pgk,gko->pgo", columns, self.kernel).reshape(w_out * h_out, -1)
         return out.reshape(self.out_shape)
+
+
+def float32_pool_whc(x: np.ndarray, kernel, stride, padding, pool) -> np.ndarray:
+    """ONNX's float32 average pool over one axis (docs/nir.md §5a) of a Conv1d's (L, 1, C) tensor, as
+    Lava lays a 1-D value out; ``kernel``, ``stride``, ``padding`` are (W, H) pairs, the pool's axis
+    being W."""
+    ncl = np.asarray(x, dtype=np.float64)[:, 0, :].T[None]       # (L, 1, C) -> [1, C, L]
+    out = float32_pool.apply(ncl, pool, int(kernel[0]), int(stride[0]), int(padding[0]))[0]
+    return out.T[:, None, :].astype(np.float64)
 
 
 def pool_whc(x: np.ndarray, kernel, stride, padding, mode: str) -> np.ndarray:

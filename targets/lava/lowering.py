@@ -23,6 +23,7 @@ from pmsm.targets.lava.graph import GraphView
 from pmsm.targets.lava.kernels import pool_whc
 from pmsm.targets.lava.layout import conv_weight, lava_shape, layout_perm, single_to_lava, wh
 from pmsm.targets.lava.plan import CONVERTERS, Plan, PlanInput, PlanOutput, Step, Term, input_key, is_input, spike_bits
+from pmsm.targets.nir import dialect
 from pmsm.targets.nir.dialect import normalise
 
 ANALOG_BITS = 24    # message width assumed for the analog input and for currents
@@ -207,6 +208,11 @@ class _Lowering:
         return self._dense_value(value, weights, bias, name, self.view.shapes[name])
 
     def _conv(self, name, node) -> _Value:
+        pool = dialect.float32_pool(node, name)
+        if pool is not None and not self.fixed:
+            return self._float32_pool(name, node, pool)
+        # fixed point: integers cannot round to float32, so the pool runs as its weights, the
+        # real-number factor on the diagonal (a tie may round the other way, as before §5a)
         value = self._gather(name)
         geo = self.view.convs[name]
         terms = self._align(value.terms, name)
@@ -229,6 +235,22 @@ class _Lowering:
                                       params["padding"], params["dilation"], groups)
             bias = _add_bias(bias, carried)
         return _Value([Term(idx, lat, out)], out_nir, out, layout_perm(out_nir), bias, ANALOG_BITS)
+
+    def _float32_pool(self, name, node, pool) -> _Value:
+        """ONNX's float32 average pool over one axis (docs/nir.md §5a): a pooling step computing in
+        float32, fed by spike counts (no carried bias: the writer marks only a pool of a neuron's
+        counts), feeding one neuron."""
+        value = self._gather(name)
+        if value.bias is not None:
+            raise AssertionError(f"{name}: a float32 average pool with an offset in front of it")
+        geo = self.view.convs[name]
+        terms = self._align(value.terms, name)
+        out_nir = self.view.shapes[name]
+        out = lava_shape(out_nir)
+        params = {"mode": "float32_avg", "kernel": (int(np.asarray(node.weight).shape[2]), 1),
+                  "stride": wh(geo.stride), "padding": wh(geo.padding), "pool": pool}
+        idx = self._add(Step("pool", name, terms, value.lava_shape, out, terms[0].latency, params))
+        return _Value([Term(idx, terms[0].latency, out)], out_nir, out, layout_perm(out_nir), None, ANALOG_BITS)
 
     def _pool(self, name, node) -> _Value:
         value = self._gather(name)

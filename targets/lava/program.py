@@ -20,7 +20,7 @@ import numpy as np
 
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams, initial_membrane, step
-from pmsm.targets.lava.kernels import Convolution, pool_whc
+from pmsm.targets.lava.kernels import Convolution, float32_pool_whc, pool_whc
 
 WORD_BITS = 24
 WORD_MAX = 2 ** (WORD_BITS - 1) - 1
@@ -152,6 +152,8 @@ class FloatRunner(_Runner):
             return self.dense[op.step].dot(x.reshape(-1))
         if op.kind == "conv":
             return self.convolutions[op.step](x)
+        if op.kind == "pool" and p["mode"] == "float32_avg":
+            return float32_pool_whc(x, p["kernel"], p["stride"], p["padding"], p["pool"])
         if op.kind == "pool":
             return pool_whc(x, p["kernel"], p["stride"], p["padding"], p["mode"])
         if op.kind == "elementwise":

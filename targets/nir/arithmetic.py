@@ -141,7 +141,14 @@ def _through(node, name: str, r: _Range) -> tuple[_Range, str | None]:
         as_2d = nir.Conv2d(input_shape=None, weight=np.asarray(node.weight)[:, :, None, :], stride=(1, stride),
                            padding=(0, pad), dilation=(1, dilation), groups=groups, bias=node.bias)
         out, why = _through(as_2d, name, _Range(r.grid[:, :, None, :], r.bound[:, :, None, :]))
-        return _Range(out.grid[:, :, 0, :], out.bound[:, :, 0, :]), why
+        out = _Range(out.grid[:, :, 0, :], out.bound[:, :, 0, :])
+        if dialect.float32_pool(node, name) is not None:
+            # ONNX's float32 average pool (docs/nir.md §5a): a float32 value by definition, within a few
+            # ulps of the real one; the neuron it feeds adds it alone, which float64 does exactly.
+            bound = out.bound * (1 + 2.0 ** -20)
+            grid = np.floor(np.log2(np.maximum(bound, np.finfo(np.float32).tiny))) - 23
+            return _Range(np.minimum(out.grid - 24, grid), bound), None
+        return out, why
     if isinstance(node, nir.Conv2d):
         w = np.asarray(node.weight, np.float64)
         per_channel_in = _channel_min(r.grid)  # [N, C]

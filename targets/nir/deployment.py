@@ -388,10 +388,9 @@ class DeploymentRunner:
                     for _, tensor, _ in written:
                         watch(tensor, values[tensor])
             for name in self.outputs:
-                v = values[name].astype(np.float32).astype(np.float64)
-                sums[name] = v if sums[name] is None else sums[name] + v
+                sums[name] = dialect.readout_add(sums[name], values[name])
             per_step.append(values[self.outputs[0]].astype(np.float32))
-        return (sums[self.outputs[0]] / timesteps).astype(np.float32), spikes, inputs, np.stack(per_step)
+        return dialect.readout_mean(sums[self.outputs[0]], timesteps), spikes, inputs, np.stack(per_step)
 
     def _region_step(self, region: _Region, values: dict, links: dict, membranes: dict, spikes: dict, inputs: dict,
                      t: int, replay, mode: str) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams
+from pmsm.targets.nir import float32_pool as onnx_float32_pool
 
 KEY = "pmsm"
 VERSION = 1
@@ -117,6 +118,42 @@ def is_standard_profile(graph: nir.NIRGraph) -> bool:
     return isinstance(meta, dict) and meta.get("format") == STANDARD_FORMAT
 
 
+def readout_add(total, value):
+    """The readout's running sum (docs/nir.md §4a): each step's output rounded to float32, added in
+    time order in float32, as the spiking ONNX's ``ReduceMean`` over the steps adds them
+    (onnxruntime, measured: a float64 sum differs in the last bit in a third of the means at T = 4,
+    enough to flip an argmax between two logits one ulp apart). Numpy arrays or torch tensors;
+    ``total`` is None before the first step."""
+    if isinstance(value, np.ndarray) or np.isscalar(value):
+        step = np.asarray(value).astype(np.float32)
+        return step if total is None else (total + step).astype(np.float32)
+    import torch
+
+    step = value.to(torch.float32)
+    return step if total is None else total + step
+
+
+def readout_mean(total, timesteps: int):
+    """The readout: the float32 running sum divided by ``T`` in float32 (:func:`readout_add`)."""
+    if isinstance(total, np.ndarray):
+        return (total / np.float32(timesteps)).astype(np.float32)
+    return total / float(timesteps)  # a float32 tensor divided by a Python scalar stays float32
+
+
+def float32_pool(node: nir.NIRNode, name: str = "?", label: str = "<nir graph>"):
+    """The ONNX float32 average pool a ``Conv1d`` is marked as (docs/nir.md §5a), or None."""
+    if not isinstance(node, nir.Conv1d):
+        return None
+    meta = normalise(node.metadata or {}).get(KEY, {})
+    op = meta.get("op", "conv1d") if isinstance(meta, dict) else None
+    if op not in ("conv1d", "sum_pool1d", onnx_float32_pool.OP):
+        raise BadInputError(f"{label}: Conv1d node '{name}' has unknown metadata['{KEY}']['op'] {op!r}")
+    try:
+        return onnx_float32_pool.of_node(meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadInputError(f"{label}: Conv1d node '{name}': metadata['{KEY}'] of {onnx_float32_pool.OP}: {exc}") from None
+
+
 def is_max_pool(node: nir.NIRNode) -> bool:
     return isinstance(node, nir.SumPool2d) and normalise(node.metadata or {}).get(KEY, {}).get("op") == "max_pool2d"
 
@@ -140,6 +177,8 @@ def check(graph: nir.NIRGraph, label: str) -> None:
             op = normalise(node.metadata or {}).get(KEY, {}).get("op", "sum_pool2d")
             if op not in ("max_pool2d", "sum_pool2d"):
                 raise BadInputError(f"{label}: SumPool2d node '{name}' has unknown metadata['{KEY}']['op'] {op!r}")
+        if isinstance(node, nir.Conv1d):
+            float32_pool(node, name, label)
     inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     region = isinstance(normalise(graph.metadata or {}).get(KEY), dict) and \
         "deployment_region" in normalise(graph.metadata or {})[KEY]

@@ -37,6 +37,14 @@ def _nir_node(n: Node) -> nir.NIRNode:
         return nir.Conv1d(input_shape=int(n.in_shape[1]), weight=_f32(weight), stride=int(p["stride"][0]),
                           padding=int(p["padding"][0]), dilation=int(p["dilation"][0]), groups=int(p["groups"]),
                           bias=_f32(bias))
+    if n.kind == "sumpool" and len(p["kernel"]) == 1 and "float32" in p:
+        # ONNX's float32 average pool (docs/nir.md §5a): the weights hold its real-number factor,
+        # the metadata the float32 op that the dialect's consumers run.
+        channels = int(n.in_shape[0])
+        weight = ops.sum_pool1d_weight(channels, p["kernel"][0]) * np.asarray(p["factor"]).reshape(-1, 1, 1)
+        return nir.Conv1d(input_shape=int(n.in_shape[1]), weight=_f32(weight), stride=int(p["stride"][0]),
+                          padding=int(p["padding"][0]), dilation=1, groups=1, bias=np.zeros(channels, np.float32),
+                          metadata={dialect.KEY: p["float32"].metadata()})
     if n.kind == "sumpool" and len(p["kernel"]) == 1:
         # NIR 1.0.8 has no 1-D pooling node: a window sum is a Conv1d whose weights are 1 on the
         # channel diagonal (exact: sums of counts times 1); the 1/count factor is already folded.

@@ -125,7 +125,28 @@ def _insert_scale(work: WorkGraph, edge: Edge) -> None:
     edge.src, edge.coef = scale.name, np.ones_like(edge.coef)
 
 
+def _float32_pools(work: WorkGraph) -> None:
+    """A window sum marked as ONNX's float32 average pool (:mod:`.float32_pool`) computes the
+    de-quantization, the division and the pre-scaling itself: the factor on its one edge, to the
+    one neuron it feeds, is what its weights hold. Where the value goes elsewhere too, or the factor
+    is not one per channel, the mark is dropped and the exact form stays."""
+    for node in list(work.nodes.values()):
+        if node.kind != "sumpool" or "float32" not in node.params:
+            continue
+        out = work.out_of(node)
+        v = per_channel(out[0].coef) if len(out) == 1 else None
+        pool = node.params["float32"]
+        dst = work.nodes[out[0].dst] if len(out) == 1 else None
+        if v is None or dst.kind != "if" or len(work.into(dst)) != 1 or dst.in_bias is not None or \
+                not np.allclose(v, pool.factor(), rtol=1e-12, atol=0):
+            del node.params["float32"]
+            continue
+        node.params["factor"] = pool.factor()
+        out[0].coef = np.ones_like(out[0].coef)
+
+
 def fold_coefficients(work: WorkGraph) -> None:
+    _float32_pools(work)
     for edge in list(work.edges):
         if edge.is_plain:
             continue
@@ -195,17 +216,19 @@ def fold_biases(work: WorkGraph) -> list[Problem]:
 
 
 def _insert_bias_conv1d(work: WorkGraph, node: Node, bias: np.ndarray) -> bool:
-    """An offset per channel on a ``[C, L]`` value (e.g. a token-wise bias added after a QDQ
-    quantizer of a MatMul's output) with no layer to absorb it: a ``Conv1d`` of kernel 1 with identity
-    weights carries it. Its input is what reached ``node`` (the same sum), its output that plus the
-    offset: the identity weights are exact, and so is the sum in float64 (docs/nir.md §4a)."""
+    """An offset per channel on a ``[C, L]`` or ``[C, H, W]`` value (e.g. a bias added after a QDQ
+    quantizer of a token-wise or pointwise MatMul's output) with no layer to absorb it: a ``Conv1d``
+    of kernel 1 (a ``Conv2d`` 1x1 for ``[C, H, W]``) with identity weights carries it. Its input is
+    what reached ``node`` (the same sum), its output that plus the offset: the identity weights are
+    exact, and so is the sum in float64 (docs/nir.md §4a)."""
     v = per_channel(bias)
-    if len(node.in_shape) != 2 or v is None:
+    if len(node.in_shape) not in (2, 3) or v is None:
         return False
     channels = node.in_shape[0]
+    unit = tuple(1 for _ in node.in_shape[1:])
     carrier = work.add("conv", f"{node.name}_bias", node.in_shape, node.in_shape, onnx_node=node.onnx_node,
-                       weight=np.eye(channels)[:, :, None], bias=v.copy(), stride=(1,), padding=(0,), dilation=(1,),
-                       groups=1)
+                       weight=np.eye(channels).reshape((channels, channels) + unit), bias=v.copy(), stride=unit,
+                       padding=tuple(0 for _ in unit), dilation=unit, groups=1)
     for edge in work.into(node):
         edge.dst = carrier.name
     work.edges.append(Edge(carrier.name, node.name, np.ones(node.in_shape)))

@@ -7,6 +7,7 @@ import onnx
 
 from pmsm.runtime.neuron import NeuronParams
 from pmsm.runtime.schema import NEURON_ATTRIBUTES
+from pmsm.targets.nir import float32_pool
 from pmsm.targets.nir.ir import Expr
 from pmsm.targets.nir.onnx_view import node_label
 from pmsm.targets.nir.translator import Translator, Unsupported, attrs, full, unsupported_reason
@@ -91,6 +92,7 @@ def neuron(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     except (TypeError, ValueError) as exc:
         raise Unsupported(str(exc)) from None
     e = t.act(node.input[0])
+    float32_pool.mark(t, node, e)  # ONNX's float32 average pool in front of it, where it is one (§5a)
     n = t.new("if", node, e.shape, e.shape, neuron=params)
     if e.axes:
         n.params["layout"] = tuple(e.axes)

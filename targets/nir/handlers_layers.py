@@ -63,7 +63,7 @@ def _conv(t: Translator, node: onnx.NodeProto) -> list[Expr]:
 
 def _affine(t: Translator, node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> list[Expr]:
     in_shape = t.shape(node.input[0])
-    if len(in_shape) == 2:  # [N, T, F] @ W: the same W for every token
+    if len(in_shape) >= 2:  # [N, T, F] @ W or [N, H, W, C] @ W: the same W at every position
         return handlers_sequence.token_linear(t, node, weight, bias)
     if len(in_shape) != 1 or in_shape[0] != weight.shape[1]:
         raise Unsupported(f"input of shape {tuple(in_shape)} does not match a [{weight.shape[1]}] feature vector")

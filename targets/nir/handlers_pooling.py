@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 
 from pmsm.targets.nir import geometry, handlers_sequence, ops
-from pmsm.targets.nir.ir import Expr, Shape, per_channel
+from pmsm.targets.nir.ir import Expr, Shape, per_channel, to_onnx_shape
 from pmsm.targets.nir.translator import Translator, Unsupported, attrs, channels, flatten_expr
 
 
@@ -106,6 +106,9 @@ def _reduce_mean(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     keep = bool(int(at.get("keepdims", 1)))
     if rank == 3 and axes is not None:
         return handlers_sequence.reduce_mean(t, node, [int(a) for a in axes], keep)
+    layout = t.axes(node.input[0])
+    if layout and rank == 4 and axes is not None:
+        return _spatial_mean_channels_last(t, node, sorted(int(a) % rank for a in axes), layout, keep)
     t.plain(node)
     if axes is None or sorted(int(a) % rank for a in axes) != [2, 3] or rank != 4:
         raise Unsupported(f"ReduceMean over axes {axes} of a rank-{rank} tensor: only the spatial mean "
@@ -114,6 +117,27 @@ def _reduce_mean(t: Translator, node: onnx.NodeProto) -> list[Expr]:
     if not keep:
         t.check_shape(node, out[0].shape)
     return out
+
+
+def _spatial_mean_channels_last(t: Translator, node: onnx.NodeProto, reduced: list[int], layout: tuple,
+                                keep: bool) -> list[Expr]:
+    """The mean over the two axes NIR holds as ``(H, W)`` of a value held with its axes permuted
+    (``[N, H, W, C]`` after a ``Transpose``, held as ``(C, H, W)``: ConvNeXt's pooling of
+    channels-last features): the same window sum as the spatial mean of ``[N, C, H, W]``."""
+    if sorted(layout.index(a) for a in reduced if a in layout) != [1, 2] or len(reduced) != 2:
+        in_shape = t.onnx_shape(node.input[0])
+        raise Unsupported(f"ReduceMean over axes {reduced} of [N, {', '.join(map(str, in_shape))}] held in NIR "
+                          f"with its axes in the order {list(layout)}: NIR can average only the two axes after the "
+                          "channels")
+    if keep:
+        shape = t.shape(node.input[0])
+        kernel = (shape[1], shape[2])
+        out = _avg_like(t, node, shape, (shape[0], 1, 1), kernel, kernel, (0, 0), True)
+        out.axes = tuple(layout)
+    else:
+        out = _global_average(t, node, keep_dims=False)[0]  # [C]: the same order in NIR and ONNX
+    t.check_shape(node, to_onnx_shape(out.shape, out.axes))
+    return [out]
 
 
 def _to_shape(t: Translator, node: onnx.NodeProto, out_shape: Shape) -> list[Expr]:

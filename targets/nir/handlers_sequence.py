@@ -5,7 +5,8 @@ Per sample, a 1-D activation is ``[C, L]`` (channels, positions) and NIR's ``Con
 that order. A token activation ``[T, F]`` (tokens, features: ``MatMul`` by a constant on the last
 axis of ``[N, T, F]``) is held in NIR as ``(F, T)``: then the token-wise linear layer is a ``Conv1d``
 of kernel 1 (the same ``W`` applied at every position), which ``nir.read`` type-checks and nirtorch
-runs. NIR has no transpose node, so which axis comes first is fixed where the data enter (the Input
+runs. One rank up, a pointwise linear layer on channels-last features ``[N, H, W, C]`` is a
+``Conv2d`` 1x1 over ``(C, H, W)`` by the same rule. NIR has no transpose node, so which axis comes first is fixed where the data enter (the Input
 node's ``metadata["pmsm"]["layout"]``) and ``Transpose`` nodes only change the recorded layout
 (:attr:`.ir.Expr.axes`): a permutation of the axes moves no value and rounds nothing.
 """
@@ -65,25 +66,40 @@ def conv1d(t: Translator, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray | N
 
 
 def token_linear(t: Translator, node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> list[Expr]:
-    """``y[t, :] = W x[t, :] + b`` for every token: a ``Conv1d`` of kernel 1 over ``(F, T)``."""
+    """``y[..., :] = W x[..., :] + b`` at every position of the leading axes (tokens ``[N, T, F]``,
+    or pixels ``[N, H, W, C]`` as in ConvNeXt's pointwise layers): a convolution with a kernel of
+    size 1 over a layout that holds the features first, ``Conv1d`` over ``(F, T)`` or ``Conv2d``
+    1x1 over ``(C, H, W)``. The leading axes may be held in any order: a kernel of size 1 reads
+    each position alone."""
     e = t.act(node.input[0])
-    tokens, features = t.onnx_shape(node.input[0])
-    if features != weight.shape[1]:
-        raise Unsupported(f"input of shape {(tokens, features)} does not match a weight of {weight.shape[1]} inputs")
-    if e.axes != (2, 1):
-        raise Unsupported(f"MatMul over the last axis of a [N, {tokens}, {features}] activation that NIR holds "
-                          "in ONNX's order (A, B): NIR's Conv1d of kernel 1 expresses a token-wise linear layer only "
-                          "with the features first (B, A), and NIR has no transpose (the layout is chosen at the "
-                          "input; a Transpose before this node would give it)")
-    out_nir = (weight.shape[0], tokens)
-    t.check_shape(node, (tokens, weight.shape[0]))
-    n = t.new("conv", node, e.shape, out_nir, weight=weight[:, :, None].copy(), bias=bias, stride=(1,),
-              padding=(0,), dilation=(1,), groups=1)
+    onnx_shape = tuple(t.onnx_shape(node.input[0]))
+    rank = len(onnx_shape)
+    if onnx_shape[-1] != weight.shape[1]:
+        raise Unsupported(f"input of shape {onnx_shape} does not match a weight of {weight.shape[1]} inputs")
+    if rank > 3:
+        raise Unsupported(f"MatMul over the last axis of a [N, {', '.join(map(str, onnx_shape))}] activation: NIR "
+                          "1.0.8 has Conv1d and Conv2d only, so a linear layer applied at every position is "
+                          "written for one or two leading axes")
+    if not e.axes or e.axes[0] != rank:
+        dims = ", ".join(map(str, onnx_shape))
+        raise Unsupported(f"MatMul over the last axis of a [N, {dims}] activation that NIR holds with axis "
+                          f"{(e.axes or tuple(range(1, rank + 1)))[0]} first: NIR's kernel-1 "
+                          f"{'Conv1d' if rank == 2 else 'Conv2d'} expresses a linear layer at every position only "
+                          "with the features first, and NIR has no transpose (the layout is chosen at the input; "
+                          "a Transpose before this node would give it)")
+    positions = tuple(e.shape[1:])
+    out_nir = (weight.shape[0],) + positions
+    t.check_shape(node, onnx_shape[:-1] + (weight.shape[0],))
+    unit = tuple(1 for _ in positions)
+    kernel = weight.reshape(weight.shape + unit).copy()
+    zero = tuple(0 for _ in positions)
+    n = t.new("conv", node, e.shape, out_nir, weight=kernel, bias=bias, stride=unit, padding=zero, dilation=unit,
+              groups=1)
     n.params["token_wise"] = True
     t.work.connect(Expr(e.shape, e.terms), n)
     out = Expr.of(n, e.axes)
     if e.bias is not None:
-        out = out.shifted(weight @ e.bias)
+        out = out.shifted(np.tensordot(weight, e.bias, axes=1))
         out.bias_from = e.bias_from
     return [out]
 

@@ -6,8 +6,8 @@ is the sum of its incoming edges. The input is presented unchanged at every step
 nodes compute in float64, which the writer's weight grid makes exact (see :mod:`.arithmetic`), so the
 summation order of BLAS does not matter; a value is rounded to float32 only where it enters an IF
 node (which runs the PMSM neuron of :mod:`pmsm.runtime.neuron`) or the Output. The result is the mean
-over the timesteps of the Output's float32 values, summed in float64 in time order. Batched over
-samples.
+over the timesteps of the Output's float32 values, summed in float32 in time order and divided by T
+in float32, as the spiking ONNX's ReduceMean does (docs/nir.md §4a). Batched over samples.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 from pmsm.runtime import neuron
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.order import topological_order
-from pmsm.targets.nir import dialect, ops
+from pmsm.targets.nir import dialect, float32_pool, ops
 
 
 @dataclass
@@ -79,6 +79,10 @@ def _linear_op(node: nir.NIRNode, name: str, absolute: bool = False) -> Callable
     if isinstance(node, nir.Conv1d):
         w, b = param(node.weight), param(node.bias)
         args = conv1d_args(node, name)
+        pool = dialect.float32_pool(node, name)
+        if pool is not None and not absolute:  # ONNX's float32 average pool (docs/nir.md §5a)
+            stride, pad = args[0], args[1]
+            return lambda x: float32_pool.apply(x, pool, w.shape[2], stride, pad).astype(np.float64)
         return lambda x: ops.conv1d(x, w, b, *args)
     if isinstance(node, nir.Affine):
         w, b = param(node.weight), param(node.bias)
@@ -194,7 +198,7 @@ class NirInterpreter:
                      for name, p in self.neurons.items()}
         spikes = {name: [] for name in self.neurons} if collect_spikes else {}
         inputs = {name: [] for name in self.neurons} if collect_inputs else {}
-        sums = {name: np.zeros((n,) + self._output_shape(name)) for name in self.outputs}
+        sums = {name: None for name in self.outputs}
 
         def fire(name, z, t):
             membranes[name], s = neuron.step(membranes[name], z, self.neurons[name])
@@ -205,10 +209,10 @@ class NirInterpreter:
             return s.astype(np.float64)
 
         def record(name, value, t):
-            sums[name] += value.astype(np.float32)  # each step's output is rounded to float32 once
+            sums[name] = dialect.readout_add(sums[name], value)  # float32, in time order (§4a)
 
         self._evaluate(x, timesteps, self.ops, fire, record)
-        means = {name: dialect.to_onnx_layout((sums[name] / timesteps).astype(np.float32), self.layouts[name])
+        means = {name: dialect.to_onnx_layout(dialect.readout_mean(sums[name], timesteps), self.layouts[name])
                  for name in self.outputs}
         return NirResult(
             output=means[self.outputs[0]],

@@ -63,7 +63,7 @@ class LiteralInterpreter(NirInterpreter):
         n = x.shape[0]
         v = {name: np.zeros((n,) + p.r.shape, np.float32) for name, p in self.neurons.items()}
         spikes = {name: [] for name in self.neurons}
-        sums = {name: np.zeros((n,) + self._output_shape(name)) for name in self.outputs}
+        sums = {name: None for name in self.outputs}
 
         def fire(name, z, t):
             p = self.neurons[name]
@@ -74,10 +74,10 @@ class LiteralInterpreter(NirInterpreter):
             return s.astype(np.float64)
 
         def record(name, value, t):
-            sums[name] += value.astype(np.float32)
+            sums[name] = dialect.readout_add(sums[name], value)  # float32, in time order (docs/nir.md §4a)
 
         self._evaluate(x, timesteps, self.ops, fire, record)
-        means = {name: dialect.to_onnx_layout((sums[name] / timesteps).astype(np.float32), self.layouts[name])
+        means = {name: dialect.to_onnx_layout(dialect.readout_mean(sums[name], timesteps), self.layouts[name])
                  for name in self.outputs}
         return NirResult(output=means[self.outputs[0]], outputs=means,
                          spikes=self._recombined(spikes) if collect_spikes else {})

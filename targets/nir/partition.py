@@ -25,14 +25,14 @@ import onnx
 from pmsm.exporter.linearity import FLOAT_TYPES, commutes_with_time_mean
 from pmsm.exporter.timeloop import VALUE_FREE_OPS, element_types, implicit_inputs
 from pmsm.runtime.schema import is_neuron
+from pmsm.targets.nir.convert import layouts_to_try, linear_layout
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune
-from pmsm.targets.nir.from_onnx import _LAYOUT_AWARE, _op, _outputs, translate_node
+from pmsm.targets.nir.from_onnx import _op, _outputs, translate_node
 from pmsm.targets.nir.ir import Edge, Expr, WorkGraph
 from pmsm.targets.nir.onnx_view import NetworkView, network_view, node_label
 from pmsm.targets.nir.translator import Translator, Unknown, Unsupported
 
 LINK_PREFIX = "pmsm_link/"  # manifest tensors joining two regions (no ONNX tensor has the name)
-_TOKEN_LAYOUT = (2, 1)
 _MAX_ROUNDS = 64
 
 
@@ -155,7 +155,7 @@ class _Cut:
             shape = self.view.shapes.get(name)
             if shape is None:
                 raise Unsupported(f"input '{name}' is computed on the host and its shape is unknown")
-            axes = _TOKEN_LAYOUT if len(shape) == 2 and self._feeds_token_linear(name) else ()
+            axes = self._layout_for_linear(name, len(shape)) if len(shape) in (2, 3) else ()
             held = tuple(shape[a - 1] for a in axes) if axes else tuple(shape)
             stand_in = t.work.add("input", name, held, held, onnx_node=name)
             if axes:
@@ -163,25 +163,10 @@ class _Cut:
             t.env[name] = Expr.of(stand_in, axes)
             self.stand_ins[name] = stand_in.name
 
-    def _feeds_token_linear(self, tensor: str) -> bool:
-        """Whether a token-wise MatMul/Gemm reads ``tensor`` through ops that keep its layout: then
-        it is held features first, as Conv1d of kernel 1 reads it (docs/nir.md §3a)."""
-        consumers: dict[str, list] = {}
-        for node in self.view.nodes:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
-        frontier, seen = [tensor], {tensor}
-        while frontier:
-            for node in consumers.get(frontier.pop(), []):
-                if node.op_type in ("MatMul", "Gemm"):
-                    return True
-                if node_label(node) in self.host or not (is_neuron(node) or node.op_type in _LAYOUT_AWARE):
-                    continue
-                for o in node.output:
-                    if o and o not in seen:
-                        seen.add(o)
-                        frontier.append(o)
-        return False
+    def _layout_for_linear(self, tensor: str, rank: int) -> tuple:
+        """The layout to hold host ``tensor`` in: features first when a MatMul/Gemm reads its last
+        axis (:func:`.convert.linear_layout`), else ONNX's order."""
+        return linear_layout(self.view.nodes, [tensor], rank, set(self.host))
 
     def _materialise(self) -> None:
         """An Output for each region tensor a host op reads, and for each graph output."""
@@ -266,8 +251,8 @@ def partition(model: onnx.ModelProto, label: str, compensation: bool = True) -> 
         forced[k] = (op, forced[k][1])
     view = network_view(model, label)
     cut = _cut_fixpoint(model, label, forced, ())
-    if view.input_shape is not None and len(view.input_shape) == 2:
-        swapped = _cut_fixpoint(model, label, forced, _TOKEN_LAYOUT)
+    for layout in layouts_to_try(view):
+        swapped = _cut_fixpoint(model, label, forced, layout)
         if len(swapped.host) < len(cut.host):
             cut = swapped
     return _stages(model, cut)

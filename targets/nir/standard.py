@@ -169,6 +169,10 @@ class _Rewrite:
                                   groups=int(node.groups), bias=b.astype(np.float32))
             return np.asarray(node.weight, np.float64), np.asarray(node.bias, np.float64), build
         if isinstance(node, nir.Conv1d):
+            if dialect.float32_pool(node, name, self.label) is not None:
+                self.refuse(name, "ONNX's float32 average pool (docs/nir.md §5a) rounds every product and sum to "
+                                  "float32; standard NIR has only exact linear nodes for it")
+
             def build(w, b):
                 return nir.Conv1d(input_shape=node.input_shape, weight=w.astype(np.float32), stride=node.stride,
                                   padding=node.padding, dilation=node.dilation, groups=int(node.groups),

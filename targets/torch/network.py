@@ -24,7 +24,7 @@ from torch import nn
 from pmsm.runtime import neuron
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.neuron import NeuronParams
-from pmsm.targets.nir import dialect, read_nir
+from pmsm.targets.nir import dialect, float32_pool, read_nir
 from pmsm.targets.nir.interpreter import conv1d_args, conv_padding
 
 NIRTORCH_VERSION = "2.6"
@@ -85,8 +85,12 @@ class Conv1d(nn.Module):
         self.weight = nn.Parameter(_tensor(node.weight), requires_grad=False)
         self.bias = nn.Parameter(_tensor(node.bias), requires_grad=False)
         self.stride, self.padding, self.dilation, self.groups = conv1d_args(node, name)
+        self.float32_pool = dialect.float32_pool(node, name)  # ONNX's float32 average pool (docs/nir.md §5a)
 
     def forward(self, x):
+        if self.float32_pool is not None:
+            out = float32_pool.apply(x, self.float32_pool, self.weight.shape[2], self.stride, self.padding)
+            return out.to(x.dtype)
         exact = torch.backends.cudnn.flags(enabled=False) if x.is_cuda else nullcontext()
         with exact:
             return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -219,10 +223,9 @@ class TorchNetwork(nn.Module):
             state, total = None, None
             for _ in range(int(timesteps)):
                 out, state = self.graph_module(x, state)
-                # each step's output is rounded to float32 once, then summed in time order
-                step = out.to(torch.float32).to(DTYPE)
-                total = step if total is None else total + step
-            output = dialect.to_onnx_layout((total / timesteps).to(torch.float32), self.output_layout)
+                # each step's output is rounded to float32 once, then summed in float32 in time order
+                total = dialect.readout_add(total, out)
+            output = dialect.to_onnx_layout(dialect.readout_mean(total, timesteps), self.output_layout)
             output = output.contiguous().cpu().numpy()
             spikes = {n.key: dialect.to_onnx_layout(torch.stack(n.record), n.layout, lead=2).cpu().numpy()
                       for n in self.neurons} if collect_spikes else {}

@@ -15,18 +15,20 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from pmsm.targets.lava.kernels import pool_whc
+from pmsm.targets.lava.kernels import float32_pool_whc, pool_whc
 
-MODES = ("sum", "avg", "max")
+MODES = ("sum", "avg", "max", "float32_avg")
 
 
 class Pool(AbstractProcess):
     def __init__(self, *, in_shape: tuple, out_shape: tuple, mode: str, kernel: tuple,
-                 stride: tuple, padding: tuple, name: str | None = None) -> None:
+                 stride: tuple, padding: tuple, pool=None, name: str | None = None) -> None:
+        """``pool``: the :class:`pmsm.targets.nir.float32_pool.Float32Pool` of mode ``float32_avg``
+        (ONNX's float32 average pool over one axis, docs/nir.md §5a)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         super().__init__(in_shape=in_shape, out_shape=out_shape, mode=mode, kernel=tuple(kernel),
-                         stride=tuple(stride), padding=tuple(padding), name=name)
+                         stride=tuple(stride), padding=tuple(padding), pool=pool, name=name)
         self.a_in = InPort(shape=tuple(in_shape))
         self.a_out = OutPort(shape=tuple(out_shape))
 
@@ -34,6 +36,8 @@ class Pool(AbstractProcess):
 class _PoolModel(PyLoihiProcessModel):
     def _pool(self, x: np.ndarray) -> np.ndarray:
         p = self.proc_params
+        if p["mode"] == "float32_avg":
+            return float32_pool_whc(x, p["kernel"], p["stride"], p["padding"], p["pool"])
         return pool_whc(x, p["kernel"], p["stride"], p["padding"], p["mode"])
 
 

@@ -42,10 +42,16 @@ class _ReadoutModel(PyLoihiProcessModel):
         if k < 0:
             return
         sample, t = divmod(k, p["interval"])
-        acc = x if t == 0 else self.acc + x
+        acc = x if t == 0 else self._add(self.acc, x)
         self.acc = acc
         if t == p["interval"] - 1 and sample < self.means.shape[0]:
-            self.means[sample] = acc * p["unit"] / p["interval"]
+            self.means[sample] = self._mean(acc)
+
+    def _add(self, acc: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return acc + x
+
+    def _mean(self, acc: np.ndarray) -> np.ndarray:
+        return acc * self.proc_params["unit"] / self.proc_params["interval"]
 
 
 @implements(proc=MeanReadout, protocol=LoihiProtocol)
@@ -58,6 +64,14 @@ class PyMeanReadoutFloat(_ReadoutModel):
     def run_spk(self) -> None:
         # each step's output rounded to float32 once, as the NIR dialect defines the readout
         self._accumulate(self.a_in.recv().astype(np.float32).astype(np.float64))
+
+    def _add(self, acc: np.ndarray, x: np.ndarray) -> np.ndarray:
+        # summed in float32 in time order, as the dialect's readout (docs/nir.md §4a)
+        return (acc.astype(np.float32) + x.astype(np.float32)).astype(np.float64)
+
+    def _mean(self, acc: np.ndarray) -> np.ndarray:
+        mean = acc.astype(np.float32) * np.float32(self.proc_params["unit"]) / np.float32(self.proc_params["interval"])
+        return mean.astype(np.float64)
 
 
 @implements(proc=MeanReadout, protocol=LoihiProtocol)
