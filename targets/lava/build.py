@@ -71,13 +71,13 @@ def build(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, timesteps: 
 
 def build_cores(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, partition: Partition,
                 timesteps: int, work_dir: str, record_paths: dict | None = None, offset: int = 0,
-                input_delays: tuple = (), rows: int = 1) -> Lowered:
+                input_delays: tuple = (), rows: int = 1, samples: int = 0) -> Lowered:
     """One CoreProcess per core; ``work_dir`` receives their statistics and error files.
     ``offset``: the step at which sample time 0 reaches the input ports (0 for a network fed by
     the data; in a hybrid deployment, where the region sits in the schedule). ``input_delays``:
     per input port, steps its messages are held back beyond the core's own alignment (ports whose
     producers deliver earlier than the latest one). ``rows``: independent rows of every value
-    (program.py)."""
+    (program.py); ``samples``: the samples of the run, outside whose steps the cores idle (0: unknown)."""
     processes, stats_paths = [], []
     for c, core in enumerate(partition.cores):
         operations = []
@@ -100,7 +100,7 @@ def build_cores(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, parti
             [[(t.src, tuple(t.shape)) for t in output.terms] for output in plan.outputs] if core.has_output else [],
             int(timesteps), core.latency + int(offset),
             {i: p for i, p in (record_paths or {}).items() if i in core.neurons},
-            stats_path, os.path.join(work_dir, f"core_{c:04d}.error"), int(rows))
+            stats_path, os.path.join(work_dir, f"core_{c:04d}.error"), int(rows), int(samples))
         processes.append(CoreProcess(program=program, name=core.name))
     links = []
     for core, proc in zip(partition.cores, processes):

@@ -188,7 +188,7 @@ class _Assembly:
         net = Network(view, timesteps=self.timesteps, fixed_point=self.fixed, input_exponent=exponents,
                       input_bits=bits, record_dir=folder if self.collect else None, record_steps=self.record_steps,
                       lowering=self.lowering, work_dir=folder, name=name, offset=offset,
-                      input_delays=tuple(offset - a for a in arrivals), rows=rows)
+                      input_delays=tuple(offset - a for a in arrivals), rows=rows, samples=len(self.x))
         plan = net.lowered.plan
         data = {}
         for k, p in enumerate(inputs):

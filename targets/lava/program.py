@@ -57,6 +57,7 @@ class CoreProgram:
     error_path: str = ""
     rows: int = 1               # independent rows every message carries (a region of a deployment
                                 # applied to every token: each row has its own neurons' state)
+    samples: int = 0            # samples of the run (0: unknown); outside their steps the core sends zeros
 
     @property
     def message_size(self) -> int:
@@ -76,9 +77,7 @@ class _Runner:
         self.neurons = {op.step: NeuronParams(lo=op.params["lo"], hi=op.params["hi"],
                                               v_init=op.params["v_init"], rounding=op.params["rounding"])
                         for op in program.operations if op.kind == "neuron"}
-        self.row = 0
-        self.row_membranes = [{} for _ in range(program.rows)]
-        self.membranes: dict = self.row_membranes[0]
+        self.membranes: dict = {}                   # neuron step -> membrane ([rows, ...] with rows)
         self.records = {i: np.load(path, mmap_mode="r+") for i, path in program.record_paths.items()}
         self.stats = np.load(program.stats_path, mmap_mode="r+") if program.stats_path else None
         self.convolutions = {op.step: Convolution(op.params["weight"], op.in_shape, op.params["stride"],
@@ -106,21 +105,32 @@ class _Runner:
         program = self.program
         values = {}
         arrived = [self._delayed(p, m) for p, m in enumerate(messages)]
+        if program.samples and not 0 <= k - program.latency < program.samples * program.interval:
+            # before the first sample reaches this core, or after the last has left it: nothing a
+            # sample sees (its neurons restart at its first step), so nothing to compute
+            return (np.zeros(program.message_size) if program.sends else None,
+                    [np.zeros(size) for size in program.output_sizes] if program.outputs else None)
         window_starts = (k - program.latency) % program.interval == 0
         rows = program.rows
-        per_row = []
-        for r in range(rows):
-            self.row, self.membranes = r, self.row_membranes[r]
-            values = {}
+        if rows == 1:
             for key, (port, offset, size, shape) in program.reads.items():
-                values[key] = arrived[port][offset * rows + r * size:offset * rows + (r + 1) * size].reshape(shape)
+                values[key] = arrived[port][offset:offset + size].reshape(shape)
             for row, op in enumerate(program.operations):
-                x = _sum_terms(values, op.terms)
-                values[op.step] = self._operation(row, op, x, window_starts)
-            per_row.append(values)
+                values[op.step] = self._operation(row, op, _sum_terms(values, op.terms), window_starts)
+        else:
+            # every value with the rows first; elementwise steps and neurons take all rows at once,
+            # synapses and pooling one row at a time (the same products as a single row's)
+            for key, (port, offset, size, shape) in program.reads.items():
+                values[key] = arrived[port][offset * rows:(offset + size) * rows].reshape((rows,) + tuple(shape))
+            for row, op in enumerate(program.operations):
+                x = _sum_terms(values, op.terms, (rows,))
+                if op.kind in ("elementwise", "neuron"):
+                    values[op.step] = self._operation(row, op, x, window_starts)
+                else:
+                    values[op.step] = np.stack([self._operation(row, op, x[r], window_starts) for r in range(rows)])
         # a message holds each value's rows one after another, values in send order
-        spikes = np.concatenate([v[i].reshape(-1) for i in program.sends for v in per_row]) if program.sends else None
-        outputs = [np.concatenate([_sum_terms(v, terms).reshape(-1) for v in per_row]) for terms in program.outputs] \
+        spikes = np.concatenate([values[i].reshape(-1) for i in program.sends]) if program.sends else None
+        outputs = [_sum_terms(values, terms, (rows,) if rows > 1 else ()).reshape(-1) for terms in program.outputs] \
             if program.outputs else None
         return spikes, outputs
 
@@ -136,10 +146,7 @@ class _Runner:
     def _record(self, op: Operation, s: np.ndarray) -> None:
         record = self.records.get(op.step)
         if record is not None:
-            if self.program.rows > 1:
-                record[self.step_index % record.shape[0], self.row] = s
-            else:
-                record[self.step_index % record.shape[0]] = s
+            record[self.step_index % record.shape[0]] = s
 
     def _operation(self, row, op, x, window_starts):
         raise NotImplementedError
@@ -162,7 +169,7 @@ class FloatRunner(_Runner):
         params = self.neurons[op.step]
         u = self.membranes.get(op.step)
         if window_starts or u is None:
-            u = initial_membrane(op.out_shape, params)
+            u = initial_membrane(z.shape, params)
         u, s = step(u, z, params)
         if not np.all(np.isfinite(u)):
             raise BadInputError(f"layer {op.node}: the input drives its membrane beyond float32 "
@@ -211,7 +218,7 @@ class FixedPointRunner(_Runner):
         z = x.astype(np.int64) + p["bias"].astype(np.int64)
         u = self.membranes.get(op.step)
         if window_starts or u is None:
-            u = _to_units(initial_membrane(op.out_shape, params), exponent)
+            u = _to_units(initial_membrane(z.shape, params), exponent)
         state = u + z
         unit = 2.0 ** -exponent
         u_levels, s = step((u * unit).astype(np.float32), (z * unit).astype(np.float32), params)
@@ -235,10 +242,10 @@ class FixedPointRunner(_Runner):
         return values
 
 
-def _sum_terms(values: dict, terms: list):
+def _sum_terms(values: dict, terms: list, lead: tuple = ()):
     total = None
     for key, shape in terms:
-        v = values[key].reshape(shape)
+        v = values[key].reshape(lead + tuple(shape))
         total = v if total is None else total + v
     return total
 

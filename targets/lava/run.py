@@ -73,7 +73,7 @@ def run_lava(graph_or_path, x: np.ndarray, timesteps: int, fixed_point: bool = F
         started = time.perf_counter()
         net = Network(view, timesteps=t_steps, fixed_point=fixed_point, input_exponent=exponent,
                       record_dir=scratch if collect_spikes else None, record_steps=n * t_steps + _depth_bound(view),
-                      conv_synapse=conv_synapse, lowering=lowering, work_dir=scratch)
+                      conv_synapse=conv_synapse, lowering=lowering, work_dir=scratch, samples=n)
         plan, depth = net.lowered.plan, net.depth
         data = to_lava(x, plan.input_lava_shape, plan.input_perm)
         if fixed_point:

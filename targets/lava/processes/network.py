@@ -60,12 +60,15 @@ class Network(AbstractProcess):
     ``input_delays``: per input port, steps to hold its messages back so that ports fed earlier
     meet the latest one; ``rows``: independent rows every port carries (ports of shape
     ``(rows, *Lava shape)``: a region applied to every token of a sequence). Fused lowerings only.
+    ``samples``: how many samples the run streams (0: unknown); the cores compute only while one
+    is in them.
     """
 
     def __init__(self, graph, *, timesteps: int, fixed_point: bool = False,
                  input_exponent=0, input_bits=8, record_dir: str | None = None, record_steps: int = 0,
                  lowering: str = "layer", conv_synapse: str = "conv", work_dir: str | None = None,
-                 name: str | None = None, offset: int = 0, input_delays: tuple = (), rows: int = 1) -> None:
+                 name: str | None = None, offset: int = 0, input_delays: tuple = (), rows: int = 1,
+                 samples: int = 0) -> None:
         if int(timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         if lowering not in LOWERINGS:
@@ -98,7 +101,7 @@ class Network(AbstractProcess):
             self.work_dir = work_dir
             cores = partition(plan, LAYERS_PER_CORE[lowering])
             self.lowered = build_cores(view, plan, fixed, cores, int(timesteps), work_dir, self.record_paths,
-                                       int(offset), tuple(input_delays), int(rows))
+                                       int(offset), tuple(input_delays), int(rows), int(samples))
         else:
             self.work_dir = None
             self.lowered = build(view, plan, fixed, int(timesteps), self.record_paths, conv_synapse)
