@@ -39,12 +39,11 @@ import tempfile
 import time
 from typing import Optional
 
-from pmsm.runtime.base.children import exit_on_signal, interruption
+from pmsm.runtime.base.children import exit_on_signal, interruption, mapped_shared_memory, unlink_shared_memory
 
 GONE_SECONDS = 2.0           # for killed processes to be gone
 RAYLET_REGISTRATION_SECONDS = 30.0   # Ray's own bound on the wait (raylet_start_wait_time_s)
 ACTOR_KILL_SECONDS = 0.3     # for Ray to kill the actors it was asked to (20 ms measured)
-SHARED_MEMORY = "/dev/shm"
 
 
 class LocalCluster:
@@ -82,7 +81,7 @@ class LocalCluster:
             actor_trees = {(pid, started) for pid, _, _, started in table if pid in _tree(table, self.actor_pids)}
             if at_once:         # before Ray kills the actors: Lava's shared memory, which no one will unlink
                 for pid in self._alive_members(self.members):
-                    self.shared_memory |= _mapped_shared_memory(pid)
+                    self.shared_memory |= mapped_shared_memory(pid)
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
@@ -137,16 +136,12 @@ class LocalCluster:
         either: 20 of 40 segments were left in /dev/shm after one SIGTERM)."""
         for pid in pids:
             if pid != os.getpid():
-                self.shared_memory |= _mapped_shared_memory(pid)
+                self.shared_memory |= mapped_shared_memory(pid)
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
 
     def _unlink_shared_memory(self) -> None:
-        for name in self.shared_memory:
-            path = os.path.join(SHARED_MEMORY, name)
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_uid == os.getuid():
-                    os.unlink(path)
+        unlink_shared_memory(self.shared_memory)
         self.shared_memory = set()
 
     def _kill_node_processes(self, node) -> None:
@@ -284,18 +279,6 @@ def _environment(pid: int) -> bytes:
             return b"\0" + handle.read()
     except OSError:
         return b""
-
-
-def _mapped_shared_memory(pid: int) -> set[str]:
-    """Names of the POSIX shared memory segments (``/dev/shm/NAME``) that ``pid`` maps."""
-    try:
-        with open(f"/proc/{pid}/maps") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return set()
-    prefix = SHARED_MEMORY + "/"
-    return {line.split(prefix, 1)[1] for line in lines
-            if prefix in line and not line.endswith("(deleted)") and "/" not in line.split(prefix, 1)[1]}
 
 
 def actor_process_id() -> int:
