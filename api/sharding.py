@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -96,8 +98,14 @@ class InProcess:
 _WORKER_VERIFIER = None
 
 
-def _start_worker(plan, timesteps: list[int], threads: int) -> None:
+def _start_worker(plan, timesteps: list[int], threads: int, folder: Optional[str] = None) -> None:
     global _WORKER_VERIFIER
+    if folder:
+        # everything the worker writes in the temporary folder (Lava's scratch and multiprocessing
+        # folders) goes in the caller's folder for this pool, which the caller removes whatever
+        # killed the worker (a pymp-* folder was seen left after a Ctrl-C during Lava's start-up)
+        os.environ["TMPDIR"] = folder
+        tempfile.tempdir = folder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
 
@@ -134,9 +142,10 @@ class WorkerProcesses:
         self.finished = False
         self._before = set(multiprocessing.active_children())
         # workers die with the thread that starts them (exit_with_parent): this one, at the first chunk
+        self.folder = tempfile.mkdtemp(prefix="pmsm-workers-")
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker,
-                                        initargs=(plan, list(timesteps), threads_per_worker(workers)))
+                                        initargs=(plan, list(timesteps), threads_per_worker(workers), self.folder))
         self._previous_sigterm = None
         if threading.current_thread() is threading.main_thread() \
                 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, exit_on_signal):
@@ -170,6 +179,7 @@ class WorkerProcesses:
                 self._stop_workers()
             self.pool.shutdown(wait=True, cancel_futures=True)
         finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
                 self._previous_sigterm = None

@@ -194,3 +194,22 @@ def unlink_shared_memory(names) -> None:
                 os.unlink(path)
         except OSError:
             pass        # gone meanwhile
+
+
+def release_semaphores() -> None:
+    """Run the exit handlers of this process's named semaphores (multiprocessing's queues and locks,
+    a process pool's among them), which unlink them and tell the resource tracker: for a process
+    about to ``os._exit``. Skipped, the tracker warned on stderr as the command ended ("There
+    appear to be 5 leaked semaphore objects", a Ctrl-C while ``--workers 2`` started its pool)."""
+    from multiprocessing import synchronize, util
+
+    cleanup = getattr(synchronize.SemLock, "_cleanup", None)
+    registry = getattr(util, "_finalizer_registry", None)
+    if cleanup is None or registry is None:
+        return
+    for finalizer in list(registry.values()):
+        if getattr(finalizer, "_callback", None) is cleanup:
+            try:
+                finalizer()
+            except Exception:       # noqa: BLE001 - one already unlinked: nothing more to do
+                pass
