@@ -163,7 +163,12 @@ class WorkerProcesses:
                 if chunk is None:
                     exhausted = True
                     break
-                pending[self.pool.submit(_worker_chunk, chunk)] = chunk
+                # the first submit spawns the workers: a signal raised while the pool writes a
+                # worker's start-up data left it reading truncated data, and its traceback ("pickle
+                # data was truncated") on the command's stderr (seen); raised once the submit is done
+                with signals_held():
+                    future = self.pool.submit(_worker_chunk, chunk)
+                pending[future] = chunk
             if not pending:
                 self.finished = True
                 return
