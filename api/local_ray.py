@@ -15,7 +15,7 @@ this module, a SIGTERM to the command:
   after SIGTERM: 1.4-1.9 s on an idle machine (the autoscaler's monitor alone took the full
   second), and 5.1 s when the cluster was already dead (the driver waits on its RPCs).
 
-So the cluster gets a folder of its own (:attr:`LocalCluster.folder`, ``pmsm-ray-*`` in the
+So the cluster gets a folder of its own (:attr:`LocalCluster.folder`, ``pmsm-r-*`` in the
 temporary folder): Ray's session lives in it (``_temp_dir``) and every process of the cluster has
 it as ``TMPDIR`` (inherited from this process while ``ray.init`` starts them), so the actors'
 Lava scratch and multiprocessing folders land in it too, and removing it removes everything the
@@ -50,7 +50,9 @@ class LocalCluster:
     """A local Ray cluster for one run: ``start``, then ``stop`` (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix="pmsm-ray-")
+        self.folder = tempfile.mkdtemp(prefix="pmsm-r-")
+        # the actors' temporary folder too, where Lava's manager socket fits (else they keep TMPDIR)
+        self._actors_folder = self.folder if room_for_lava_socket(self.folder) else None
         self._marker = b"\0TMPDIR=" + os.fsencode(self.folder) + b"\0"
         self._children_before: set = set()
         self.members: set[tuple[int, int]] = set()       # (pid, start time) of the cluster's processes seen
@@ -60,7 +62,8 @@ class LocalCluster:
     def start(self, ray, cpus: int) -> None:
         previous = os.environ.get("TMPDIR")
         self._children_before = {pid for pid, _, parent, _ in _processes() if parent == os.getpid()}
-        os.environ["TMPDIR"] = self.folder       # the cluster's processes inherit it, this one keeps its own
+        if self._actors_folder:
+            os.environ["TMPDIR"] = self._actors_folder   # the cluster's processes inherit it, this one keeps its own
         try:
             with _quiet_token_notice(), _interruptible_wait_for_the_raylet(ray):
                 ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, num_cpus=cpus,
@@ -279,6 +282,16 @@ def _environment(pid: int) -> bytes:
             return b"\0" + handle.read()
     except OSError:
         return b""
+
+
+# Lava's shared-memory manager listens on <temporary folder>/pymp-XXXXXXXX/listener-XXXXXXXX, at most
+# 107 bytes on Linux (targets/lava/shutdown.py refuses a longer temporary folder)
+LAVA_SOCKET_FOLDER_BYTES = 107 - len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def room_for_lava_socket(folder: str) -> bool:
+    """Whether ``folder`` as a temporary folder leaves room for Lava's manager socket."""
+    return len(os.fsencode(folder)) <= LAVA_SOCKET_FOLDER_BYTES
 
 
 def actor_process_id() -> int:

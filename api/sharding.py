@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
 from pmsm.data import Chunk
-from pmsm.local_ray import LocalCluster, actor_process_id, signals_held, started_actor_pids
+from pmsm.local_ray import LocalCluster, actor_process_id, room_for_lava_socket, signals_held, started_actor_pids
 from pmsm.runtime.base.children import (
     exit_on_signal,
     exit_with_parent,
@@ -142,7 +142,10 @@ class WorkerProcesses:
         self.finished = False
         self._before = set(multiprocessing.active_children())
         # workers die with the thread that starts them (exit_with_parent): this one, at the first chunk
-        self.folder = tempfile.mkdtemp(prefix="pmsm-workers-")
+        self.folder = tempfile.mkdtemp(prefix="pmsm-w-")
+        if not room_for_lava_socket(self.folder):       # a long TMPDIR: the workers keep it as it is
+            os.rmdir(self.folder)
+            self.folder = None
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker,
                                         initargs=(plan, list(timesteps), threads_per_worker(workers), self.folder))
@@ -184,7 +187,8 @@ class WorkerProcesses:
                 self._stop_workers()
             self.pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if self.folder:
+                shutil.rmtree(self.folder, ignore_errors=True)
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
                 self._previous_sigterm = None
