@@ -19,14 +19,21 @@ So the cluster gets a folder of its own (:attr:`LocalCluster.folder`, ``pmsm-r-*
 temporary folder): Ray's session lives in it (``_temp_dir``) and every process of the cluster has
 it as ``TMPDIR`` (inherited from this process while ``ray.init`` starts them), so the actors'
 Lava scratch and multiprocessing folders land in it too, and removing it removes everything the
-run wrote, even after a SIGKILL. The ``TMPDIR`` entry in a process's initial environment
-(``/proc/PID/environ``) also marks it as the cluster's, wherever it was reparented.
+run wrote, even after a SIGKILL (a temporary folder too long for Lava's socket path keeps the
+actors on the inherited one). The cluster's processes are those this process started since
+``ray.init`` and their descendants, the actors' trees, and any whose initial environment
+(``/proc/PID/environ``) holds that ``TMPDIR`` (Ray's workers overwrite theirs with their process
+title, so the tree is what finds them); each is remembered with its start time, so that a reused
+pid is never killed.
 
 An interrupted run ends the cluster at once (:meth:`LocalCluster.stop` with ``at_once``): the
-actors are killed through Ray (so that Ray does not report their deaths as failures), their
-process trees by SIGKILL, the other processes of the cluster by SIGKILL once the driver has
-disconnected; then the folder is removed. Multiprocessing's resource trackers are left to end
-by themselves, a moment later: they unlink the shared memory of the killed Lava runs.
+actors are killed through Ray (20 ms measured; so that the raylet does not report their deaths as
+failures), their process trees by SIGKILL, the other processes of the cluster by SIGKILL once the
+driver has disconnected (``ray.shutdown`` with its serial one-second waits replaced); the shared
+memory the killed processes mapped (Lava's channels; 20 of 40 segments were left in /dev/shm
+otherwise) is unlinked and the folder removed. Measured on the digits CNN with 2 actors under a
+load of 10-24 on 2 cores: every process gone 0.1-1.4 s after the signal (30 random moments,
+``tests/test_lava_shutdown.py``), the driver's disconnect taking 0.3-1.6 s of it.
 """
 from __future__ import annotations
 
