@@ -9,7 +9,8 @@ import threading
 
 from pmsm.pipeline import TARGETS, run_command
 from pmsm.plan import DEFAULT_REFERENCE_SAMPLES
-from pmsm.runtime.base.children import clear_pending, exit_on_signal, interruption_behind, remove_multiprocessing_folder
+from pmsm.runtime.base.children import (clear_pending, exit_on_signal, interruption_behind, release_semaphores,
+                                        remove_multiprocessing_folder)
 from pmsm.runtime.base.errors import EXIT_BAD_INPUT, PmsmError
 from pmsm.runtime.base.limits import MAX_TIMESTEP_VALUES, Limits
 
@@ -234,7 +235,8 @@ def _end_now_if_command(argv, status: int) -> None:
     with torch, ONNX Runtime and a Lava network loaded took 2-3 s more (measured, MobileNetV2),
     beyond the 2 s a stopped run may take."""
     if argv is None:
-        remove_multiprocessing_folder()  # the one exit handler that matters
+        remove_multiprocessing_folder()  # the exit handlers that matter
+        release_semaphores()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

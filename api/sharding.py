@@ -20,16 +20,20 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator, Optional
 
 from pmsm.data import Chunk
+from pmsm.local_ray import LocalCluster, actor_process_id, room_for_lava_socket, signals_held, started_actor_pids
 from pmsm.runtime.base.children import (
     exit_on_signal,
     exit_with_parent,
+    raise_pending,
     remove_multiprocessing_folder,
     terminate_processes,
 )
@@ -38,6 +42,7 @@ from pmsm.runtime.base.sessions import set_threads
 from pmsm.verification import Tallies
 
 IN_FLIGHT_PER_WORKER = 2
+WAIT_SLICE_SECONDS = 0.1
 STOP_GRACE_SECONDS = 5.0     # for a stopped worker to end its Lava run in order (about 1 s measured)
 
 
@@ -93,8 +98,14 @@ class InProcess:
 _WORKER_VERIFIER = None
 
 
-def _start_worker(plan, timesteps: list[int], threads: int) -> None:
+def _start_worker(plan, timesteps: list[int], threads: int, folder: Optional[str] = None) -> None:
     global _WORKER_VERIFIER
+    if folder:
+        # everything the worker writes in the temporary folder (Lava's scratch and multiprocessing
+        # folders) goes in the caller's folder for this pool, which the caller removes whatever
+        # killed the worker (a pymp-* folder was seen left after a Ctrl-C during Lava's start-up)
+        os.environ["TMPDIR"] = folder
+        tempfile.tempdir = folder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
 
@@ -131,9 +142,13 @@ class WorkerProcesses:
         self.finished = False
         self._before = set(multiprocessing.active_children())
         # workers die with the thread that starts them (exit_with_parent): this one, at the first chunk
+        self.folder = tempfile.mkdtemp(prefix="pmsm-w-")
+        if not room_for_lava_socket(self.folder):       # a long TMPDIR: the workers keep it as it is
+            os.rmdir(self.folder)
+            self.folder = None
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker,
-                                        initargs=(plan, list(timesteps), threads_per_worker(workers)))
+                                        initargs=(plan, list(timesteps), threads_per_worker(workers), self.folder))
         self._previous_sigterm = None
         if threading.current_thread() is threading.main_thread() \
                 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, exit_on_signal):
@@ -151,7 +166,12 @@ class WorkerProcesses:
                 if chunk is None:
                     exhausted = True
                     break
-                pending[self.pool.submit(_worker_chunk, chunk)] = chunk
+                # the first submit spawns the workers: a signal raised while the pool writes a
+                # worker's start-up data left it reading truncated data, and its traceback ("pickle
+                # data was truncated") on the command's stderr (seen); raised once the submit is done
+                with signals_held():
+                    future = self.pool.submit(_worker_chunk, chunk)
+                pending[future] = chunk
             if not pending:
                 self.finished = True
                 return
@@ -167,6 +187,8 @@ class WorkerProcesses:
                 self._stop_workers()
             self.pool.shutdown(wait=True, cancel_futures=True)
         finally:
+            if self.folder:
+                shutil.rmtree(self.folder, ignore_errors=True)
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
                 self._previous_sigterm = None
@@ -185,7 +207,12 @@ class WorkerProcesses:
 
 class RayWorkers:
     """Chunks shared out over ``workers`` Ray actors, on the cluster at ``address`` (None: a local
-    cluster started for this run and stopped after it)."""
+    cluster started for this run and ended with it, :class:`pmsm.local_ray.LocalCluster`).
+
+    A run that does not finish (a signal, an error) ends a local cluster at once, Lava's processes
+    in the actors included, and removes its folder. On a cluster at ``address`` the actors are
+    killed through Ray; a Lava scratch folder one of them leaves is removed by the next Lava run
+    on that node (``pmsm.targets.lava.shutdown.scratch_folder``)."""
 
     kind = "ray"
 
@@ -195,25 +222,54 @@ class RayWorkers:
         except ImportError:
             raise MissingExtraError("--ray needs Ray: pip install 'pmsm-export[ray]'") from None
         self.ray = ray
+        self.finished = False
+        self.actors: list = []
+        self._pids: list = []
+        self.cluster: Optional[LocalCluster] = None
         self.started_here = not ray.is_initialized()
-        if self.started_here:
-            options = {"address": address} if address else {"num_cpus": workers or threads_per_worker(1)}
-            main_thread = threading.current_thread() is threading.main_thread()
-            sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
-            try:
-                with _ray_keeps_our_sigterm_handler():
-                    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
-            except (ConnectionError, RuntimeError, ValueError) as error:
+        self._previous_sigint = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            # a Ctrl-C while ray.init forks its processes is handled inside an at-fork hook, where
+            # Python's KeyboardInterrupt was printed ("Exception ignored in ... _releaseLock") and
+            # dropped, and the run went on to its end; this handler records it for raise_pending
+            self._previous_sigint = signal.signal(signal.SIGINT, exit_on_signal)
+        try:
+            with _signal_behind_ray_exit():
+                if self.started_here:
+                    self._start(ray, address, workers)
+                self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+                actor = ray.remote(num_cpus=1)(_RayVerifier)
+                plan_ref = ray.put(plan)
+                self.actors = [actor.remote(plan_ref, list(timesteps)) for _ in range(self.workers)]
+                # first in each actor's queue: known before any chunk, so an interrupted run can kill
+                # the processes Lava forked in it
+                self._pids = [a.process_id.remote() for a in self.actors]
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, ray, address: Optional[str], workers: Optional[int]) -> None:
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+        try:
+            with _ray_keeps_our_sigterm_handler():
+                if address:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                else:
+                    self.cluster = LocalCluster()
+                    self.cluster.start(ray, workers or threads_per_worker(1))
+            raise_pending()         # a signal that came while ray.init forked
+        except Exception as error:
+            raise_pending()         # killed on a signal (LocalCluster.start), the cluster fails its own way
+            if isinstance(error, (ConnectionError, RuntimeError, ValueError)):
                 raise BadInputError(f"--ray {address or ''}: cannot start or reach a Ray cluster: {error}") from None
-            finally:
-                # ray.init installs its own SIGTERM handler (sys.exit(15)), which knows nothing of
-                # forks: seen dropped inside an at-fork hook, the command then ran to its end
-                if sigterm is not None:
-                    signal.signal(signal.SIGTERM, sigterm)
-        self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor = ray.remote(num_cpus=1)(_RayVerifier)
-        plan_ref = ray.put(plan)
-        self.actors = [actor.remote(plan_ref, list(timesteps)) for _ in range(self.workers)]
+            raise
+        finally:
+            # ray.init installs its own SIGTERM handler (sys.exit(15)), which knows nothing of
+            # forks: seen dropped inside an at-fork hook, the command then ran to its end
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
 
     def verify(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Tallies]]:
         ray = self.ray
@@ -230,44 +286,91 @@ class RayWorkers:
                 actor = idle.popleft()
                 pending[actor.run_chunk.remote(chunk)] = (chunk, actor)
             if not pending:
+                self.finished = True
                 return
-            done, _ = ray.wait(list(pending), num_returns=1)
+            with _signal_behind_ray_exit():
+                # short waits: Ray's C++ wait looks for signals only every 0.6-0.7 s (measured)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SLICE_SECONDS)
             for ref in done:
                 chunk, actor = pending.pop(ref)
                 idle.append(actor)
                 try:
-                    result = ray.get(ref)
+                    with _signal_behind_ray_exit():
+                        result = ray.get(ref)
                 except ray.exceptions.RayError as error:
                     raise BadInputError(f"a Ray worker failed: {str(error).strip().splitlines()[0]}") from None
                 yield chunk, _unwrap(result)
 
     def close(self) -> None:
-        for actor in getattr(self, "actors", []):
-            self.ray.kill(actor)
-        if self.started_here:
-            self.ray.shutdown()
+        """End the actors (and a local cluster), at once when the run did not finish; a signal that
+        comes meanwhile is raised once they are ended (:func:`pmsm.local_ray.signals_held`)."""
+        ray, at_once = self.ray, not self.finished
+        with self._sigint_restored(), signals_held():
+            if self.cluster is not None:
+                if at_once:
+                    with contextlib.suppress(Exception):
+                        self.cluster.actor_pids = started_actor_pids(ray, self._pids)
+                self.cluster.stop(ray, self.actors, at_once)
+                self.cluster = None
+            else:
+                for actor in self.actors:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                if self.started_here and ray.is_initialized():
+                    ray.shutdown()
+            self.actors = []
+
+    @contextlib.contextmanager
+    def _sigint_restored(self):
+        try:
+            yield
+        finally:
+            if self._previous_sigint is not None:
+                signal.signal(signal.SIGINT, self._previous_sigint)
+                self._previous_sigint = None
+
+
+@contextlib.contextmanager
+def _signal_behind_ray_exit():
+    """Ray's C++ waits (``ray.wait``, ``ray.get``, starting the cluster) poll for signals and turn
+    the exception the handler raised into ``SystemExit(1)`` (measured, Ray 2.60: a SIGTERM during a
+    ``--ray`` run ended the command with status 1 and no line). The signal, recorded by
+    :func:`pmsm.runtime.base.children.exit_on_signal`, is raised instead."""
+    try:
+        yield
+    except SystemExit:
+        raise_pending()
+        raise
 
 
 @contextlib.contextmanager
 def _ray_keeps_our_sigterm_handler():
     """ray.init installs its own SIGTERM handler (``sys.exit(15)``) first thing, which knows
     nothing of forks: a SIGTERM while Ray started its processes was seen dropped inside an at-fork
-    hook ("Exception ignored in ... SystemExit: 15"), and the command ran on to its end. The
+    hook ("Exception ignored in ... SystemExit: 15"), and the command ran on to its end. Its C++
+    core worker installs another, a crash reporter: a SIGTERM while ``ray.init`` connected printed
+    "*** SIGTERM received at time=... PC: ... __recv" and a stack on stderr (Ray 2.60). The
     command's handler (``exit_on_signal``) stays in place instead."""
     try:
+        from ray._private import ray_constants
         from ray._private import utils as ray_utils
     except ImportError:
         yield
         return
     original = getattr(ray_utils, "set_sigterm_handler", None)
-    if original is None:
-        yield
-        return
-    ray_utils.set_sigterm_handler = lambda handler: None
+    crash_handler_off = getattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+    if original is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True      # read as the driver's core worker starts
     try:
         yield
     finally:
-        ray_utils.set_sigterm_handler = original
+        if original is not None:
+            ray_utils.set_sigterm_handler = original
+        if crash_handler_off is None:
+            del ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+        else:
+            ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = crash_handler_off
 
 
 class _RayVerifier:
@@ -277,6 +380,9 @@ class _RayVerifier:
             self.verifier = plan.verifier(timesteps)
         except PmsmError as error:
             self.verifier = error
+
+    def process_id(self) -> int:
+        return actor_process_id()
 
     def run_chunk(self, chunk: Chunk):
         if isinstance(self.verifier, PmsmError):

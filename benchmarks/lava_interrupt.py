@@ -54,7 +54,7 @@ PHASED_COMMAND = textwrap.dedent("""
             return function(*args, **kwargs)
         return announced
 
-    pipeline._convert = announce("conversion", pipeline._convert)
+    pipeline.convert = announce("conversion", pipeline.convert)
     shutdown.WorkerGuard.create_runtime = announce("compile", shutdown.WorkerGuard.create_runtime)
     Runtime._build_processes = announce("fork", Runtime._build_processes)
     run._Stepper.run = announce("running", run._Stepper.run)

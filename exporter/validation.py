@@ -63,6 +63,7 @@ def problems(model: onnx.ModelProto) -> list[str]:
         if owner is None or owner.op_type == "Constant":
             constants[tensor.name if owner is None else owner.output[0]] = value
     _constant_scalars(model, constants)
+    found += _unknown_attribute_problems(model)
     for node in proto.all_nodes(model):
         found += _quantizer_problems(node, constants)
     return found + weights  # a bad scale is the better first message than "weights must be finite"
@@ -266,6 +267,33 @@ def _constant_scalars(model: onnx.ModelProto, constants: dict) -> None:
                 constants[node.output[0]] = np.asarray(onnx.helper.get_attribute_value(attribute))
             elif attribute.name in ("value_floats", "value_ints"):
                 constants[node.output[0]] = np.asarray(list(onnx.helper.get_attribute_value(attribute)))
+
+
+def _unknown_attribute_problems(model: onnx.ModelProto) -> list[str]:
+    """Attributes that a standard op's schema does not define. onnx's checker refuses them
+    ("Unrecognized attribute"), except on the few schemas that skip the check: in onnx 1.x at
+    opset 20, LayerNormalization alone (found by trying every schema), whose unknown attribute
+    then reached the output unnoticed. The schema is the one of the model's ``ai.onnx`` opset;
+    attributes inside model-local functions that refer to the caller's are the caller's."""
+    opsets = {op.domain or "ai.onnx": op.version for op in model.opset_import}
+    version = opsets.get("ai.onnx")
+    if version is None:
+        return []
+    found = []
+    for graph in proto.all_graphs(model):
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            try:
+                schema = onnx.defs.get_schema(node.op_type, version, "")
+            except onnx.defs.SchemaError:
+                continue  # an op the checker has refused already
+            for attribute in node.attribute:
+                if attribute.name not in schema.attributes and not attribute.ref_attr_name:
+                    known = ", ".join(sorted(schema.attributes)) or "none"
+                    found.append(f"node '{node.name}' ({node.op_type}): unrecognized attribute "
+                                 f"'{attribute.name}'; opset {version} defines {known}")
+    return found
 
 
 def _quantizer_problems(node: onnx.NodeProto, constants: dict) -> list[str]:

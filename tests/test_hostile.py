@@ -394,6 +394,18 @@ def test_weights_must_be_finite_and_the_node_is_named(bad, work, capfd):
             "node 'fc1' (Gemm): tensor 'w1' holds 1 NaN or infinite value(s)")
 
 
+def test_an_unknown_attribute_is_refused_naming_the_node_even_where_onnxs_checker_lets_it_pass(tmp_path, capfd):
+    # onnx's checker skips the attribute check on LayerNormalization's schema (alone at opset 20)
+    model = onnx.load(os.path.join(SAMPLES, "digits_vit_pmsm_L4.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    node.attribute.append(helper.make_attribute("epsilon_typo", 3))
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "vit.onnx"
+    onnx.save(model, str(path))
+    refused([str(path), "-o", str(tmp_path / "o.onnx")], capfd, tmp_path,
+            f"node '{node.name}' (LayerNormalization): unrecognized attribute 'epsilon_typo'")
+
+
 @pytest.mark.parametrize("bits", [128.0, 1e30, 0.0, -4.0, 2.5, np.nan])
 def test_a_qonnx_bit_width_must_be_a_whole_number_of_sane_size(bits, tmp_path, capfd):
     path = tmp_path / "qonnx.onnx"

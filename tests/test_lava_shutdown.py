@@ -333,11 +333,12 @@ def stopped_within() -> float:
     return STOPPED_WITHIN_SECONDS * min(5.0, max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
 
 
-def stop_during_start_up(command: list, folder, rng, lava_processes: int, how: str) -> dict:
+def stop_during_start_up(command: list, folder, rng, lava_processes: int, how: str,
+                          first_seconds: float = 8.0) -> dict:
     """Start ``command`` (a Lava run of ``lava_processes`` processes) in its own session with its
     temporary folder in ``folder``, stop it ``how`` at a random moment of its start-up: half the
-    time after a random delay of its first seconds (loading, converting, compiling), half the time
-    once a random number of Lava's processes is alive (forking). Returns what was left 2 s after
+    time after a random delay of its ``first_seconds`` (loading, converting, compiling), half the
+    time once a random number of Lava's processes is alive (forking). Returns what was left 2 s after
     the signal: processes of the session, scratch folders, stderr, exit status, and the processes
     alive when the signal went (the moment); None when the run ended before the moment came."""
     # a short path: Lava's shared-memory manager listens on a Unix socket in it (107 bytes at most)
@@ -345,7 +346,7 @@ def stop_during_start_up(command: list, folder, rng, lava_processes: int, how: s
     process = start_in_own_session(command, env={**os.environ, "TMPDIR": scratch})
     try:
         if rng.random() < 0.5:
-            time.sleep(rng.uniform(0.0, 8.0))
+            time.sleep(rng.uniform(0.0, first_seconds))
         else:
             target = int(rng.integers(2, lava_processes + 2))
             deadline = time.monotonic() + 300
@@ -436,3 +437,59 @@ def test_a_signal_at_any_of_30_random_moments_of_a_mobilenet_v2_start_up_leaves_
             break
     assert len(outcomes) == 30
     assert max(o["alive_at_signal"] for o in outcomes) > 30      # some moments fell among the forks
+
+
+# ---------------------------------------------------------------------------------------------
+# A signal at any moment of a sharded run: Lava inside Ray actors or local worker processes
+# ---------------------------------------------------------------------------------------------
+
+# the processes of a sharded digits CNN run at its fullest: with --ray, Ray's own (GCS, raylet,
+# monitors, two agents) and two actors, each with a resource tracker and 8 Lava processes; with
+# --workers 2, the command's resource tracker and two workers, each with the same
+SHARDED_PROCESSES = {"ray": 28, "workers": 22}
+SHARDING_FLAGS = {"ray": ("--ray", "--workers", "2"), "workers": ("--workers", "2")}
+
+
+def sharded_lava_command(tmp_path, sharding: str) -> list:
+    # 360 samples make two chunks (the custom op's reference samples end the first), one per worker
+    return lava_command_on(os.path.join(SAMPLES, "digits_cnn_pmsm_L2.onnx"), os.path.join(SAMPLES, "digits_test.npz"),
+                           tmp_path / "cnn.nir") + list(SHARDING_FLAGS[sharding])
+
+
+def signal_sharded_runs(tmp_path, sharding: str, seed: int, moments: int, signals: tuple) -> list[dict]:
+    """Stop ``moments`` runs at random moments (start-up from converting to Lava running in the
+    workers: Ray's start takes several seconds) and check each as the Lava start-up tests do."""
+    command = sharded_lava_command(tmp_path, sharding)
+    rng = np.random.default_rng(seed)
+    outcomes = []
+    for n in range(3 * moments):          # a moment drawn after the run's end is drawn again
+        how = signals[len(outcomes) % len(signals)]
+        outcome = stop_during_start_up(command, tmp_path, rng, SHARDED_PROCESSES[sharding], how, first_seconds=20.0)
+        if outcome is not None:
+            assert_stopped_cleanly(outcome, how)
+            outcomes.append(outcome)
+            if len(outcomes) == moments:
+                break
+    assert len(outcomes) == moments
+    return outcomes
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_signal_at_a_random_moment_of_a_ray_run_stops_ray_and_lava_leaving_nothing_behind(tmp_path, how):
+    # Before: exit 1 with no line (Ray turned the signal into SystemExit(1)), and each actor's Lava
+    # scratch and multiprocessing folders, and Ray's session folder, left in the temporary folder
+    signal_sharded_runs(tmp_path, "ray", {"sigterm": 31, "ctrl-c": 32}[how], 1, (how,))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_signal_at_any_of_15_random_moments_of_a_ray_run_leaves_nothing_behind(tmp_path):
+    outcomes = signal_sharded_runs(tmp_path, "ray", 33, 15, ("sigterm", "ctrl-c"))
+    assert max(o["alive_at_signal"] for o in outcomes) > 15      # some moments fell among Lava's forks
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_of_15_random_moments_of_a_run_in_two_workers_leaves_nothing_behind(tmp_path):
+    outcomes = signal_sharded_runs(tmp_path, "workers", 34, 15, ("sigterm", "ctrl-c"))
+    assert max(o["alive_at_signal"] for o in outcomes) > 12

@@ -162,3 +162,54 @@ def _join(process, timeout: float) -> None:
     # Lava's SystemProcess.join takes no timeout; the base class's does
     if _alive(process):
         multiprocessing.process.BaseProcess.join(process, max(0.0, timeout))
+
+
+SHARED_MEMORY = "/dev/shm"
+
+
+def mapped_shared_memory(pid: int) -> set[str]:
+    """Names of the POSIX shared memory segments (``/dev/shm/NAME``) that process ``pid`` maps
+    (Linux /proc; elsewhere none): what a killed Lava run leaves behind unless someone unlinks it."""
+    try:
+        with open(f"/proc/{pid}/maps") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return set()
+    prefix = SHARED_MEMORY + "/"
+    names = set()
+    for line in lines:
+        if prefix in line and not line.endswith("(deleted)"):
+            name = line.split(prefix, 1)[1].strip()
+            if name and "/" not in name:
+                names.add(name)
+    return names
+
+
+def unlink_shared_memory(names) -> None:
+    """Unlink the segments ``names`` (in /dev/shm) that still exist and belong to this user."""
+    for name in names:
+        path = os.path.join(SHARED_MEMORY, name)
+        try:
+            if os.stat(path).st_uid == os.getuid():
+                os.unlink(path)
+        except OSError:
+            pass        # gone meanwhile
+
+
+def release_semaphores() -> None:
+    """Run the exit handlers of this process's named semaphores (multiprocessing's queues and locks,
+    a process pool's among them), which unlink them and tell the resource tracker: for a process
+    about to ``os._exit``. Skipped, the tracker warned on stderr as the command ended ("There
+    appear to be 5 leaked semaphore objects", a Ctrl-C while ``--workers 2`` started its pool)."""
+    from multiprocessing import synchronize, util
+
+    cleanup = getattr(synchronize.SemLock, "_cleanup", None)
+    registry = getattr(util, "_finalizer_registry", None)
+    if cleanup is None or registry is None:
+        return
+    for finalizer in list(registry.values()):
+        if getattr(finalizer, "_callback", None) is cleanup:
+            try:
+                finalizer()
+            except Exception:       # noqa: BLE001 - one already unlinked: nothing more to do
+                pass
