@@ -43,7 +43,7 @@ def digits(n: int) -> np.ndarray:
     return np.load(os.path.join(SAMPLES, "digits_test.npz"))["x"][:n]
 
 
-@pytest.mark.parametrize("timesteps,lowering", [(1, "layer"), (3, "network")])
+@pytest.mark.parametrize("timesteps,lowering", [(1, "network"), (3, "layer")])
 def test_lava_float_is_spike_for_spike_the_deployment_runner_on_the_digits_vit(digits_vit, timesteps, lowering):
     deployment = read_deployment(digits_vit)
     x = digits(6)

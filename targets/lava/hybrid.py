@@ -7,9 +7,9 @@ Timing (docs/lava.md, "Hybrid deployments"): samples stream back to back as in r
 has an *arrival*: the step, counted from a sample time's presentation, at which its consumers
 receive it; the data arrives at 0. A region starts where its latest input arrives (its ``offset``),
 holds earlier inputs back to meet it, and delivers its outputs ``depth`` steps later, like a plain
-network. A host stage computes when its latest input arrives and delivers one step later: a host
-hop costs one step, as a hop between cores does. The readout averages the graph output from its
-arrival on.
+network. A host stage computes in the step its latest input arrives and delivers in that same
+step: a host hop costs no step (the host works inside the timestep, between the cores' steps). The
+readout averages the graph output from its arrival on.
 
 Fixed point: regions run in fixed point as plain networks do; host stages compute in float on the
 values the fixed-point regions sent. A value the host sends to a region is quantized on a grid of
@@ -44,6 +44,11 @@ HOST_MESSAGE_BITS = 16      # host -> region: a graded payload Loihi 2 carries (
 HOST_FORWARD_BITS = 24      # host -> host, host -> readout
 REGION_LINK_BITS = 24       # region -> region: what an output port carries
 LOWERINGS = ("layer", "network")
+# One Lava process per region: a region is what the partition maps to neuromorphic cores between two
+# host hops, and Lava's cost is per process and step (about 0.5 ms each, docs/lava.md): the QDQ ViT
+# of the tests runs 61 processes instead of 75 (one per neuron layer), 64 images at T = 1 in 7.0 s
+# instead of 11.3 s, with the same spikes (tests/test_lava_deployment.py runs both).
+DEFAULT_LOWERING = "network"
 
 
 def unsupported_regions(deployment: Deployment) -> list:
@@ -67,7 +72,7 @@ class _Port:
 
 def run_deployment(deployment: Deployment, x: np.ndarray, timesteps: int, fixed_point: bool = False,
                    progress=None, collect_spikes: bool = False, samples_per_chunk: int | None = None,
-                   lowering: str = "layer", input_peak: float | None = None) -> LavaResult:
+                   lowering: str = DEFAULT_LOWERING, input_peak: float | None = None) -> LavaResult:
     """The deployment simulated in Lava on ``x`` ``[N, *input shape]`` (ONNX layout); the result as
     :func:`pmsm.targets.lava.run.run_lava` gives it: output, spikes keyed by ONNX node as the NIR
     interpreter's deployment runner gives them, fixed-point records of every region."""
@@ -276,7 +281,7 @@ class _Assembly:
                 spec = HostOutput(tensor, src.layout, self._forward_exponent(tensor), HOST_FORWARD_BITS)
                 self.reads.append((src.port, spec, lambda host=host, k=k: host.process.in_port(k)))
         for tensor in stage["outputs"]:
-            self.ports[tensor] = _Port(host, latency + 1, Layout(tuple(self.observed["shapes"][tensor])),
+            self.ports[tensor] = _Port(host, latency, Layout(tuple(self.observed["shapes"][tensor])),
                                        2.0 ** -self._forward_exponent(tensor) if self.fixed else 1.0)
         self.hosts.append(host)
 

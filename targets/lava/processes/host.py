@@ -1,7 +1,6 @@
 """A host stage of a hybrid deployment as a Lava process on the CPU: every step it receives the
 tensors the regions (and earlier host stages) sent, runs its ONNX model for one timestep with ONNX
-Runtime, its compensation state kept between steps, and sends the results on, one step later (one
-hop, like a core).
+Runtime, its compensation state kept between steps, and sends the results on in the same step.
 
 What it does is plain data (``HostProgram``, built by targets/lava/hybrid.py): how each arriving
 message becomes an ONNX tensor (a region's Lava layout back to ONNX's axis order, a fixed-point
@@ -10,9 +9,12 @@ and how each result becomes a message (ONNX to a region's Lava layout; a fixed-p
 grid of the port it feeds). The data input is read from the program itself, as the host computer
 holds the data: it is never quantized for the host.
 
-Timing: sample time ``t`` of sample ``n`` is computed at step ``n*T + t + latency`` and arrives at
-its consumers at the next step; before ``latency`` and after the last sample the stage sends zeros.
-At ``t = 0`` the compensation state restarts from the model's initial values.
+Timing: sample time ``t`` of sample ``n`` is computed at step ``n*T + t + latency``, the step its
+latest input arrives, and sent in that same step: the host computes inside the timestep, between
+the cores' steps, as the zero-latency pooling and elementwise processes of the ``synapse`` lowering
+do (the cores send first in a step and receive after, so there is no circular wait). Before
+``latency`` and after the last sample the stage sends zeros. At ``t = 0`` the compensation state
+restarts from the model's initial values.
 """
 from __future__ import annotations
 
@@ -148,7 +150,6 @@ class _HostModel(PyLoihiProcessModel):
         self.session = None
         self.ports = None
         self.buffers = [[np.zeros(i.layout.size) for _ in range(i.delay)] for i in program.inputs]
-        self.pending = [np.zeros(o.layout.size) for o in program.outputs]
         self.state: dict = {}
         self.seconds = 0.0
 
@@ -166,19 +167,20 @@ class _HostModel(PyLoihiProcessModel):
         if self.session is None:
             self._open()
         ins, outs = self.ports
-        for port, pending in zip(outs, self.pending):
-            port.send(pending)
         k = self.time_step - 1
+        # receive first, send what was computed from it in the same step: the host works inside
+        # the timestep, between the cores' steps (a host hop costs no step; module docstring)
         messages = [self._delayed(i, k, port.recv()) for i, port in enumerate(ins)]
-        if self.guard.failed:
-            return
         program = self.program
         sample, t = divmod(k - program.latency, program.interval)
-        if k < program.latency or sample >= program.samples:
-            self.pending = [np.zeros(o.layout.size) for o in program.outputs]
-            return
-        with self.guard:
-            self.pending = self._compute(messages, sample, t)
+        results = None
+        if not self.guard.failed and k >= program.latency and sample < program.samples:
+            with self.guard:
+                results = self._compute(messages, sample, t)
+        if results is None:     # before the first sample, after the last, or after a recorded error
+            results = [np.zeros(o.layout.size) for o in program.outputs]
+        for port, message in zip(outs, results):
+            port.send(message)
 
     def _delayed(self, i: int, k: int, message: np.ndarray) -> np.ndarray:
         buffer = self.buffers[i]
