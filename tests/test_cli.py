@@ -214,3 +214,25 @@ def test_python_api_export_returns_the_spiking_model_and_its_neurons(qdq_mlp_pat
     result = pmsm.export(qdq_mlp_path, target="nir", output=str(tmp_path / "m.nir"))
     assert [n.producer for n in result.neurons] == ["qdq", "qdq"]
     assert result.output_path == str(tmp_path / "m.nir") and result.nir_graph is not None
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.3])
+def test_a_ctrl_c_while_the_command_still_imports_its_code_ends_it_with_one_line(qdq_mlp_path, tmp_path, delay):
+    """The console entry point imports only the standard library before the command's code: a
+    Ctrl-C among those imports (a second or more) gives one line and status 130, not a traceback."""
+    import signal
+    import time
+
+    command = [os.path.join(os.path.dirname(sys.executable), "pmsm-export"), qdq_mlp_path, "-o",
+               str(tmp_path / "out.onnx")]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    status = process.wait(60)
+    stderr = process.stderr.read()
+    assert "Traceback" not in stderr, stderr
+    # killed by the signal before Python's handler existed, interrupted, or already done
+    assert status in (-signal.SIGINT, 130, 0), (status, stderr)
+    if status == 130:
+        assert stderr.strip().splitlines() == ["pmsm-export: interrupted"], stderr

@@ -19,7 +19,7 @@ restarts from the model's initial values.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
@@ -120,7 +120,6 @@ class HostProgram:
     fixed_point: bool = False
     error_path: str = ""
     timing_path: str = ""               # .npy [1]: seconds spent in ONNX Runtime
-    extra: dict = field(default_factory=dict)
 
 
 class HostStage(AbstractProcess):
@@ -151,7 +150,6 @@ class _HostModel(PyLoihiProcessModel):
         self.ports = None
         self.buffers = [[np.zeros(i.layout.size) for _ in range(i.delay)] for i in program.inputs]
         self.state: dict = {}
-        self.seconds = 0.0
 
     def _open(self):
         # one thread: a host stage runs small ops once per step, and the pool threads ONNX Runtime
@@ -209,14 +207,14 @@ class _HostModel(PyLoihiProcessModel):
         if self.timing is not None:
             self.timing[0] += time.perf_counter() - started
         self.state = {s_in: results[s_out] for s_in, s_out in program.state}
-        pending = []
+        sent = []
         for spec in program.outputs:
             message = spec.layout.to_message(results[spec.tensor])
             if program.fixed_point:
                 limit = 2 ** (spec.bits - 1) - 1
                 message = np.clip(np.rint(message * 2.0 ** spec.exponent), -limit, limit)
-            pending.append(message)
-        return pending
+            sent.append(message)
+        return sent
 
 
 def _declare_ports(model, dtype, **precision):
