@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pmsm.exporter.compensation import Compensation, compensate
 from pmsm.exporter.linearity import FLOAT_TYPES
+from pmsm.runtime.base.proto import implicit_inputs
 from pmsm.runtime.schema import NEURON_DOMAIN, NEURON_OP, TIME_LOOP, TIME_PREFIX, TIMESTEPS_INPUT, is_neuron
 
 VALUE_FREE_OPS = {"Shape", "Size"}  # their outputs do not change when their input's values do
@@ -171,18 +172,6 @@ def _scalar(value, elem: int, name: str) -> onnx.TensorProto:
 
 def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-
-
-def implicit_inputs(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names that the subgraphs of ``node`` (If, Loop, Scan) read."""
-    found: set[str] = set()
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for inner in sub.node:
-                found.update(n for n in list(inner.input) + sorted(implicit_inputs(inner)) if n and n not in defined)
-                defined.update(inner.output)
-    return found
 
 
 def _all_names(graph: onnx.GraphProto):

@@ -50,6 +50,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.files import atomic_write_bytes
+from pmsm.runtime.base.proto import implicit_inputs
 from pmsm.runtime.neuron import NeuronParams
 from pmsm.runtime.schema import NEURON_DOMAIN, SPIKING_ONNX_FORMAT, TIME_LOOP, TIMESTEPS_INPUT, is_neuron
 
@@ -348,19 +349,8 @@ def _needed(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodePr
         if any(o in wanted for o in node.output if o):
             keep.append(node)
             wanted.update(n for n in node.input if n)
-            wanted.update(_reads(node))
+            wanted.update(implicit_inputs(node))
     return list(reversed(keep))
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    found: set[str] = set()
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for inner in sub.node:
-                found.update(n for n in list(inner.input) + sorted(_reads(inner)) if n and n not in defined)
-                defined.update(inner.output)
-    return found
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -382,7 +372,7 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     index = next(i for i, node in enumerate(graph.node) if node.op_type == "Loop" and node.name == TIME_LOOP)
     loop = graph.node[index]
     body = next(a.g for a in loop.attribute if a.name == "body")
-    read_later = {n for node in list(graph.node)[index + 1:] for n in list(node.input) + sorted(_reads(node))}
+    read_later = {n for node in list(graph.node)[index + 1:] for n in list(node.input) + sorted(implicit_inputs(node))}
     read_later |= {o.name for o in graph.output}
     wanted = [i for i, name in enumerate(loop.output) if name and name in read_later]
     constants = _constants(graph, body)

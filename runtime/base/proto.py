@@ -130,3 +130,15 @@ def _names_read_in(graph: onnx.GraphProto) -> set[str]:
         names |= _names_read(node)
     names |= {value.name for value in graph.output}
     return names
+
+
+def implicit_inputs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names that the subgraphs of ``node`` (If, Loop, Scan) read."""
+    found: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                found.update(n for n in list(inner.input) + sorted(implicit_inputs(inner)) if n and n not in defined)
+                defined.update(inner.output)
+    return found

@@ -64,7 +64,7 @@ def build(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, timesteps: 
     for k, output in enumerate(plan.outputs):
         for term in output.terms:
             src = out_port(processes[term.src])
-            links.append(lambda net, src=src, k=k: _reshaped(src, net.outputs[k].shape).connect(net.outputs[k]))
+            links.append(lambda net, src=src, k=k: reshaped(src, net.outputs[k].shape).connect(net.outputs[k]))
     latency = {i: step.latency for i, step in plan.neurons()}
     return Lowered(view, plan, fixed, processes, links, latency, plan.depth)
 
@@ -108,13 +108,13 @@ def build_cores(view: GraphView, plan: Plan, fixed: FixedPointPlan | None, parti
             dst = getattr(proc, f"in{port}")
             if is_input(feed.source):
                 k = input_index(feed.source)
-                links.append(lambda net, dst=dst, k=k: _reshaped(net.inputs[k], dst.shape).connect(dst))
+                links.append(lambda net, dst=dst, k=k: reshaped(net.inputs[k], dst.shape).connect(dst))
             else:
                 processes[feed.source].s_out.connect(dst)
     output = processes[partition.output_core]
     for k in range(len(plan.outputs)):
         src = getattr(output, OUT_PORTS[k])
-        links.append(lambda net, src=src, k=k: _reshaped(src, net.outputs[k].shape).connect(net.outputs[k]))
+        links.append(lambda net, src=src, k=k: reshaped(src, net.outputs[k].shape).connect(net.outputs[k]))
     latency = {n: partition.neuron_latency(n) + int(offset) for n, _ in plan.neurons()}
     return Lowered(view, plan, fixed, processes, links, latency, partition.depth, partition, stats_paths)
 
@@ -186,7 +186,8 @@ def out_port(proc):
     return proc.s_out if isinstance(proc, PmsmNeuron) else proc.a_out
 
 
-def _reshaped(port, shape):
+def reshaped(port, shape):
+    """``port`` as ``shape`` (a virtual reshape: Flatten, flat ports)."""
     return port if tuple(port.shape) == tuple(shape) else port.reshape(tuple(shape))
 
 
@@ -194,6 +195,6 @@ def _connect(term, processes, dst, links) -> None:
     # a reshape to the destination's shape covers Flatten and flat Sparse ports alike
     if is_input(term.src):
         k = input_index(term.src)
-        links.append(lambda net: _reshaped(net.inputs[k], dst.shape).connect(dst))
+        links.append(lambda net: reshaped(net.inputs[k], dst.shape).connect(dst))
     else:
-        _reshaped(out_port(processes[term.src]), dst.shape).connect(dst)
+        reshaped(out_port(processes[term.src]), dst.shape).connect(dst)

@@ -27,6 +27,7 @@ import numpy as np
 from onnx import helper
 
 from pmsm.runtime.base.errors import BadInputError, UnsupportedModelError
+from pmsm.targets.lava.build import reshaped
 from pmsm.targets.lava.fixed_point import input_exponent_for, quantize_input
 from pmsm.targets.lava.graph import analyse, unsupported_nir_nodes
 from pmsm.targets.lava.layout import to_lava, to_nir
@@ -166,11 +167,11 @@ class _Assembly:
         for host in self.hosts:
             for k, (tensor, src) in enumerate(host.sources):
                 if not isinstance(src.port, _PendingHost):
-                    _reshaped(src.port, (src.layout.size,)).connect(host.process.in_port(k))
+                    reshaped(src.port, (src.layout.size,)).connect(host.process.in_port(k))
         for producer, spec, dst in self.reads:
             port = producer.process.out_port(producer.program.outputs.index(spec))
             dst = dst() if callable(dst) else dst
-            _reshaped(port, dst.shape).connect(dst)
+            reshaped(port, dst.shape).connect(dst)
         return self
 
     def _depth_bound(self, stages) -> int:
@@ -210,7 +211,7 @@ class _Assembly:
                 raise UnsupportedModelError("<deployment>", TARGET, [(p["tensor"], "region link", (
                     "one region sends it in a layout or fixed-point scale another region does not read"))])
             else:       # spikes of one region's neurons read by another region's synapses
-                _reshaped(src.port, net.inputs[k].shape).connect(net.inputs[k])
+                reshaped(src.port, net.inputs[k].shape).connect(net.inputs[k])
         for p in stage["outputs"]:
             j = list(view.outputs).index(p["node"])
             unit = net.lowered.fixed.output_units[j] if self.fixed else 1.0
@@ -296,7 +297,7 @@ class _Assembly:
             self.reads.append((src.port, HostOutput(tensor, src.layout, self._forward_exponent(tensor),
                                                     HOST_FORWARD_BITS), self.readout.a_in))
         else:
-            _reshaped(src.port, (size,)).connect(self.readout.a_in)
+            reshaped(src.port, (size,)).connect(self.readout.a_in)
         self.depth = src.arrival
         self.output_layout = src.layout
 
@@ -380,9 +381,3 @@ def _input_error(data: np.ndarray, exponent: int) -> float:
 def _dtype(value_info) -> str:
     elem = value_info.type.tensor_type.elem_type
     return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem))) if elem else "float32"
-
-
-def _reshaped(port, shape):
-    return port if tuple(port.shape) == tuple(shape) else port.reshape(tuple(shape))
-
-

@@ -29,11 +29,12 @@ from onnx import TensorProto, helper
 
 from pmsm.exporter.compensation import compensate
 from pmsm.exporter.synapses import mac_share, synaptic_layers
-from pmsm.exporter.timeloop import Names, element_types, implicit_inputs
+from pmsm.exporter.timeloop import Names, element_types
 from pmsm.runtime import neuron
 from pmsm.runtime.backend import BackendRun, ProgressFn
 from pmsm.runtime.base.errors import BadInputError
 from pmsm.runtime.base.files import atomic_write_bytes
+from pmsm.runtime.base.proto import implicit_inputs
 from pmsm.runtime.base.sessions import inference_session
 from pmsm.runtime.schema import NEURON_DOMAIN, is_neuron
 from pmsm.targets.nir import dialect

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 
 from pmsm.exporter.linearity import FLOAT_TYPES, commutes_with_time_mean
-from pmsm.exporter.timeloop import VALUE_FREE_OPS, element_types, implicit_inputs
+from pmsm.exporter.timeloop import VALUE_FREE_OPS, element_types
+from pmsm.runtime.base.proto import implicit_inputs
 from pmsm.runtime.schema import is_neuron
 from pmsm.targets.nir.convert import layouts_to_try, linear_layout
 from pmsm.targets.nir.fold import fold_biases, fold_coefficients, prune

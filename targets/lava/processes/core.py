@@ -77,12 +77,11 @@ class _CoreModel(PyLoihiProcessModel):
             self.pending_outputs = outputs if outputs is not None else self.pending_outputs
 
 
-def _declare_ports(model, dtype, **precision):
+def declare_ports(model, dtype, in_ports, out_ports, **precision):
     """Lava reads a model's port types from its class attributes, one per port name."""
-    for name in IN_PORTS:
+    for name in in_ports:
         setattr(model, name, LavaPyType(PyInPort.VEC_DENSE, dtype, **precision))
-    model.s_out = LavaPyType(PyOutPort.VEC_DENSE, dtype, **precision)
-    for name in OUT_PORTS:
+    for name in out_ports:
         setattr(model, name, LavaPyType(PyOutPort.VEC_DENSE, dtype, **precision))
     return model
 
@@ -101,5 +100,5 @@ class PyCoreFixed(_CoreModel):
     runner_class = FixedPointRunner
 
 
-_declare_ports(PyCoreFloat, float)
-_declare_ports(PyCoreFixed, np.int32, precision=24)
+declare_ports(PyCoreFloat, float, IN_PORTS, ("s_out",) + OUT_PORTS)
+declare_ports(PyCoreFixed, np.int32, IN_PORTS, ("s_out",) + OUT_PORTS, precision=24)

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
@@ -33,6 +31,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from pmsm.runtime.base.sessions import inference_session, set_threads
 from pmsm.targets.lava.layout import lava_shape, to_lava, to_nir
+from pmsm.targets.lava.processes.core import declare_ports
 from pmsm.targets.lava.processes.failure import FailureGuard
 from pmsm.targets.nir.dialect import to_nir_layout, to_onnx_layout
 
@@ -217,14 +216,6 @@ class _HostModel(PyLoihiProcessModel):
         return sent
 
 
-def _declare_ports(model, dtype, **precision):
-    for name in IN_PORTS:
-        setattr(model, name, LavaPyType(PyInPort.VEC_DENSE, dtype, **precision))
-    for name in OUT_PORTS:
-        setattr(model, name, LavaPyType(PyOutPort.VEC_DENSE, dtype, **precision))
-    return model
-
-
 @implements(proc=HostStage, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
@@ -239,5 +230,5 @@ class PyHostStageFixed(_HostModel):
     pass
 
 
-_declare_ports(PyHostStageFloat, float)
-_declare_ports(PyHostStageFixed, np.int32, precision=24)
+declare_ports(PyHostStageFloat, float, IN_PORTS, OUT_PORTS)
+declare_ports(PyHostStageFixed, np.int32, IN_PORTS, OUT_PORTS, precision=24)
