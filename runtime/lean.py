@@ -11,7 +11,10 @@ numbers, bit for bit, with each neuron written as the few ops its own attributes
   DequantizeLinear(q, 1, zp)`` with ``zp = -lo`` as uint8 (one pass each: ONNX Runtime rounds half
   to even and saturates, so the clip is the cast's; 65,536 levels as uint16, through ONNX Runtime's
   ``com.microsoft`` Q/DQ below opset 21); otherwise ``Floor``/``Round``, ``Clip(lo, hi)``
-  and ``+ 0.0`` (a run-time zero computed once per step); then ``u_next = Sub(v, s)``;
+  and ``+ 0.0`` (a run-time zero computed once per step); then ``u_next = Sub(v, s)``; the
+  de-quantization ``Mul(s, c)`` of a ``qdq`` neuron's spikes by a positive scalar constant ``c``
+  becomes ``DequantizeLinear(q, c, zp)`` (one byte read an element instead of four: about 10 % of
+  a later step of the QDQ ViT, DeiT and EfficientNet of ``benchmarks/lean.py``);
 - **``T = 1`` without state**: ``If(timesteps == 1)`` runs the first step alone: no membranes, no
   compensation (its first-step branches inlined), nothing the readout does not read. A QDQ
   neuron whose input is ``Div(x, c)`` by a constant scalar ``c`` and whose spikes are
@@ -141,9 +144,10 @@ def _qdq_type(form: str, opset: int) -> tuple[type, str]:
 
 
 def _step(b: _Builder, node: onnx.NodeProto, form: str, z: str, u: str | None, zero: str | None,
-          spikes: str) -> str:
-    """One lean step of ``node`` writing its spikes as ``spikes``; returns ``v``. ``u`` None: the
-    first step of a neuron whose ``v_init`` is a zero, where ``v`` is ``z`` itself (module docstring)."""
+          spikes: str) -> tuple[str, tuple[str, str, str] | None]:
+    """One lean step of ``node`` writing its spikes as ``spikes``; returns ``v`` and, for a ``qdq``
+    form, its levels as ``(q, zero point, domain)`` (for :func:`_dequantize_consumers`). ``u`` None: the first step of a
+    neuron whose ``v_init`` is a zero, where ``v`` is ``z`` itself (module docstring)."""
     attrs = _attributes(node)
     label = node.name or node.output[0]
     v = z if u is None else b.node("Add", [u, z], stem=f"v/{label}")
@@ -153,13 +157,13 @@ def _step(b: _Builder, node: onnx.NodeProto, form: str, z: str, u: str | None, z
         zp = b.constant(np.array(-int(attrs["lo"]), dtype), f"zero_point/{label}")
         q = b.node("QuantizeLinear", [v, one, zp], stem=f"levels/{label}", domain=domain)
         b.node("DequantizeLinear", [q, one, zp], spikes, stem=f"spikes/{label}", domain=domain)
-        return v
+        return v, (q, zp, domain)
     rounded = b.node("Floor" if form == "floor" else "Round", [v], stem=f"rounded/{label}")
     lo = b.constant(np.array(float(attrs["lo"]), np.float32), f"lo/{label}")
     hi = b.constant(np.array(float(attrs["hi"]), np.float32), f"hi/{label}")
     clipped = b.node("Clip", [rounded, lo, hi], stem=f"clipped/{label}")
     b.node("Add", [clipped, zero], spikes, stem=f"spikes/{label}")
-    return v
+    return v, None
 
 
 def _runtime_zero(b: _Builder, like: str) -> str:
@@ -168,18 +172,47 @@ def _runtime_zero(b: _Builder, like: str) -> str:
     return b.node("Mul", [size, b.constant(np.array(0.0, np.float32), "zero/factor")], stem="zero/value")
 
 
-def _lean_body(body: onnx.GraphProto, opset: int, names: _Names) -> onnx.GraphProto:
-    """The loop body with each neuron step written as its lean form."""
+def _dequantize_consumers(nodes: list[onnx.NodeProto], spikes: str, constants: dict[str, np.ndarray]
+                          ) -> list[tuple[onnx.NodeProto, str]]:
+    """The ``Mul(spikes, c)`` nodes among ``nodes`` by a positive finite float32 scalar constant ``c``,
+    with ``c``: ``DequantizeLinear(q, c, zp)`` computes each of them from the levels, bit for bit
+    (``(q - zp) * c`` is the spike count times ``c``, a zero spike ``+0.0 * c``), reading one byte an
+    element where the ``Mul`` reads four."""
+    found = []
+    for node in nodes:
+        if node.op_type != "Mul" or len(node.input) != 2 or spikes not in node.input or node.domain not in ("", "ai.onnx"):
+            continue
+        other = node.input[1] if node.input[0] == spikes else node.input[0]
+        c = constants.get(other)
+        if c is not None and c.dtype == np.float32 and c.ndim == 0 and np.isfinite(c) and c > 0:
+            found.append((node, other))
+    return found
+
+
+def _lean_body(body: onnx.GraphProto, opset: int, names: _Names, constants: dict[str, np.ndarray]) -> onnx.GraphProto:
+    """The loop body with each neuron step written as its lean form, and the de-quantization of a
+    ``qdq`` neuron's spikes by a scalar read from its levels."""
     b = _Builder(names, opset)
-    zero = _runtime_zero(b, body.input[0].name)
-    for node in body.node:
+    zero = None
+    nodes = list(body.node)
+    replaced: dict[int, onnx.NodeProto] = {}  # id of a Mul -> the DequantizeLinear that computes it
+    for node in nodes:
         if not is_neuron(node):
-            b.nodes.append(node)
+            b.nodes.append(replaced.get(id(node), node))
             continue
         z, u = node.input[0], node.input[1]
         s_out, u_out = node.output[0], node.output[1]
-        v = _step(b, node, lean_neuron_form(node, opset), z, u, zero, s_out)
+        form = lean_neuron_form(node, opset)
+        if zero is None and form not in _QDQ_FORMS:
+            zero = _runtime_zero(b, body.input[0].name)
+        v, levels = _step(b, node, form, z, u, zero, s_out)
         b.nodes.append(helper.make_node("Sub", [v, s_out], [u_out], name=names(f"node/membrane/{u_out}")))
+        if levels is None:
+            continue
+        q, zero_point, domain = levels
+        for mul, c in _dequantize_consumers(nodes, s_out, constants):
+            replaced[id(mul)] = helper.make_node("DequantizeLinear", [q, c, zero_point], [mul.output[0]],
+                                                 name=names(f"node/dequantized/{mul.output[0]}"), domain=domain or None)
     lean = onnx.GraphProto()
     lean.CopyFrom(body)
     del lean.node[:]
@@ -277,7 +310,7 @@ def _first_step(body: onnx.GraphProto, loop: onnx.NodeProto, wanted: list[int], 
         if zero is None and form not in _QDQ_FORMS:
             zero = _runtime_zero(b, z)  # of a run-time tensor: an optimizer cannot fold it and drop the Add
         u = None if v_init_is_zero else renamed.get(node.input[1], node.input[1])
-        v = _step(b, node, form, z, u, zero, s_out)
+        v, _ = _step(b, node, form, z, u, zero, s_out)
         if u is None:  # v is z: the membrane needs v_init + z
             v = b.node("Add", [renamed.get(node.input[1], node.input[1]), z], stem=f"v/{node.name or s_out}")
         b.nodes.append(helper.make_node("Sub", [v, s_out], [node.output[1]], name=names(f"node/membrane/{s_out}")))
@@ -379,7 +412,7 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
     lean_loop = onnx.NodeProto()
     lean_loop.CopyFrom(loop)
-    lean_body = _lean_body(body, opset, names)
+    lean_body = _lean_body(body, opset, names, constants)
     for attr in lean_loop.attribute:
         if attr.name == "body":
             attr.g.CopyFrom(lean_body)

@@ -116,6 +116,28 @@ def test_at_t1_a_qdq_neuron_is_the_source_quantizer_and_nothing_carries_state():
     assert "QuantizeLinear" in _ops(loop.attribute[0].g) and "Round" not in _ops(loop.attribute[0].g)
 
 
+def _loop_body(model: onnx.ModelProto) -> onnx.GraphProto:
+    return next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
+
+
+def test_each_later_step_dequantizes_the_spikes_from_their_levels_where_the_scale_is_a_scalar():
+    spiking = spiking_from_network(_network(PARAMS["qdq_int8"])).model
+    body = _loop_body(lean_model(spiking))
+    levels = next(n for n in body.node if n.op_type == "QuantizeLinear").output[0]
+    assert sorted(n.input[1] for n in body.node if n.op_type == "DequantizeLinear" and n.input[0] == levels)[-1] == "s"
+    assert "Mul" not in _ops(body)  # Mul(spikes, s) is gone, and a QDQ neuron needs no run-time zero
+
+
+def test_a_dequantization_by_a_tensor_stays_a_mul_and_equals_the_kernel():
+    network = _network(PARAMS["qdq_int8"], fused=False)
+    network.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.full(12, 0.5, np.float32), "s2"))
+    spiking = spiking_from_network(network).model
+    assert "Mul" in _ops(_loop_body(lean_model(spiking)))
+    x = _hard_inputs()
+    for t in (2, 4):
+        assert same_bits(SpikingModel(spiking).run(x, t).output, SpikingModel(spiking, portable=True).run(x, t).output)
+
+
 @pytest.mark.parametrize("domain, dtype, zero_point", [("", np.uint8, 100), ("com.microsoft", np.uint16, 30000)])
 def test_quantize_linear_divides_by_its_scale_as_div_does_at_every_rounding_boundary(domain, dtype, zero_point):
     """The premise of the fused first step: ONNX Runtime's QuantizeLinear(x, c) is rint(x / c) with
