@@ -106,7 +106,7 @@ def _ops(graph: onnx.GraphProto) -> list[str]:
 def test_at_t1_a_qdq_neuron_is_the_source_quantizer_and_nothing_carries_state():
     lean = lean_model(spiking_from_network(_network(PARAMS["qdq_zero_point_3"])).model)
     assert not any(is_neuron(n) for n in lean.graph.node) and not lean.functions
-    (branch,) = [n for n in lean.graph.node if n.op_type == "If"]
+    branch = next(n for n in lean.graph.node if n.op_type == "If")  # the first step: alone at T = 1
     first = next(a.g for a in branch.attribute if a.name == "then_branch")
     # Div, the neuron's Add/Round/Clip/Sub and Mul: two passes, as QuantizeLinear/DequantizeLinear by the scale
     assert _ops(first) == ["QuantizeLinear", "DequantizeLinear", "Softmax", "Unsqueeze"]
@@ -123,9 +123,11 @@ def _loop_body(model: onnx.ModelProto) -> onnx.GraphProto:
 def test_each_later_step_dequantizes_the_spikes_from_their_levels_where_the_scale_is_a_scalar():
     spiking = spiking_from_network(_network(PARAMS["qdq_int8"])).model
     body = _loop_body(lean_model(spiking))
-    levels = next(n for n in body.node if n.op_type == "QuantizeLinear").output[0]
+    quantize = next(n for n in body.node if n.op_type == "QuantizeLinear")
+    levels, spikes = quantize.output[0], next(n for n in body.node if n.input[:1] == [quantize.output[0]]).output[0]
     assert sorted(n.input[1] for n in body.node if n.op_type == "DequantizeLinear" and n.input[0] == levels)[-1] == "s"
-    assert "Mul" not in _ops(body)  # Mul(spikes, s) is gone, and a QDQ neuron needs no run-time zero
+    assert not [n for n in body.node if n.op_type == "Mul" and spikes in n.input]  # Mul(spikes, s) is gone
+    assert "Size" not in _ops(body)  # a QDQ neuron needs no run-time zero
 
 
 def test_a_dequantization_by_a_tensor_stays_a_mul_and_equals_the_kernel():
@@ -136,6 +138,39 @@ def test_a_dequantization_by_a_tensor_stays_a_mul_and_equals_the_kernel():
     x = _hard_inputs()
     for t in (2, 4):
         assert same_bits(SpikingModel(spiking).run(x, t).output, SpikingModel(spiking, portable=True).run(x, t).output)
+
+
+def test_the_loop_runs_the_steps_after_the_first_without_a_branch_on_the_first_step():
+    spiking = spiking_from_network(_network(PARAMS["qdq_uint8"])).model
+    assert "If" in _ops(_loop_body(spiking))  # the compensated Softmax chooses its first-step branch each step
+    lean = lean_model(spiking)
+    assert "If" not in _ops(_loop_body(lean))
+    kernel, portable = SpikingModel(spiking), SpikingModel(spiking, portable=True)
+    x = _hard_inputs(8)
+    for t in (2, 3, 5):  # one, two and four iterations of the loop after the first step
+        want, got = kernel.run(x, t, collect_spikes=True), portable.run(x, t, collect_spikes=True)
+        assert same_bits(want.output, got.output) and same_bits(want.spikes["neuron"], got.spikes["neuron"]), t
+
+
+def _with_final_states_as_outputs(spiking: onnx.ModelProto) -> onnx.ModelProto:
+    """``spiking`` whose every state after the loop (membrane, running sums) is also a graph output."""
+    model = onnx.ModelProto()
+    model.CopyFrom(spiking)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    for state in list(loop.output)[:len(loop.input) - 2]:
+        model.graph.output.append(helper.make_tensor_value_info(state, TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.mark.parametrize("key", ["qdq_int8", "round_v_init", "floor_pmsm"])
+def test_states_read_after_the_loop_equal_the_kernels_sign_of_zero_included(key):
+    spiking = _with_final_states_as_outputs(spiking_from_network(_network(PARAMS[key])).model)
+    kernel, portable = SpikingModel(spiking), SpikingModel(spiking, portable=True)
+    x = _hard_inputs(8)
+    for t in (1, 2, 4):
+        want, got = kernel.run(x, t).outputs, portable.run(x, t).outputs
+        assert len(want) == len(got) > 2 and all(same_bits(a, b) for a, b in zip(want, got)), t
+    assert portable.lean
 
 
 @pytest.mark.parametrize("domain, dtype, zero_point", [("", np.uint8, 100), ("com.microsoft", np.uint16, 30000)])
