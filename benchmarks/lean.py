@@ -29,6 +29,11 @@ and the custom op agree bit for bit at T = 1, 2 and 4 (this checkout's file).
     .venv/bin/python benchmarks/lean.py speed [--models resnet18,vit,deit,efficientnet] [--rounds 5]
         [--before-python /work/main/.venv/bin/python] [--folder DIR] [--cpu-time]
     .venv/bin/python benchmarks/lean.py startup [--pythons .venv/bin/python,.venv-core/bin/python] [--repeats 3]
+    .venv/bin/python benchmarks/lean.py report [--images 2000] [--pythons ...] [--repeats 3]
+
+``report``: ``pmsm-export CNN16 --verify --data IMAGES --timesteps 1,2`` with and without ``--report``,
+alternating, in each ``--pythons`` environment, on a CNN with 16-bit activations (65,536 spike levels
+a layer, ``lean_models.uint16_cnn``); the report's size is the JSON and its pictures.
 """
 from __future__ import annotations
 
@@ -183,9 +188,35 @@ def startup(args) -> None:
         print(f"{python:<44}" + "".join(f"{c:>22}" for c in cells), flush=True)
 
 
+def report(args) -> None:
+    """``pmsm-export CNN16 --verify`` with and without ``--report``, alternating, in each environment."""
+    folder = args.folder or tempfile.mkdtemp(prefix="pmsm-lean-")
+    source = str(lean_models.uint16_cnn(folder))
+    data = os.path.join(folder, f"images_{args.images}.npz")
+    rng = np.random.default_rng(2)
+    np.savez(data, x=rng.uniform(0, 1, (args.images, 3, lean_models.IMAGE, lean_models.IMAGE)).astype(np.float32),
+             y=rng.integers(0, lean_models.CLASSES, args.images))
+    out, path = os.path.join(folder, "cnn16.spiking.onnx"), os.path.join(folder, "cnn16.report.json")
+    print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; {source}: 16-bit activations, "
+          f"{args.images} images, --timesteps 1,2; fastest of {args.repeats}, wall s / CPU s of the child")
+    print(f"{'environment':<44}{'--verify':>16}{'--verify --report':>20}{'ratio (CPU)':>13}{'report kB':>11}")
+    for python in args.pythons.split(","):
+        command = [python, "-m", "pmsm.cli", source, "-o", out, "--verify", "--data", data, "--timesteps", "1,2"]
+        _child(command + ["--report", path])  # byte-code written
+        plain, reported = [], []
+        for _ in range(args.repeats):
+            plain.append(_child(command))
+            reported.append(_child(command + ["--report", path]))
+        (wall, cpu), (wall_r, cpu_r) = ((min(r[0] for r in runs), min(r[1] for r in runs)) for runs in (plain, reported))
+        size = os.path.getsize(path) + sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+                                           if f.startswith("cnn16.report") and f.endswith(".png"))
+        print(f"{python:<44}{f'{wall:.1f} / {cpu:.1f}':>16}{f'{wall_r:.1f} / {cpu_r:.1f}':>20}"
+              f"{cpu_r / cpu:>12.2f}x{size / 1e3:>11.0f}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "startup"], nargs="?", default="speed")
+    parser.add_argument("what", choices=["speed", "startup", "report"], nargs="?", default="speed")
     parser.add_argument("--models", default=",".join(lean_models.MODELS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
@@ -194,8 +225,9 @@ def main(argv=None) -> int:
     parser.add_argument("--before-python", default=None, help="an interpreter whose pmsm makes the 'before' files")
     parser.add_argument("--pythons", default=",".join(os.path.join(REPO, v, "bin", "python") for v in (".venv", ".venv-core")))
     parser.add_argument("--folder", default=None, help="where the models are built and cached")
+    parser.add_argument("--images", type=int, default=2000, help="report: images verified")
     args = parser.parse_args(argv)
-    (speed if args.what == "speed" else startup)(args)
+    {"speed": speed, "startup": startup, "report": report}[args.what](args)
     return 0
 
 

@@ -144,3 +144,45 @@ def quantized(name: str, folder: str | Path, batch: int = 16) -> Path:
 if __name__ == "__main__":
     for model in sys.argv[2:] or MODELS:
         print(quantized(model, sys.argv[1]))
+
+
+def uint16_cnn(folder: str | Path) -> Path:
+    """A small CNN with 16-bit activations (65,536 spike levels a layer): onnxruntime's
+    ``quantize_static`` with ``QUInt16`` activations at opset 21, batch 1, built once in ``folder``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from cifar_models import _Builder
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cnn_qdq_u16.onnx"
+    if path.exists():
+        return path
+    b = _Builder(0)
+    x = b.relu(b.conv("x", 3, 8, 3, stride=2))
+    x = b.relu(b.conv(x, 8, 16, 3, stride=2))
+    b.classifier(x, 16)
+    model = b.model("cnn16", 1)
+    model.opset_import[0].version = 21
+    float_path = folder / "cnn_float_u16.onnx"
+    onnx.save(model, str(float_path))
+    rng = np.random.default_rng(1)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.images = iter(rng.uniform(0, 1, (CALIBRATION_IMAGES, 1, 3, IMAGE, IMAGE)).astype(np.float32))
+
+        def get_next(self):
+            image = next(self.images, None)
+            return None if image is None else {"x": image}
+
+    partial = path.with_suffix(".partial.onnx")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quantize_static(str(float_path), str(partial), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt16, weight_type=QuantType.QInt8)
+    os.replace(partial, path)
+    float_path.unlink()
+    return path

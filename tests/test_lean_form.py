@@ -173,6 +173,42 @@ def test_states_read_after_the_loop_equal_the_kernels_sign_of_zero_included(key)
     assert portable.lean
 
 
+def _network_with_int8_weights() -> onnx.ModelProto:
+    """``Div -> neuron -> Mul -> MatMul(DequantizeLinear(int8 W))``: weights de-quantized at run time,
+    as a QDQ file has them."""
+    params = PARAMS["qdq_int8"]
+    weights = RNG.integers(-127, 128, (12, 5)).astype(np.int8)
+    return helper.make_model(helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_int8", "w_scale"], ["w"], name="weights"),
+         helper.make_node("Div", ["x", "s"], ["z"], name="pre_scale"),
+         helper.make_node("MultiSpikeNeuron", ["z", "timesteps"], ["q"], name="neuron", domain="ai.pmsm",
+                          lo=params.lo, hi=params.hi, v_init=params.v_init, rounding=params.rounding),
+         helper.make_node("Mul", ["q", "s"], ["a"], name="dequant"),
+         helper.make_node("MatMul", ["a", "w"], ["y"], name="matmul")],
+        "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12]),
+                helper.make_tensor_value_info("timesteps", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(np.array(SCALE), "s"), numpy_helper.from_array(weights, "w_int8"),
+                     numpy_helper.from_array(np.array(np.float32(0.0117)), "w_scale")]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.pmsm", 3)], ir_version=10)
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_the_weights_are_dequantized_in_the_first_step_as_the_ann_does_and_equal_the_kernel(rows):
+    spiking = spiking_from_network(_network_with_int8_weights()).model
+    before_loop = lambda model: [n.op_type for n in model.graph.node[:[n.op_type for n in model.graph.node].index("Loop")]]
+    assert "DequantizeLinear" in before_loop(spiking)
+    lean = lean_model(spiking)
+    assert "DequantizeLinear" not in before_loop(lean)
+    first_step = next(n for n in lean.graph.node if n.op_type == "If")
+    assert all("DequantizeLinear" in _ops(branch.g) for branch in first_step.attribute)
+    kernel, portable = SpikingModel(spiking), SpikingModel(spiking, portable=True)
+    x = _hard_inputs(8)[:rows]
+    for t in (1, 2, 4):
+        assert same_bits(kernel.run(x, t).output, portable.run(x, t).output), t
+    assert portable.lean
+
+
 @pytest.mark.parametrize("domain, dtype, zero_point", [("", np.uint8, 100), ("com.microsoft", np.uint16, 30000)])
 def test_quantize_linear_divides_by_its_scale_as_div_does_at_every_rounding_boundary(domain, dtype, zero_point):
     """The premise of the fused first step: ONNX Runtime's QuantizeLinear(x, c) is rint(x / c) with
