@@ -179,11 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous_sigterm = None
+    previous_sigterm = previous_sigint = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         # SIGTERM (kill, timeout, a scheduler) ends the command through its cleanup, as Ctrl-C does:
         # staging and scratch folders removed, worker processes stopped
         previous_sigterm = signal.signal(signal.SIGTERM, exit_on_signal)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # Ctrl-C raises KeyboardInterrupt as Python's handler does, except inside a fork's hooks
+        # (checking a model forks): raised there, Python printed it ("Exception ignored in ...
+        # ForkWindow.leave") and dropped it, and the run went on to its end (1 in 30 interrupted runs)
+        previous_sigint = signal.signal(signal.SIGINT, exit_on_signal)
     clear_pending()
     try:
         return _run_command(args)
@@ -210,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         clear_pending()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
         if argv is None and threading.current_thread() is threading.main_thread():
             # the work is done (or undone): a signal during the interpreter's teardown has nothing
             # left to stop, and raised there it printed "Exception ignored in atexit callback"

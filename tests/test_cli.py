@@ -216,7 +216,7 @@ def test_python_api_export_returns_the_spiking_model_and_its_neurons(qdq_mlp_pat
     assert result.output_path == str(tmp_path / "m.nir") and result.nir_graph is not None
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.3])
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.3, 0.6])
 def test_a_ctrl_c_while_the_command_still_imports_its_code_ends_it_with_one_line(qdq_mlp_path, tmp_path, delay):
     """The console entry point imports only the standard library before the command's code: a
     Ctrl-C among those imports (a second or more) gives one line and status 130, not a traceback."""
@@ -236,3 +236,27 @@ def test_a_ctrl_c_while_the_command_still_imports_its_code_ends_it_with_one_line
     assert status in (-signal.SIGINT, 130, 0), (status, stderr)
     if status == 130:
         assert stderr.strip().splitlines() == ["pmsm-export: interrupted"], stderr
+
+
+def test_a_ctrl_c_handled_inside_a_fork_hook_is_kept_for_the_code_that_forked_not_raised_there():
+    """Raised inside an at-fork hook, Python prints the KeyboardInterrupt and drops it; the command's
+    handler records it there and the forking code raises it once the fork is done."""
+    import signal
+    from types import SimpleNamespace
+
+    from pmsm.runtime.base.children import ForkWindow, clear_pending, exit_on_signal, raise_pending
+
+    clear_pending()
+    try:
+        for hook in (ForkWindow.leave, ForkWindow.enter):
+            try:
+                exit_on_signal(signal.SIGINT, SimpleNamespace(f_code=hook.__func__.__code__))
+            except KeyboardInterrupt:
+                pytest.fail(f"raised inside {hook.__name__}, where Python would print and drop it")
+            assert ForkWindow.pending == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            raise_pending()
+        with pytest.raises(KeyboardInterrupt):
+            exit_on_signal(signal.SIGINT, SimpleNamespace(f_code=test_python_api_export_returns_the_spiking_model_and_its_neurons.__code__))
+    finally:
+        clear_pending()

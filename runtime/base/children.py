@@ -74,8 +74,12 @@ def exit_on_signal(signum, frame) -> None:
         # imported turns it into an ImportError that an optional import ignores; seen once in 25
         # SIGTERMs while converting) must not lose the signal, and the next checkpoint raises it again
         ForkWindow.pending = signum
-    if not ForkWindow.depth:
+    if not ForkWindow.depth and (frame is None or frame.f_code not in _FORK_HOOK_CODE):
         raise interruption(signum)
+
+
+# a signal handled while a hook itself runs (ForkWindow.leave, after it lowered the depth) is inside the fork too
+_FORK_HOOK_CODE = frozenset(hook.__func__.__code__ for hook in (ForkWindow.enter, ForkWindow.leave, ForkWindow.in_child))
 
 
 def raise_pending() -> None:
