@@ -18,6 +18,10 @@ then, in one process, round robin, each run once per round (``--rounds``, fastes
 ``--cpu-time`` runs every session with one intra-op thread and times the calling thread's CPU time,
 which other load on a shared machine barely moves.
 
+``--before-lean REVISION`` adds a line per network: this checkout's file in the lean form
+``runtime/lean.py`` wrote at ``REVISION`` and in the current one, at T = 1, 2 and 4, side by side,
+and whether their outputs are the same bits.
+
 ``exact`` says whether both bodies equal the ANN bit for bit at T = 1, ``equal`` whether the body
 and the custom op agree bit for bit at T = 1, 2 and 4 (this checkout's file).
 
@@ -27,7 +31,7 @@ and the custom op agree bit for bit at T = 1, 2 and 4 (this checkout's file).
 (71 kB); LARGE: the ViT 4x192 of ``speed``.
 
     .venv/bin/python benchmarks/lean.py speed [--models resnet18,vit,deit,efficientnet] [--rounds 5]
-        [--before-python /work/main/.venv/bin/python] [--folder DIR] [--cpu-time]
+        [--before-python /work/main/.venv/bin/python] [--before-lean REVISION] [--folder DIR] [--cpu-time]
     .venv/bin/python benchmarks/lean.py startup [--pythons .venv/bin/python,.venv-core/bin/python] [--repeats 3]
     .venv/bin/python benchmarks/lean.py report [--images 2000] [--pythons ...] [--repeats 3]
 
@@ -93,6 +97,7 @@ def speed(args) -> None:
         # one intra-op thread runs every kernel on the calling thread, so its CPU time is the run's
         # work, whatever else the machine is doing (wall time on 2 shared cores at load 25 was noise)
         THREADS, CLOCK = 1, time.thread_time
+    before_lean = _lean_module_at(args.before_lean) if args.before_lean else None
     folder = args.folder or tempfile.mkdtemp(prefix="pmsm-lean-")
     clock = "1 thread, CPU time of the calling thread" if args.cpu_time else "default threads, wall time"
     print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, onnxruntime {ort.__version__}; "
@@ -124,6 +129,13 @@ def speed(args) -> None:
             runs[f"{label} custom 1"] = (_session(path, custom=True), 1)
         if "after" in files:
             runs["after body 2"] = (runs["after body 1"][0], 2)
+            if before_lean is not None:
+                import onnx
+
+                earlier = files["after"][0].replace(".spiking.onnx", f".lean-{args.before_lean}.onnx")
+                onnx.save(before_lean.lean_model(onnx.load(files["after"][0])), earlier)
+                for t in (1, 2, 4):
+                    runs[f"earlier lean {t}"] = (_session(earlier), t)
             for t in (2, 4):
                 runs[f"after custom {t}"] = (_session(files["after"][0], custom=True), t)
         best = dict.fromkeys(runs, float("inf"))
@@ -131,7 +143,7 @@ def speed(args) -> None:
         for r in range(args.rounds):
             order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
             for key in order:
-                if key in ("after custom 2", "after custom 4", "after body 2") and r:
+                if r and (key in ("after custom 2", "after custom 4") or (key == "after body 2" and before_lean is None)):
                     continue  # run once, for the equality check only (the reference kernel is slow)
                 session, t = runs[key]
                 feed = {"x": x} if t is None else {"x": x, "timesteps": np.array(t, np.int64)}
@@ -149,6 +161,28 @@ def speed(args) -> None:
                   f"{best[f'{label} body 1'] / ann:>9.2f}x{best[f'{label} custom 1'] / ann:>11.2f}x"
                   f"{best[f'{label} body 4'] / ann:>9.2f}x{function_body}{best['int8'] / ann:>9.2f}x"
                   f"{'yes' if exact else 'NO':>7}{'yes' if equal else 'NO':>7}", flush=True)
+        if before_lean is not None and "after" in files:
+            same = all(_same_bits(outputs[f"earlier lean {t}"], outputs[f"after body {t}"]) for t in (1, 2, 4))
+            print(f"{'':<14}lean form at {args.before_lean}: " + ", ".join(
+                f"T={t} {best[f'earlier lean {t}'] / ann:.2f}x" for t in (1, 2, 4)) + "; this checkout's: " + ", ".join(
+                f"T={t} {best[f'after body {t}'] / ann:.2f}x" for t in (1, 2, 4)) + f"; same outputs: {'yes' if same else 'NO'}",
+                flush=True)
+
+
+def _lean_module_at(revision: str):
+    """``runtime/lean.py`` as it was at ``revision`` of this checkout, loaded as a module (it imports
+    the rest of the package as it is now)."""
+    import importlib.util
+
+    text = subprocess.run(["git", "-C", REPO, "show", f"{revision}:runtime/lean.py"], check=True,
+                          capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(prefix="pmsm-lean-"), "lean_before.py")
+    with open(path, "w") as handle:
+        handle.write(text)
+    spec = importlib.util.spec_from_file_location("lean_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _child(argv: list[str]) -> tuple[float, float, float]:
@@ -223,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-time", action="store_true",
                         help="time one intra-op thread by its CPU time (robust to other load) instead of wall time")
     parser.add_argument("--before-python", default=None, help="an interpreter whose pmsm makes the 'before' files")
+    parser.add_argument("--before-lean", default=None, metavar="REVISION",
+                        help="speed: also run this checkout's file in the lean form of runtime/lean.py at REVISION "
+                             "(T = 1, 2, 4), side by side with the current one")
     parser.add_argument("--pythons", default=",".join(os.path.join(REPO, v, "bin", "python") for v in (".venv", ".venv-core")))
     parser.add_argument("--folder", default=None, help="where the models are built and cached")
     parser.add_argument("--images", type=int, default=2000, help="report: images verified")
