@@ -91,6 +91,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/vit.py
 	$(VENV)/bin/python benchmarks/lean.py speed
 	$(VENV)/bin/python benchmarks/lean.py startup
+	$(VENV)/bin/python benchmarks/lean.py report
 	$(VENV)/bin/python benchmarks/lava_speed.py
 	$(VENV)/bin/python benchmarks/lava_interrupt.py
 	$(VENV)/bin/python benchmarks/input_checks.py
