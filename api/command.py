@@ -21,7 +21,6 @@ import sys
 
 def main() -> int:
     interrupted = []
-
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         from pmsm.cli import main as run  # the command's code: every layer's imports

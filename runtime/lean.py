@@ -13,8 +13,8 @@ numbers, bit for bit, with each neuron written as the few ops its own attributes
   ``com.microsoft`` Q/DQ below opset 21); otherwise ``Floor``/``Round``, ``Clip(lo, hi)``
   and ``+ 0.0`` (a run-time zero computed once per step); then ``u_next = Sub(v, s)``; the
   de-quantization ``Mul(s, c)`` of a ``qdq`` neuron's spikes by a positive scalar constant ``c``
-  becomes ``DequantizeLinear(q, c, zp)`` (one byte read an element instead of four: about 10 % of
-  a later step of the QDQ ViT, DeiT and EfficientNet of ``benchmarks/lean.py``);
+  becomes ``DequantizeLinear(q, c, zp)`` (one byte read an element instead of four: about 9 % of
+  ``T = 4`` on the QDQ ViT, DeiT and EfficientNet of ``benchmarks/lean.py``);
 - **``T = 1`` without state**: ``If(timesteps == 1)`` runs the first step alone: no membranes, no
   compensation (its first-step branches inlined), nothing the readout does not read. A QDQ
   neuron whose input is ``Div(x, c)`` by a constant scalar ``c`` and whose spikes are
@@ -24,10 +24,12 @@ numbers, bit for bit, with each neuron written as the few ops its own attributes
   neuron whose ``v_init`` is a zero is ``z - s``, a running sum starts as the value itself, without
   a copy), then the loop for the later steps only: its iteration count shifted by one and every
   ``If`` on the first step replaced by its ``else_branch``; the per-step outputs are the first
-  step's followed by the loop's (``Concat``). About 5 % of ``T = 4`` on the QDQ ViT.
+  step's followed by the loop's (``Concat``). About 7 % of ``T = 4`` on the QDQ ViT;
+- **what only the loop reads** (the weights' ``DequantizeLinear``, ...) is computed inside the first
+  step, both forms of it, and handed to the loop from there (:func:`_read_by_the_loop_only`).
 
 What bounds a later step (measured on the QDQ ViT of ``benchmarks/lean.py``, batch 16, 46.6 million
-activations a sample batch): its neurons move about 2.4 GB a step (``Div``, ``Add``,
+activation values a run): its neurons move about 2.2 GB a step (``Div``, ``Add``,
 ``QuantizeLinear``, two ``DequantizeLinear``, ``Sub``: the membrane is read and written, the spikes
 written as floats and read back) where the ANN's quantizers move about 0.47 GB, at 8 to 12 GB/s on
 one core either way. A step after the first therefore costs about 3.5 times the whole ANN there;
@@ -624,16 +626,12 @@ def lean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     per_step = helper.make_node("If", [is_one], [loop.output[i] for i in scans], name=names("steps"),
                                 then_branch=helper.make_graph(then_nodes, names("one_step_outputs"), [], then_outputs),
                                 else_branch=helper.make_graph(else_nodes, names("all_step_outputs"), [], else_outputs))
-    one, no_trips, later_trips = names("one"), names("no_trips"), names("later_trips")
-    trips = names("trips")
+    one, trips = names("one"), names("later_steps")
     moved_ids = {id(node) for node in moved}
     new_nodes = [node for node in list(graph.node)[:index] if id(node) not in moved_ids] + [
         helper.make_node("Constant", [], [one], name=one, value=numpy_helper.from_array(np.array(1, np.int64), one)),
-        helper.make_node("Constant", [], [no_trips], name=no_trips,
-                         value=numpy_helper.from_array(np.array(0, np.int64), no_trips)),
         helper.make_node("Equal", [TIMESTEPS_INPUT, one], [is_one], name=is_one),
-        helper.make_node("Sub", [TIMESTEPS_INPUT, one], [later_trips], name=later_trips),
-        helper.make_node("Where", [is_one, no_trips, later_trips], [trips], name=trips),
+        helper.make_node("Sub", [TIMESTEPS_INPUT, one], [trips], name=trips),  # T >= 1, checked by the runners
         first_branch,
         _with_trips(lean_loop, trips),
     ] + ([per_step] if scans else []) + list(graph.node)[index + 1:]
