@@ -260,30 +260,3 @@ def test_a_ctrl_c_handled_inside_a_fork_hook_is_kept_for_the_code_that_forked_no
             exit_on_signal(signal.SIGINT, SimpleNamespace(f_code=test_python_api_export_returns_the_spiking_model_and_its_neurons.__code__))
     finally:
         clear_pending()
-
-
-def test_a_signal_handled_inside_a_weakref_callback_comes_again_a_moment_later_instead_of_being_dropped():
-    """Python prints an exception raised in a weakref callback and drops it ("Exception ignored in:
-    <function WeakValueDictionary.__init__.<locals>.remove>"): the handler sends the signal again."""
-    import signal
-    import time
-    import weakref
-    from types import SimpleNamespace
-
-    from pmsm.runtime.base.children import clear_pending, exit_on_signal
-
-    received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        callback = weakref.WeakValueDictionary()._remove
-        try:
-            exit_on_signal(signal.SIGTERM, SimpleNamespace(f_code=callback.__code__))
-        except SystemExit:
-            pytest.fail("raised inside a weakref callback, where Python would print and drop it")
-        deadline = time.monotonic() + 5
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert received == [signal.SIGTERM]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        clear_pending()

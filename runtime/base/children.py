@@ -11,7 +11,6 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-import threading
 import time
 
 GRACE_SECONDS = 2.0          # for a killed process to be reaped
@@ -68,33 +67,19 @@ os.register_at_fork(before=ForkWindow.enter, after_in_parent=ForkWindow.leave, a
 def exit_on_signal(signum, frame) -> None:
     """A handler for SIGTERM (and SIGINT) that raises :func:`interruption`, so that cleanup code
     runs (scratch and staging folders removed, workers stopped) before the process ends with the
-    usual status; inside a fork it records the signal instead (:class:`ForkWindow`), and inside a
-    weakref callback or a ``__del__`` (where Python drops an exception) it sends it again a moment
-    later. Code that
+    usual status; inside a fork it records the signal instead (:class:`ForkWindow`). Code that
     installs a handler of its own replaces this one as it would the default."""
     if ForkWindow.pending is None:
         # kept after the raise too: library code that swallows the exception (a C extension being
         # imported turns it into an ImportError that an optional import ignores; seen once in 25
         # SIGTERMs while converting) must not lose the signal, and the next checkpoint raises it again
         ForkWindow.pending = signum
-    code = getattr(frame, "f_code", None)
-    if ForkWindow.depth or code in _FORK_HOOK_CODE:
-        return
-    if code is not None and (code.co_name == "__del__" or os.path.basename(code.co_filename) in _CALLBACK_FILES):
-        # inside a weakref callback or a __del__ Python prints the exception and drops it (seen:
-        # "Exception ignored in: <function WeakValueDictionary.__init__.<locals>.remove>", and the
-        # run went on): the signal is sent again in a moment, when the code has left such a frame
-        again = threading.Timer(_AGAIN_SECONDS, os.kill, (os.getpid(), signum))
-        again.daemon = True
-        again.start()
-        return
-    raise interruption(signum)
+    if not ForkWindow.depth and (frame is None or frame.f_code not in _FORK_HOOK_CODE):
+        raise interruption(signum)
 
 
 # a signal handled while a hook itself runs (ForkWindow.leave, after it lowered the depth) is inside the fork too
 _FORK_HOOK_CODE = frozenset(hook.__func__.__code__ for hook in (ForkWindow.enter, ForkWindow.leave, ForkWindow.in_child))
-_CALLBACK_FILES = frozenset({"weakref.py", "_weakrefset.py"})
-_AGAIN_SECONDS = 0.02
 
 
 def raise_pending() -> None:
