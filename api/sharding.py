@@ -96,30 +96,6 @@ class InProcess:
 
 
 _WORKER_VERIFIER = None
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextlib.contextmanager
-def _deaf_while_spawning():
-    """SIGINT and SIGTERM blocked (held by the kernel) in this thread while the pool spawns workers
-    and writes them their start-up data; the workers start with them blocked too (a spawned
-    process inherits the mask), until ``_start_worker`` has read that data. A Ctrl-C reaches the
-    whole process group: a worker it ended during its start left the pool writing the rest of the
-    data (the plan, more than a pipe holds) to a pipe no one read, and the command hung (seen in 1
-    of 40 runs Ctrl-C'd during start-up). Signals to this process are handled on leaving."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _unblock_stop_signals() -> None:
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _start_worker(plan, timesteps: list[int], threads: int, folder: Optional[str] = None) -> None:
@@ -131,7 +107,6 @@ def _start_worker(plan, timesteps: list[int], threads: int, folder: Optional[str
         os.environ["TMPDIR"] = folder
         tempfile.tempdir = folder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _unblock_stop_signals()  # blocked since the spawn (_deaf_while_spawning): a SIGTERM meanwhile ends it now
     exit_with_parent()
 
     # A spawned child starts with its start method set; lava-nc sets "fork" when imported and
@@ -194,7 +169,7 @@ class WorkerProcesses:
                 # the first submit spawns the workers: a signal raised while the pool writes a
                 # worker's start-up data left it reading truncated data, and its traceback ("pickle
                 # data was truncated") on the command's stderr (seen); raised once the submit is done
-                with _deaf_while_spawning(), signals_held():
+                with signals_held():
                     future = self.pool.submit(_worker_chunk, chunk)
                 pending[future] = chunk
             if not pending:
