@@ -99,7 +99,6 @@ def _deit(torch):
 def quantized(name: str, folder: str | Path, batch: int = 16) -> Path:
     """The QDQ u8 model ``name`` at a fixed ``batch``, built once in ``folder``."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,35 +121,34 @@ def quantized(name: str, folder: str | Path, batch: int = 16) -> Path:
                               dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"])
         input_name = "x"
     rng = np.random.default_rng(1)
+    feeds = ({input_name: rng.uniform(0, 1, (batch, 3, IMAGE, IMAGE)).astype(np.float32)}
+             for _ in range(CALIBRATION_IMAGES // batch or 1))
+    return _quantize_static(float_path, path, feeds, "QUInt8")
+
+
+def _quantize_static(float_path: Path, path: Path, feeds, activation_type: str) -> Path:
+    """``quantize_static`` of ``float_path`` (QDQ, int8 weights, calibrated on ``feeds``) written to
+    ``path`` atomically; the float model is removed."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter({input_name: rng.uniform(0, 1, (batch, 3, IMAGE, IMAGE)).astype(np.float32)}
-                              for _ in range(CALIBRATION_IMAGES // batch or 1))
-
         def get_next(self):
-            return next(self.feeds, None)
+            return next(feeds, None)
 
     partial = path.with_suffix(".partial.onnx")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         quantize_static(str(float_path), str(partial), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8)
     os.replace(partial, path)
     float_path.unlink()
     return path
-
-
-if __name__ == "__main__":
-    for model in sys.argv[2:] or MODELS:
-        print(quantized(model, sys.argv[1]))
 
 
 def uint16_cnn(folder: str | Path) -> Path:
     """A small CNN with 16-bit activations (65,536 spike levels a layer): onnxruntime's
     ``quantize_static`` with ``QUInt16`` activations at opset 21, batch 1, built once in ``folder``."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from cifar_models import _Builder
@@ -169,20 +167,10 @@ def uint16_cnn(folder: str | Path) -> Path:
     float_path = folder / "cnn_float_u16.onnx"
     onnx.save(model, str(float_path))
     rng = np.random.default_rng(1)
+    images = rng.uniform(0, 1, (CALIBRATION_IMAGES, 1, 3, IMAGE, IMAGE)).astype(np.float32)
+    return _quantize_static(float_path, path, ({"x": image} for image in images), "QUInt16")
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.images = iter(rng.uniform(0, 1, (CALIBRATION_IMAGES, 1, 3, IMAGE, IMAGE)).astype(np.float32))
 
-        def get_next(self):
-            image = next(self.images, None)
-            return None if image is None else {"x": image}
-
-    partial = path.with_suffix(".partial.onnx")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        quantize_static(str(float_path), str(partial), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt16, weight_type=QuantType.QInt8)
-    os.replace(partial, path)
-    float_path.unlink()
-    return path
+if __name__ == "__main__":
+    for model in sys.argv[2:] or MODELS:
+        print(quantized(model, sys.argv[1]))
