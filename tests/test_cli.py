@@ -216,7 +216,7 @@ def test_python_api_export_returns_the_spiking_model_and_its_neurons(qdq_mlp_pat
     assert result.output_path == str(tmp_path / "m.nir") and result.nir_graph is not None
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.3, 0.6])
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 0.6])
 def test_a_ctrl_c_while_the_command_still_imports_its_code_ends_it_with_one_line(qdq_mlp_path, tmp_path, delay):
     """The console entry point imports only the standard library before the command's code: a
     Ctrl-C among those imports (a second or more) gives one line and status 130, not a traceback."""
